@@ -1,0 +1,38 @@
+# churnml: `make help` lists the targets. Every target that runs code creates .venv on first use
+# and reinstalls it when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup features train evaluate score export explain test test-fast bench ui clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  Pass options to a stage with ARGS, e.g. make train ARGS=\"data=cdnow model=logistic\""
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	touch $@
+
+setup: $(STAMP) ## Create or update the virtualenv (.venv)
+
+features: $(STAMP) ## Write the feature table at a cutoff (churnml-features)
+	$(BIN)/churnml-features $(ARGS)
+
+test: $(STAMP) ## Run every test, slow ones included
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: $(STAMP) ## Run the tests not marked slow
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+bench: $(STAMP) ## Run the benchmarks under bench/ (ratios against a reference run measured alongside)
+	$(BIN)/python bench/run.py $(ARGS)
+
+clean: ## Remove generated data, outputs and the virtualenv
+	rm -rf $(VENV) data outputs multirun scores reports

@@ -1,0 +1,84 @@
+"""Run a piece of work in a fresh process and measure its wall time and peak memory.
+
+The reference and the measured work run the same way, one after the other on the same machine,
+so their ratio is meaningful where absolute seconds are not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_RUNNER = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    sys.path.insert(0, {bench!r})
+    setup_code, work_code = {setup!r}, {work!r}
+    namespace = {{}}
+    exec(setup_code, namespace)
+    start = time.perf_counter()
+    exec(work_code, namespace)
+    seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print("BENCH_RESULT " + json.dumps({{"seconds": seconds, "peak_gib": peak_kib / 2**20, "info": namespace.get("info", {{}})}}))
+    """
+)
+
+
+@dataclass
+class Measurement:
+    name: str
+    seconds: float
+    peak_gib: float
+    info: dict
+
+
+def measure(name: str, setup: str, work: str, repeat: int = 1) -> Measurement:
+    """Best wall time of ``work`` over ``repeat`` fresh processes (imports and ``setup`` not timed).
+
+    Peak memory is the process's maximum resident set size, imports included.
+    """
+    best: Measurement | None = None
+    for _ in range(repeat):
+        code = _RUNNER.format(bench=str(ROOT / "bench"), setup=textwrap.dedent(setup), work=textwrap.dedent(work))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(f"benchmark '{name}' failed:\n{done.stderr[-4000:]}")
+        line = next(l for l in done.stdout.splitlines() if l.startswith("BENCH_RESULT "))
+        result = json.loads(line.removeprefix("BENCH_RESULT "))
+        current = Measurement(name, result["seconds"], result["peak_gib"], result["info"])
+        if best is None or current.seconds < best.seconds:
+            best = current
+    assert best is not None
+    return best
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print(f"\n{title}")
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print("  ".join(_fmt(row.get(c)).ljust(widths[c]) for c in columns))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def demo_data(n_customers: int, seed: int = 42) -> Path:
+    """The demo shop of ``n_customers`` written under data/bench/, simulated once and reused."""
+    directory = ROOT / "data" / "bench" / f"n={n_customers}_seed={seed}"
+    if not (directory / "transactions.parquet").exists():
+        from churnml.simulate import simulate_shop, write_shop
+
+        write_shop(simulate_shop(n_customers=n_customers, seed=seed), directory)
+    return directory

@@ -1,0 +1,107 @@
+"""The data sets churnml knows by name: the demo shop, CDNOW, and the user's files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import pandas as pd
+
+from churnml.io import Dataset, LoadOptions, TableSource, connect, load_dataset
+
+log = logging.getLogger(__name__)
+
+TABLES = ("transactions", "interactions", "customers")
+
+
+def cdnow_transactions() -> pd.DataFrame:
+    """The CDNOW master file shipped in ``lifetimes``, in the contract's column names.
+
+    Columns: ``customer_id``, ``ts`` (``YYYYMMDD`` text), ``quantity`` (CDs), ``amount`` (dollars).
+    """
+    from lifetimes.datasets import load_dataset as load_lifetimes_file
+
+    raw = load_lifetimes_file("CDNOW_master.txt", sep=r"\s+", dtype=str)
+    return pd.DataFrame(
+        {
+            "customer_id": raw["customer_id"],
+            "ts": raw["date"],
+            "amount": raw["dollar_value"],
+            "quantity": raw["number_of_cds"],
+        }
+    )
+
+
+def demo_sources(settings: Mapping[str, Any]) -> dict[str, TableSource]:
+    """Paths of the demo shop's files, simulating and writing them first if they are missing."""
+    from churnml.simulate import simulate_shop, write_shop
+
+    directory = Path(settings["directory"])
+    fmt = settings.get("format", "parquet")
+    paths = {name: directory / f"{name}.{fmt}" for name in TABLES}
+    if not all(p.exists() for p in paths.values()):
+        log.info("simulating the demo shop (%s customers) into %s", settings["n_customers"], directory)
+        tables = simulate_shop(
+            n_customers=int(settings["n_customers"]),
+            start=str(settings["start"]),
+            end=str(settings["end"]),
+            seed=int(settings["seed"]),
+        )
+        paths = write_shop(tables, directory, fmt=fmt)
+    return {name: TableSource(path=str(paths[name])) for name in TABLES}
+
+
+def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
+    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers``."""
+    sources: dict[str, TableSource | None] = {}
+    for name in TABLES:
+        entry = settings.get(name) or {}
+        if isinstance(entry, str):
+            entry = {"path": entry}
+        path = entry.get("path")
+        if not path:
+            if name == "transactions":
+                raise ValueError("data.transactions.path is required for data=files")
+            sources[name] = None
+            continue
+        sources[name] = TableSource(
+            path=str(path), columns=dict(entry.get("columns") or {}), ts_format=entry.get("ts_format")
+        )
+    return sources
+
+
+def data_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
+    """Table sources for a ``data`` config node (``kind`` is demo, cdnow or files)."""
+    kind = settings.get("kind", "files")
+    if kind == "demo":
+        return demo_sources(settings)
+    if kind == "cdnow":
+        frame = cdnow_transactions()
+        return {"transactions": TableSource(frame=frame, ts_format="%Y%m%d", label="CDNOW_master.txt (lifetimes)")}
+    if kind == "files":
+        return file_sources(settings)
+    raise ValueError(f"unknown data kind '{kind}': use demo, cdnow or files")
+
+
+def load_options(settings: Mapping[str, Any]) -> LoadOptions:
+    cleaning = dict(settings.get("cleaning") or {})
+    return LoadOptions(
+        drop_exact_duplicates=bool(cleaning.get("drop_exact_duplicates", False)),
+        drop_zero_amount=bool(cleaning.get("drop_zero_amount", True)),
+        drop_missing_customer_id=bool(cleaning.get("drop_missing_customer_id", False)),
+        max_future_days=float(cleaning.get("max_future_days", 1.0)),
+    )
+
+
+def load_data(settings: Mapping[str, Any], engine: str = "duckdb", con: Any = None, materialize: bool = False) -> Dataset:
+    """Load and validate the data set described by a ``data`` config node."""
+    sources = data_sources(settings)
+    return load_dataset(
+        transactions=sources["transactions"],
+        interactions=sources.get("interactions"),
+        customers=sources.get("customers"),
+        options=load_options(settings),
+        con=con if con is not None else connect(engine),
+        materialize=materialize,
+    )

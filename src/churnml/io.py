@@ -1,0 +1,459 @@
+"""Reading input files into validated, typed tables, and writing outputs atomically.
+
+This is the only module that opens data files. Inputs are read by the query engine straight
+from CSV or Parquet (no pandas copy of the transactions), checked against the contract in one
+aggregate pass, cleaned by the documented rules, and kept as engine tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import ibis
+import ibis.expr.datatypes as idt
+import ibis.expr.types as ir
+import pandas as pd
+
+from churnml.schema import SPECS, DataValidationError, Problem, TableReport, TableSpec
+
+log = logging.getLogger(__name__)
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+# An explicit offset (Z, +02, +0200, +02:00) right after a clock time marks an aware timestamp.
+TZ_OFFSET_PATTERN = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|UTC|[+-]\d{2}(:?\d{2})?)\s*$"
+N_EXAMPLES = 5
+RAW_PREFIX = "raw__"
+
+
+@dataclass(frozen=True)
+class TableSource:
+    """Where one contract table comes from: a file path or an in-memory frame.
+
+    Parameters
+    ----------
+    path
+        CSV or Parquet file (a directory or glob of Parquet files also works).
+    frame
+        A pandas DataFrame, used instead of ``path`` (bundled data sets, tests).
+    columns
+        Contract column name to the user's column name, for columns named differently.
+    ts_format
+        strptime format of timestamp strings when they are not ISO 8601 (e.g. ``%Y%m%d``).
+    label
+        Name used in messages for a frame source.
+    """
+
+    path: str | None = None
+    frame: pd.DataFrame | None = None
+    columns: Mapping[str, str] = field(default_factory=dict)
+    ts_format: str | None = None
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or (f"'{self.path}'" if self.path else "<frame>")
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Documented cleaning rules and limits applied while loading."""
+
+    drop_exact_duplicates: bool = False
+    drop_zero_amount: bool = True
+    drop_missing_customer_id: bool = False
+    max_future_days: float = 1.0
+    now: dt.datetime | None = None
+
+
+@dataclass
+class Dataset:
+    """Validated contract tables on one engine connection."""
+
+    con: Any
+    transactions: ir.Table
+    interactions: ir.Table | None = None
+    customers: ir.Table | None = None
+    reports: dict[str, TableReport] = field(default_factory=dict)
+
+    @property
+    def first_date(self) -> dt.date:
+        return pd.Timestamp(self.reports["transactions"].first_ts).date()
+
+    @property
+    def last_date(self) -> dt.date:
+        return pd.Timestamp(self.reports["transactions"].last_ts).date()
+
+    def summary(self) -> dict[str, dict]:
+        return {name: report.as_dict() for name, report in self.reports.items()}
+
+
+def connect(engine: str = "duckdb", **options: Any) -> Any:
+    """An Ibis connection whose timestamps are compared in UTC."""
+    if engine == "duckdb":
+        con = ibis.duckdb.connect(**options)
+        con.raw_sql("SET TimeZone = 'UTC'")
+        # Outputs are sorted explicitly; not keeping file order lets DuckDB stream with less memory.
+        con.raw_sql("SET preserve_insertion_order = false")
+        return con
+    if engine == "spark":
+        from churnml.spark import connect_spark
+
+        return connect_spark(**options)
+    raise ValueError(f"unknown engine '{engine}': use 'duckdb' or 'spark'")
+
+
+def load_dataset(
+    transactions: TableSource,
+    interactions: TableSource | None = None,
+    customers: TableSource | None = None,
+    options: LoadOptions = LoadOptions(),
+    con: Any = None,
+    materialize: bool = False,
+) -> Dataset:
+    """Read, validate and clean the contract tables.
+
+    With ``materialize`` the cleaned tables are computed once and kept by the engine, which pays
+    off when features are built at many cutoffs; otherwise they stay lazy views of the files.
+
+    Raises
+    ------
+    DataValidationError
+        Naming the file, the column, the number of bad rows and examples, for every problem
+        found; nothing is kept in that case.
+    """
+    con = con if con is not None else connect()
+    now = options.now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    future_limit = now + dt.timedelta(days=options.max_future_days)
+    tables: dict[str, ir.Table] = {}
+    reports: dict[str, TableReport] = {}
+    awareness: dict[str, bool] = {}
+    for spec_name, source in (("transactions", transactions), ("interactions", interactions), ("customers", customers)):
+        if source is None:
+            continue
+        spec = SPECS[spec_name]
+        table, report, aware = _load_table(con, spec, source, options, future_limit, materialize)
+        tables[spec_name], reports[spec_name] = table, report
+        if aware is not None:
+            awareness[spec_name] = aware
+    if len(set(awareness.values())) > 1:
+        described = ", ".join(f"{n} {'aware' if a else 'naive'}" for n, a in awareness.items())
+        raise DataValidationError(
+            [Problem("input tables", "ts", f"mix time-zone-aware and naive timestamps ({described}); use one kind")]
+        )
+    for name, report in reports.items():
+        if any(report.dropped.values()):
+            log.info("%s: kept %s of %s rows; dropped %s", name, report.rows_kept, report.rows_read, report.dropped)
+    return Dataset(con, tables["transactions"], tables.get("interactions"), tables.get("customers"), reports)
+
+
+def _load_table(
+    con: Any, spec: TableSpec, source: TableSource, options: LoadOptions, future_limit: dt.datetime,
+    materialize: bool,
+) -> tuple[ir.Table, TableReport, bool | None]:
+    label = f"{spec.name} {source.name}"
+    raw = _map_columns(_open_raw(con, source, label), spec, source, label)
+    typed_exprs, aware, type_problems = _typed_columns(raw, spec, source, label)
+    if type_problems:
+        raise DataValidationError(type_problems)
+    # Raw and typed values side by side, so one scan can count what failed to parse.
+    both = raw.select(**{RAW_PREFIX + c: raw[c] for c in raw.columns}, **typed_exprs)
+    checks = _run_checks(both, spec, future_limit)
+    if checks["n_rows"] == 0:
+        raise DataValidationError([Problem(label, None, "has no rows")])
+    problems = _find_problems(both, spec, checks, label, options)
+    if problems:
+        raise DataValidationError(problems)
+
+    cleaned = both.select(list(typed_exprs))
+    dropped: dict[str, int] = {}
+    if options.drop_missing_customer_id and checks.get("null_customer_id"):
+        cleaned = cleaned.filter(cleaned.customer_id.notnull())
+        dropped["missing_customer_id"] = checks["null_customer_id"]
+    if "amount" in cleaned.columns and options.drop_zero_amount and checks["zero_amount"]:
+        cleaned = cleaned.filter(cleaned.amount != 0)
+        dropped["zero_amount"] = checks["zero_amount"]
+    if options.drop_exact_duplicates:
+        cleaned = cleaned.distinct()
+    stored = materialize_table(con, spec.name, cleaned) if materialize or source.frame is not None else cleaned
+    rows_kept = checks["n_rows"] - sum(dropped.values())
+    if options.drop_exact_duplicates:
+        rows_kept = int(stored.count().execute())
+        dropped["exact_duplicates"] = checks["n_rows"] - sum(dropped.values()) - rows_kept
+    if spec.unique:
+        _check_unique(stored, spec, label)
+    report = TableReport(
+        source=source.name,
+        rows_read=checks["n_rows"],
+        rows_kept=rows_kept,
+        dropped=dropped,
+        first_ts=checks.get("min_ts"),
+        last_ts=checks.get("max_ts"),
+        columns=tuple(stored.columns),
+    )
+    return stored, report, aware
+
+
+def materialize_table(con: Any, name: str, expr: ir.Table) -> ir.Table:
+    """Compute an expression once and keep the result as an engine table."""
+    return con.create_table(f"churnml_{name}", expr, overwrite=True)
+
+
+def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
+    if source.frame is not None:
+        if source.frame.empty:
+            raise DataValidationError([Problem(label, None, "has no rows")])
+        return ibis.memtable(source.frame)
+    if not source.path:
+        raise DataValidationError([Problem(label, None, "no file given")])
+    path = Path(source.path)
+    is_glob = any(ch in source.path for ch in "*?[")
+    if not is_glob and not path.exists():
+        raise DataValidationError([Problem(label, None, f"file does not exist (looked for {path.resolve()})")])
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(PARQUET_SUFFIXES):
+        reader = "parquet"
+    elif name.endswith(CSV_SUFFIXES):
+        reader = "csv"
+    else:
+        supported = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
+        raise DataValidationError([Problem(label, None, f"unknown file format '{path.suffix}'; supported: {supported}")])
+    if not is_glob and path.is_file() and path.stat().st_size == 0:
+        raise DataValidationError([Problem(label, None, "file is empty")])
+    try:
+        if reader == "parquet":
+            return con.read_parquet(str(path))
+        if con.name == "duckdb":
+            # Strings first, so that every bad value can be counted and shown instead of failing the read.
+            return con.read_csv(str(path), all_varchar=True)
+        return con.read_csv(str(path), header=True, inferSchema=False)
+    except Exception as exc:  # the engine's parse errors are re-raised with the file named
+        raise DataValidationError([Problem(label, None, f"cannot be read as {reader.upper()}: {exc}")]) from exc
+
+
+def _map_columns(raw: ir.Table, spec: TableSpec, source: TableSource, label: str) -> ir.Table:
+    unknown = set(source.columns) - set(spec.kinds)
+    if unknown:
+        raise DataValidationError(
+            [Problem(label, None, f"column mapping names {sorted(unknown)}, which are not contract columns {list(spec.kinds)}")]
+        )
+    rename = {contract: user for contract, user in source.columns.items() if user and user != contract}
+    missing = [c for c in spec.required if rename.get(c, c) not in raw.columns]
+    if missing:
+        available = ", ".join(raw.columns)
+        raise DataValidationError(
+            [
+                Problem(label, c, f"required column is missing{_mapped_from(rename, c)}; the file has: {available}")
+                for c in missing
+            ]
+        )
+    table = raw.rename({contract: user for contract, user in rename.items() if user in raw.columns})
+    keep = [c for c in spec.kinds if c in table.columns]
+    if spec.keep_extra:
+        keep += [c for c in table.columns if c not in spec.kinds]
+    return table.select(keep)
+
+
+def _mapped_from(rename: Mapping[str, str], column: str) -> str:
+    return f" (looked for '{rename[column]}')" if column in rename else ""
+
+
+def _typed_columns(
+    raw: ir.Table, spec: TableSpec, source: TableSource, label: str
+) -> tuple[dict[str, ir.Value], bool | None, list[Problem]]:
+    exprs: dict[str, ir.Value] = {}
+    problems: list[Problem] = []
+    aware: bool | None = None
+    for col in raw.columns:
+        kind = spec.kinds.get(col)
+        value = raw[col]
+        dtype = value.type()
+        if kind == "id":
+            exprs[col] = _as_id(value)
+        elif kind == "number":
+            if dtype.is_string():
+                exprs[col] = value.try_cast("float64")
+            elif dtype.is_numeric() or dtype.is_boolean():
+                exprs[col] = value.cast("float64")
+            else:
+                problems.append(Problem(label, col, f"holds {dtype}, expected numbers"))
+        elif kind == "timestamp":
+            if dtype.is_timestamp():
+                aware = dtype.timezone is not None
+                exprs[col] = value.cast(idt.Timestamp()) if aware else value
+            elif dtype.is_date():
+                exprs[col] = value.cast(idt.Timestamp())
+            elif dtype.is_string():
+                exprs[col] = _parse_timestamp(value, source.ts_format)
+            else:
+                problems.append(Problem(label, col, f"holds {dtype}, expected dates or timestamps"))
+        elif kind == "string":
+            exprs[col] = value.cast("string")
+        else:
+            exprs[col] = value
+    return exprs, aware, problems
+
+
+def _as_id(value: ir.Value) -> ir.Value:
+    dtype = value.type()
+    if dtype.is_string():
+        # Ids are compared as written; an empty one is missing.
+        return value.nullif("")
+    if dtype.is_floating():
+        # Ids that went through a float column (12346.0) keep their integer spelling.
+        return value.cast("int64").cast("string")
+    return value.cast("string")
+
+
+def _parse_timestamp(text: ir.StringValue, ts_format: str | None) -> ir.TimestampValue:
+    if ts_format:
+        return text.as_timestamp(ts_format).cast(idt.Timestamp())
+    aware = text.try_cast(idt.Timestamp(timezone="UTC")).cast(idt.Timestamp())
+    naive = text.try_cast(idt.Timestamp())
+    return text.re_search(TZ_OFFSET_PATTERN).ifelse(aware, naive)
+
+
+def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> dict[str, Any]:
+    aggs: dict[str, ir.Scalar] = {"n_rows": both.count()}
+    for col in (c for c in spec.kinds if c in both.columns):
+        raw, typed, kind = both[RAW_PREFIX + col], both[col], spec.kinds[col]
+        if col in spec.required:
+            aggs[f"null_{col}"] = _null_or_blank(raw).sum()
+        if kind in ("number", "timestamp"):
+            aggs[f"bad_{col}"] = _unparsed(raw, typed).sum()
+        if kind == "timestamp":
+            aggs[f"future_{col}"] = (typed > future_limit).sum()
+            aggs[f"min_{col}"] = typed.min()
+            aggs[f"max_{col}"] = typed.max()
+            if raw.type().is_string():
+                aggs[f"aware_{col}"] = raw.re_search(TZ_OFFSET_PATTERN).sum()
+    if "amount" in both.columns:
+        aggs["zero_amount"] = (both.amount == 0).sum()
+    frame = both.aggregate(**aggs).to_pandas()
+    return {k: _plain(k, v) for k, v in frame.iloc[0].items()}
+
+
+def _plain(key: str, value: Any) -> Any:
+    if key.startswith(("min_", "max_")):
+        return None if pd.isna(value) else pd.Timestamp(value)
+    return 0 if pd.isna(value) else int(value)
+
+
+def _null_or_blank(raw: ir.Value) -> ir.BooleanValue:
+    if raw.type().is_string():
+        # A regular expression: Ibis' strip() compiles to a TRIM with a character set that is slow.
+        return raw.isnull() | raw.re_search(r"^\s*$")
+    return raw.isnull()
+
+
+def _unparsed(raw: ir.Value, typed: ir.Value) -> ir.BooleanValue:
+    return ~_null_or_blank(raw) & typed.isnull()
+
+
+def _find_problems(
+    both: ir.Table, spec: TableSpec, checks: dict[str, Any], label: str, options: LoadOptions
+) -> list[Problem]:
+    n_rows = checks["n_rows"]
+    found: list[tuple[str, str, int, ir.BooleanValue]] = []
+    for col in (c for c in spec.kinds if c in both.columns):
+        raw, typed, kind = both[RAW_PREFIX + col], both[col], spec.kinds[col]
+        n_null = checks.get(f"null_{col}", 0)
+        if n_null and not (col == "customer_id" and options.drop_missing_customer_id):
+            hint = " (set data.cleaning.drop_missing_customer_id=true to drop guest rows)" if col == "customer_id" else ""
+            found.append((col, f"is empty{hint}", n_null, _null_or_blank(raw)))
+        if checks.get(f"bad_{col}"):
+            what = "is not a number" if kind == "number" else "is not a date or timestamp"
+            hint = " (set the table's ts_format for non-ISO dates)" if kind == "timestamp" else ""
+            found.append((col, f"{what}{hint}", checks[f"bad_{col}"], _unparsed(raw, typed)))
+        n_aware = checks.get(f"aware_{col}", 0)
+        if n_aware and n_aware < n_rows - checks.get(f"null_{col}", 0):
+            found.append((col, "mixes time-zone-aware and naive timestamps; use one kind", n_aware, raw.re_search(TZ_OFFSET_PATTERN)))
+        if checks.get(f"future_{col}"):
+            found.append((col, f"lies in the future (after {options.max_future_days:g} day(s) from now)", checks[f"future_{col}"], typed > _future_limit(options)))
+    return [
+        Problem(label, col, message, n_bad, n_rows, _examples(both, col, predicate))
+        for col, message, n_bad, predicate in found
+    ]
+
+
+def _future_limit(options: LoadOptions) -> dt.datetime:
+    now = options.now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return now + dt.timedelta(days=options.max_future_days)
+
+
+def _examples(both: ir.Table, col: str, predicate: ir.BooleanValue) -> tuple[str, ...]:
+    numbered = both.mutate(__row=ibis.row_number() + 1)
+    rows = numbered.filter(predicate.resolve(numbered) if hasattr(predicate, "resolve") else predicate)
+    sample = rows.select("__row", RAW_PREFIX + col).order_by("__row").limit(N_EXAMPLES).to_pandas()
+    return tuple(f"row {int(r)}: {_shown(v)}" for r, v in zip(sample["__row"], sample[RAW_PREFIX + col]))
+
+
+def _shown(value: Any) -> str:
+    return "(empty)" if value is None or (isinstance(value, float) and pd.isna(value)) else repr(value)
+
+
+def _check_unique(table: ir.Table, spec: TableSpec, label: str) -> None:
+    keys = list(spec.unique)
+    repeated = table.group_by(keys).aggregate(n=table.count()).filter(lambda t: t.n > 1)
+    n_repeated = int(repeated.count().execute())
+    if n_repeated:
+        sample = repeated.order_by(keys).limit(N_EXAMPLES).to_pandas()
+        examples = tuple(f"{', '.join(map(repr, row[keys]))} x{row['n']}" for _, row in sample.iterrows())
+        raise DataValidationError([Problem(label, keys[0], "repeats values that must be unique", n_repeated, 0, examples)])
+
+
+def file_fingerprint(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
+    """Content hash of a file (or of every file under a directory), for tracking what data a run saw."""
+    digest = hashlib.blake2b(digest_size=16)
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    for file in files:
+        with open(file, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_table_atomic(table: ir.Table, path: str | os.PathLike) -> Path:
+    """Let the engine write a table expression to Parquet beside ``path``, then rename it into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        table.to_parquet(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_frame_atomic(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write a frame to a temporary file beside ``path`` and rename it into place.
+
+    A crash leaves no half-written file at ``path``; the same frame gives byte-identical files.
+    """
+    target = Path(path)
+    fmt = fmt or ("csv" if target.suffix.lower() == ".csv" else "parquet")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if fmt == "csv":
+            frame.to_csv(tmp_name, index=False)
+        elif fmt == "parquet":
+            frame.to_parquet(tmp_name, index=False, engine="pyarrow", compression="zstd")
+        else:
+            raise ValueError(f"unknown output format '{fmt}': use 'parquet' or 'csv'")
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target

@@ -1,0 +1,126 @@
+"""The data contract: which tables and columns churnml reads, and the errors it raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ColumnKind = Literal["id", "timestamp", "number", "integer", "string"]
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Columns of one input table of the contract.
+
+    Parameters
+    ----------
+    name
+        Table name used in messages and configuration (``transactions`` ...).
+    kinds
+        Contract column name to the kind of value it must hold.
+    required
+        Columns that must be present and non-null.
+    keep_extra
+        Whether columns outside the contract are kept (static customer attributes).
+    unique
+        Columns whose value must identify a row.
+    """
+
+    name: str
+    kinds: dict[str, ColumnKind]
+    required: tuple[str, ...]
+    keep_extra: bool = False
+    unique: tuple[str, ...] = ()
+
+    @property
+    def optional(self) -> tuple[str, ...]:
+        return tuple(c for c in self.kinds if c not in self.required)
+
+
+TRANSACTIONS = TableSpec(
+    name="transactions",
+    kinds={
+        "customer_id": "id",
+        "ts": "timestamp",
+        "amount": "number",
+        "order_id": "id",
+        "quantity": "number",
+        "category": "string",
+        "channel": "string",
+    },
+    required=("customer_id", "ts", "amount"),
+)
+
+INTERACTIONS = TableSpec(
+    name="interactions",
+    kinds={"customer_id": "id", "ts": "timestamp", "kind": "string", "channel": "string"},
+    required=("customer_id", "ts", "kind"),
+)
+
+CUSTOMERS = TableSpec(
+    name="customers",
+    kinds={"customer_id": "id", "signup_ts": "timestamp"},
+    required=("customer_id",),
+    keep_extra=True,
+    unique=("customer_id",),
+)
+
+SPECS: dict[str, TableSpec] = {s.name: s for s in (TRANSACTIONS, INTERACTIONS, CUSTOMERS)}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One violation of the contract found in an input table."""
+
+    source: str
+    column: str | None
+    message: str
+    n_bad: int = 0
+    n_rows: int = 0
+    examples: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        where = f"{self.source}, column '{self.column}'" if self.column else self.source
+        text = f"{where}: {self.message}"
+        if self.n_bad:
+            text += f" ({self.n_bad:,} of {self.n_rows:,} rows)"
+        if self.examples:
+            text += "; e.g. " + ", ".join(self.examples)
+        return text
+
+
+class DataValidationError(ValueError):
+    """Input data breaks the contract; nothing was written."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        lines = [p.describe() for p in self.problems]
+        super().__init__(
+            "invalid input data:\n  - " + "\n  - ".join(lines) if len(lines) > 1 else f"invalid input data: {lines[0]}"
+        )
+
+
+@dataclass
+class TableReport:
+    """What loading did to one table: rows read, rows dropped by each documented rule, date range."""
+
+    source: str
+    rows_read: int
+    rows_kept: int
+    dropped: dict[str, int] = field(default_factory=dict)
+    first_ts: object = None
+    last_ts: object = None
+    columns: tuple[str, ...] = ()
+    fingerprint: str = ""
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "dropped": dict(self.dropped),
+            "first_ts": str(self.first_ts) if self.first_ts is not None else None,
+            "last_ts": str(self.last_ts) if self.last_ts is not None else None,
+            "columns": list(self.columns),
+            "fingerprint": self.fingerprint,
+        }

@@ -1,0 +1,120 @@
+"""Loyalty tiers, value x potential segments and lifetime value, from features at a cutoff.
+
+The functions add columns to a feature table and work on any Ibis backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import ibis
+import ibis.expr.types as ir
+
+TIERS = ("core", "potential", "basic", "dormant")
+VALUE_SEGMENTS = (
+    "high_value_high_potential",
+    "high_value_low_potential",
+    "low_value_high_potential",
+    "low_value_low_potential",
+)
+
+
+@dataclass(frozen=True)
+class TierRule:
+    """Minimums a customer meets to reach a tier (spend over the last 365 days)."""
+
+    min_annual_spend: float
+    min_repurchases: int
+    min_interactions_per_month: float = 0.0
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Tier thresholds, value/potential split and the LTV horizon."""
+
+    core: TierRule = field(default_factory=lambda: TierRule(5000.0, 4, 2.0))
+    potential: TierRule = field(default_factory=lambda: TierRule(2000.0, 2, 1.0))
+    basic: TierRule = field(default_factory=lambda: TierRule(500.0, 1, 0.0))
+    dormant_days: int = 180
+    ltv_expected_years: float = 3.0
+    # Purchases per year are observed over at least this many days, so a customer's first order
+    # does not extrapolate to a frantic yearly rate.
+    min_rate_exposure_days: int = 90
+    value_quantile: float = 0.5
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> "SegmentConfig":
+        values = dict(settings)
+        for tier in ("core", "potential", "basic"):
+            if tier in values and not isinstance(values[tier], TierRule):
+                values[tier] = TierRule(**values[tier])
+        return cls(**values)
+
+
+def _annual_columns(table: ir.Table) -> tuple[ir.Value, ir.Value]:
+    if "spend_365d" not in table.columns or "orders_365d" not in table.columns:
+        raise ValueError("tiers need the 365-day window: keep 365 in features.windows_days")
+    spend, orders = table.spend_365d, table.orders_365d
+    first_in_year = (table.tenure_days < 365) & (table.frequency > 0)
+    repurchases = (orders - first_in_year.ifelse(1, 0)).clip(lower=0)
+    return spend, repurchases
+
+
+def loyalty_tier(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> ir.StringValue:
+    """core / potential / basic / dormant, by the thresholds in ``config``.
+
+    Without an interactions table the interaction minimums cannot be checked and are skipped.
+    """
+    spend, repurchases = _annual_columns(table)
+    rate = table.interactions_per_month if has_interactions else None
+
+    def meets(rule: TierRule) -> ir.BooleanValue:
+        ok = (spend >= rule.min_annual_spend) & (repurchases >= rule.min_repurchases)
+        if rate is not None and rule.min_interactions_per_month > 0:
+            ok = ok & (rate >= rule.min_interactions_per_month)
+        return ok
+
+    inactive = table.recency_days.isnull() | (table.recency_days >= config.dormant_days)
+    dormant = inactive | (spend < config.basic.min_annual_spend)
+    return ibis.cases(
+        (dormant, "dormant"),
+        (meets(config.core), "core"),
+        (meets(config.potential), "potential"),
+        else_="basic",
+    )
+
+
+def purchases_per_year(table: ir.Table, config: SegmentConfig) -> ir.FloatingValue:
+    exposure = ibis.greatest(ibis.least(table.tenure_days + 1, 365), config.min_rate_exposure_days)
+    return table.orders_365d * 365.0 / exposure
+
+
+def lifetime_value(table: ir.Table, config: SegmentConfig) -> ir.FloatingValue:
+    """Average order value x purchases per year x expected remaining years."""
+    return (table.avg_order_value.fill_null(0.0) * purchases_per_year(table, config) * config.ltv_expected_years)
+
+
+def value_segment(ltv: ir.FloatingValue, recent_trend: ir.FloatingValue, threshold: ir.FloatingValue) -> ir.StringValue:
+    """Value (LTV against the peers' quantile) x potential (buying at least as often lately)."""
+    high_value = ltv >= threshold
+    high_potential = recent_trend.fill_null(0.0) >= 1.0
+    return ibis.cases(
+        (high_value & high_potential, VALUE_SEGMENTS[0]),
+        (high_value, VALUE_SEGMENTS[1]),
+        (high_potential, VALUE_SEGMENTS[2]),
+        else_=VALUE_SEGMENTS[3],
+    )
+
+
+def add_segments(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> ir.Table:
+    """Add ``tier``, ``purchases_per_year``, ``ltv`` and ``value_segment``."""
+    table = table.mutate(
+        tier=loyalty_tier(table, config, has_interactions),
+        purchases_per_year=purchases_per_year(table, config),
+        ltv=lifetime_value(table, config),
+    )
+    trend_column = next((c for c in table.columns if c.startswith("orders_trend_") and c.endswith("_365")), None)
+    trend = table[trend_column] if trend_column else ibis.literal(1.0)
+    threshold = table.ltv.quantile(config.value_quantile).over(ibis.window())
+    return table.mutate(value_segment=value_segment(table.ltv, trend, threshold))

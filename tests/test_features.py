@@ -1,0 +1,247 @@
+"""Point-in-time features: hand-computed values on a tiny table, flags, tiers, and leakage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import ibis
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml.features import FeatureConfig, build_features
+from churnml.segments import SegmentConfig, lifetime_value, loyalty_tier, purchases_per_year
+
+from conftest import frame_dataset
+
+CUTOFF = "2024-06-30"
+
+
+def features_at(dataset, cutoff=CUTOFF, config=FeatureConfig()) -> pd.DataFrame:
+    return build_features(dataset, cutoff, config).to_pandas().set_index("customer_id")
+
+
+@pytest.fixture
+def tiny_features(tiny_transactions, tiny_interactions, tiny_customers) -> pd.DataFrame:
+    return features_at(frame_dataset(tiny_transactions, tiny_interactions, tiny_customers))
+
+
+def test_one_row_per_customer_with_history(tiny_features):
+    assert sorted(tiny_features.index) == ["A", "B", "C"]
+    assert (tiny_features["cutoff"] == pd.Timestamp(CUTOFF)).all()
+
+
+def test_rfm_and_gaps_by_hand(tiny_features):
+    a, b, c = (tiny_features.loc[k] for k in "ABC")
+    assert (a.recency_days, a.tenure_days, a.frequency, a.repeat_orders) == (0, 90, 4, 3)
+    assert (a.monetary_total, a.avg_order_value, a.max_order_value) == (400, 100, 100)
+    assert (a.mean_gap_days, a.gap_std_days, a.last_gap_days) == (30, 0, 30)
+    assert (a.days_overdue, a.overdue_ratio) == (-30, 0)
+    assert a.items_per_order == pytest.approx(1.5)
+
+    assert (a.purchase_span_days, a.purchase_age_days) == (90, 90)
+    assert (b.recency_days, b.tenure_days, b.frequency, b.monetary_total) == (150, 273, 4, 650)
+    assert (b.purchase_span_days, b.purchase_age_days) == (123, 273)
+    assert b.avg_order_value == pytest.approx(162.5)
+    assert b.mean_gap_days == pytest.approx(41)
+    assert b.gap_std_days == pytest.approx(math.sqrt((10**2 + 11**2 + 21**2) / 3))
+    assert b.last_gap_days == pytest.approx(62)
+    assert b.days_overdue == pytest.approx(109)
+    assert b.overdue_ratio == pytest.approx(150 / 41)
+
+    assert (c.frequency, c.recency_days, c.tenure_days) == (1, 29, 29)
+    assert np.isnan(c.mean_gap_days) and np.isnan(c.gap_std_days)
+
+
+def test_refunds_by_hand(tiny_features):
+    c = tiny_features.loc["C"]
+    assert (c.monetary_total, c.refund_amount, c.n_refunds, c.net_spend) == (80, 40, 1, 40)
+    assert c.refund_rate == pytest.approx(0.5)
+    assert c.items_per_order == pytest.approx(4)
+    assert tiny_features.loc["A", "refund_amount"] == 0
+
+
+def test_windows_and_trends_by_hand(tiny_features):
+    a = tiny_features.loc["A"]
+    # The 90-day window is 2024-04-02..2024-06-30, so the order of 2024-04-01 falls outside it.
+    assert (a.orders_30d, a.orders_90d, a.orders_180d, a.orders_365d) == (1, 3, 4, 4)
+    assert (a.spend_30d, a.spend_90d, a.spend_365d) == (100, 300, 400)
+    assert a.orders_trend_30_90 == pytest.approx((1 / 30) / (3 / 90))
+    # A has been a customer for 91 days: rates in longer windows are taken over those 91 days.
+    assert a.orders_trend_90_180 == pytest.approx((3 / 90) / (4 / 91))
+    assert a.orders_trend_180_365 == pytest.approx(1.0)
+    b = tiny_features.loc["B"]
+    assert (b.orders_90d, b.spend_90d) == (0, 0)
+    assert b.orders_trend_30_90 is None or np.isnan(b.orders_trend_30_90)
+
+
+def test_breadth_by_hand(tiny_features):
+    assert tiny_features.loc["A", "n_categories"] == 2
+    assert tiny_features.loc["A", "n_channels"] == 2
+    assert tiny_features.loc["B", "n_categories"] == 1
+
+
+def test_interactions_by_hand(tiny_features):
+    a, b, c = (tiny_features.loc[k] for k in "ABC")
+    assert (a.n_interactions, a.interactions_90d, a.interactions_30d) == (6, 6, 6)
+    assert (a.login_90d, a.visit_90d, a.email_open_90d, a.support_ticket_90d) == (3, 2, 1, 0)
+    assert a.days_since_interaction == 0
+    month = 365.25 / 12
+    assert a.interactions_per_month == pytest.approx(6 / (90 / month))
+    assert b.interactions_per_month == pytest.approx(1 / (90 / month))
+    # C has been known for 30 days only.
+    assert c.interactions_per_month == pytest.approx(2 / (30 / month))
+    assert a.interaction_trend == pytest.approx(3.0)
+    peer_mean = np.mean([a.interactions_per_month, b.interactions_per_month, c.interactions_per_month])
+    assert a.peer_interactions_per_month == pytest.approx(peer_mean)
+    assert (a.low_interaction, b.low_interaction, c.low_interaction) == (False, True, False)
+
+
+def test_customer_attributes_and_signup(tiny_features):
+    assert tiny_features.loc["A", "days_since_signup"] == 121
+    assert tiny_features.loc["C", "region"] == "north"
+    assert "signup_ts" not in tiny_features.columns
+
+
+def test_warning_flags_by_hand(tiny_transactions):
+    dataset = frame_dataset(tiny_transactions)
+    at_june = features_at(dataset)
+    assert bool(at_june.loc["B", "no_repurchase_3m"]) and not bool(at_june.loc["A", "no_repurchase_3m"])
+    # On 2024-03-31, B's last 90 days hold the order of 50; the 90 days before, two orders of 200.
+    at_march = features_at(dataset, "2024-03-31")
+    b = at_march.loc["B"]
+    assert (b.aov_recent, b.aov_previous) == (50, 200)
+    assert b.aov_change == pytest.approx(-0.75)
+    assert bool(b.order_value_drop_40)
+    assert not bool(at_june.loc["A", "order_value_drop_40"])
+
+
+def test_order_value_drop_threshold_is_strict(tiny_transactions):
+    frame = tiny_transactions.copy()
+    frame.loc[(frame.customer_id == "B") & (frame.order_id == "b4"), "amount"] = 120.0  # exactly 40% below 200
+    at_march = features_at(frame_dataset(frame), "2024-03-31")
+    assert not bool(at_march.loc["B", "order_value_drop_40"])
+    frame.loc[(frame.customer_id == "B") & (frame.order_id == "b4"), "amount"] = 119.99
+    assert bool(features_at(frame_dataset(frame), "2024-03-31").loc["B", "order_value_drop_40"])
+
+
+def test_no_interaction_or_customer_columns_without_those_tables(tiny_transactions):
+    columns = set(features_at(frame_dataset(tiny_transactions)).columns)
+    assert not {"n_interactions", "low_interaction", "interactions_per_month", "days_since_signup"} & columns
+    assert {"recency_days", "tier", "ltv", "value_segment", "no_repurchase_3m", "order_value_drop_40"} <= columns
+
+
+def test_orders_without_order_id_group_lines_with_the_same_timestamp(tiny_transactions):
+    frame = tiny_transactions.drop(columns=["order_id"])
+    a = features_at(frame_dataset(frame)).loc["A"]
+    assert (a.frequency, a.avg_order_value) == (4, 100)
+
+
+def test_configured_windows_change_the_columns(tiny_transactions):
+    config = FeatureConfig(windows_days=(14, 365), order_value_window_days=60)
+    columns = set(features_at(frame_dataset(tiny_transactions), config=config).columns)
+    assert {"orders_14d", "spend_365d", "orders_trend_14_365"} <= columns
+    assert "orders_30d" not in columns
+
+
+def test_windows_must_increase():
+    with pytest.raises(ValueError, match="increasing"):
+        FeatureConfig(windows_days=(90, 30))
+
+
+# --- tiers, LTV ---------------------------------------------------------------------------
+
+def tier_of(spend, orders, tenure, recency, rate=None, config=SegmentConfig()):
+    row = {"spend_365d": [float(spend)], "orders_365d": [orders], "tenure_days": [float(tenure)],
+           "frequency": [orders], "recency_days": [float(recency)]}
+    if rate is not None:
+        row["interactions_per_month"] = [float(rate)]
+    table = ibis.memtable(pd.DataFrame(row))
+    return ibis.duckdb.connect().execute(loyalty_tier(table, config, has_interactions=rate is not None).name("t"))[0]
+
+
+@pytest.mark.parametrize(
+    "spend, orders, tenure, recency, rate, expected",
+    [
+        (5000, 4, 400, 10, 2.0, "core"),
+        (4999.99, 4, 400, 10, 2.0, "potential"),
+        (5000, 4, 100, 10, 2.0, "potential"),  # the first order in the year is not a repurchase
+        (5000, 4, 400, 10, 1.99, "potential"),
+        (2000, 2, 400, 10, 1.0, "potential"),
+        (2000, 2, 400, 10, 0.99, "basic"),
+        (1999.99, 3, 400, 10, 5.0, "basic"),
+        (500, 1, 400, 10, 0.0, "basic"),
+        (499.99, 9, 400, 10, 5.0, "dormant"),
+        (9000, 9, 400, 179, 5.0, "core"),
+        (9000, 9, 400, 180, 5.0, "dormant"),
+        (5000, 4, 400, 10, None, "core"),  # without interactions, the interaction minimum is not applied
+    ],
+)
+def test_tier_boundaries(spend, orders, tenure, recency, rate, expected):
+    assert tier_of(spend, orders, tenure, recency, rate) == expected
+
+
+def test_tier_thresholds_come_from_config():
+    from churnml.segments import TierRule
+
+    config = SegmentConfig(core=TierRule(100.0, 1, 0.0))
+    assert tier_of(600, 2, 400, 10, 0.0, config) == "core"
+
+
+def test_ltv_is_aov_times_yearly_purchases_times_years():
+    frame = pd.DataFrame({"avg_order_value": [50.0, 80.0], "orders_365d": [6, 1], "tenure_days": [400.0, 9.0]})
+    table = ibis.memtable(frame)
+    con = ibis.duckdb.connect()
+    config = SegmentConfig(ltv_expected_years=3.0, min_rate_exposure_days=90)
+    rates = con.execute(purchases_per_year(table, config).name("r")).tolist()
+    assert rates == pytest.approx([6.0, 365 / 90])
+    ltv = con.execute(lifetime_value(table, config).name("l")).tolist()
+    assert ltv == pytest.approx([50 * 6 * 3, 80 * 365 / 90 * 3])
+
+
+def test_every_customer_gets_a_tier_and_segment(tiny_features):
+    assert set(tiny_features["tier"]) <= {"core", "potential", "basic", "dormant"}
+    assert tiny_features["value_segment"].notna().all()
+    assert tiny_features.loc["A", "value_segment"].startswith("high_value")
+
+
+# --- leakage -----------------------------------------------------------------------------
+
+def _after_cutoff_changed(table: pd.DataFrame, cutoff: pd.Timestamp, rng: np.random.Generator) -> pd.DataFrame:
+    """The same table with every event after the cutoff altered, and new ones added after it."""
+    table = table.copy()
+    later = table["ts"] >= cutoff + pd.Timedelta(days=1)
+    if "amount" in table:
+        table.loc[later, "amount"] = rng.uniform(-50, 500, later.sum()).round(2)
+    if "kind" in table:
+        table.loc[later, "kind"] = "support_ticket"
+    extra = table.sample(n=min(len(table), 300), random_state=1).copy()
+    extra["ts"] = cutoff + pd.to_timedelta(rng.integers(1, 200, len(extra)), unit="D") + pd.Timedelta(hours=3)
+    newcomers = extra.head(20).copy()
+    newcomers["customer_id"] = [f"NEW{i}" for i in range(len(newcomers))]
+    return pd.concat([table, extra, newcomers], ignore_index=True)
+
+
+def test_data_after_the_cutoff_changes_no_feature(small_shop):
+    cutoff = pd.Timestamp("2024-03-31")
+    rng = np.random.default_rng(0)
+    tx, inter, cust = small_shop["transactions"], small_shop["interactions"], small_shop["customers"]
+    base = features_at(frame_dataset(tx, inter, cust), cutoff.date())
+    changed = features_at(
+        frame_dataset(
+            _after_cutoff_changed(tx, cutoff, rng), _after_cutoff_changed(inter, cutoff, rng), cust
+        ),
+        cutoff.date(),
+    )
+    assert len(base) > 500
+    pd.testing.assert_frame_equal(base.sort_index(), changed.sort_index(), check_exact=False, rtol=1e-12)
+
+
+def test_events_on_the_cutoff_day_count_and_the_next_day_does_not(tiny_transactions):
+    frame = tiny_transactions.copy()
+    late = pd.DataFrame({"customer_id": ["A", "A"], "ts": pd.to_datetime(["2024-06-30 23:59:59", "2024-07-01 00:00:00"]),
+                         "amount": [10.0, 999.0], "order_id": ["a5", "a6"], "quantity": [1, 1],
+                         "category": ["x", "y"], "channel": ["web", "web"]})
+    a = features_at(frame_dataset(pd.concat([frame, late], ignore_index=True))).loc["A"]
+    assert (a.frequency, a.monetary_total, a.n_categories) == (5, 410, 3)

@@ -1,0 +1,205 @@
+"""The data contract at load time: every kind of bad input stops the run with a clear message."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churnml.io import LoadOptions, TableSource, connect, load_dataset, write_frame_atomic
+from churnml.schema import DataValidationError
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "tx.csv") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def load_csv(path: str, **kwargs) -> object:
+    return load_dataset(TableSource(path=path, **kwargs), con=connect())
+
+
+GOOD_CSV = "customer_id,ts,amount\nA,2024-01-01,10\nA,2024-02-01 10:30:00,20.5\nB,2024-01-15,7\n"
+
+
+def test_good_csv_loads_with_types(tmp_path):
+    dataset = load_csv(write_csv(tmp_path, GOOD_CSV))
+    frame = dataset.transactions.to_pandas().sort_values("ts")
+    assert list(frame.columns) == ["customer_id", "ts", "amount"]
+    assert frame["amount"].tolist() == [10.0, 7.0, 20.5]
+    assert pd.api.types.is_datetime64_any_dtype(frame["ts"])
+    assert dataset.first_date == dt.date(2024, 1, 1)
+    assert dataset.last_date == dt.date(2024, 2, 1)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(DataValidationError, match=r"transactions .*nope\.csv.*does not exist"):
+        load_csv(str(tmp_path / "nope.csv"))
+
+
+def test_unknown_format_is_refused(tmp_path):
+    path = write_csv(tmp_path, GOOD_CSV, name="tx.xlsx")
+    with pytest.raises(DataValidationError, match=r"unknown file format '\.xlsx'"):
+        load_csv(path)
+
+
+def test_empty_file_is_refused(tmp_path):
+    with pytest.raises(DataValidationError, match="file is empty"):
+        load_csv(write_csv(tmp_path, ""))
+
+
+def test_header_only_file_has_no_rows(tmp_path):
+    with pytest.raises(DataValidationError, match="has no rows"):
+        load_csv(write_csv(tmp_path, "customer_id,ts,amount\n"))
+
+
+def test_missing_required_column_lists_what_the_file_has(tmp_path):
+    path = write_csv(tmp_path, "customer_id,date,amount\nA,2024-01-01,1\n")
+    with pytest.raises(DataValidationError) as err:
+        load_csv(path)
+    message = str(err.value)
+    assert "column 'ts'" in message and "required column is missing" in message
+    assert "the file has: customer_id, date, amount" in message
+
+
+def test_column_mapping_uses_the_users_names(tmp_path):
+    path = write_csv(tmp_path, "CustID,InvoiceDate,Total\nA,2024-01-01,1\n")
+    dataset = load_csv(path, columns={"customer_id": "CustID", "ts": "InvoiceDate", "amount": "Total"})
+    assert dataset.transactions.columns == ("customer_id", "ts", "amount")
+    with pytest.raises(DataValidationError, match=r"looked for 'Cust'"):
+        load_csv(path, columns={"customer_id": "Cust", "ts": "InvoiceDate", "amount": "Total"})
+
+
+def test_unparseable_dates_are_counted_with_row_numbers(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\nA,2024-13-01,1\nB,yesterday,2\nB,2024-01-03,2\n")
+    with pytest.raises(DataValidationError) as err:
+        load_csv(path)
+    message = str(err.value)
+    assert "column 'ts'" in message and "is not a date or timestamp" in message
+    assert "(2 of 4 rows)" in message
+    assert "row 2: '2024-13-01'" in message and "row 3: 'yesterday'" in message
+
+
+def test_non_numeric_amount_is_counted(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\nA,2024-01-02,ten\n")
+    with pytest.raises(DataValidationError, match=r"column 'amount': is not a number \(1 of 2 rows\); e.g. row 2: 'ten'"):
+        load_csv(path)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\n,2024-01-01,1\nA,never,x\n")
+    with pytest.raises(DataValidationError) as err:
+        load_csv(path)
+    assert {p.column for p in err.value.problems} == {"customer_id", "ts", "amount"}
+
+
+def test_null_customer_id_stops_unless_guest_rows_are_dropped(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\n,2024-01-02,5\n  ,2024-01-03,5\n")
+    with pytest.raises(DataValidationError, match=r"column 'customer_id': is empty .*\(2 of 3 rows\)"):
+        load_csv(path)
+    dataset = load_dataset(TableSource(path=path), options=LoadOptions(drop_missing_customer_id=True), con=connect())
+    report = dataset.reports["transactions"]
+    assert report.rows_kept == 1
+    assert report.dropped["missing_customer_id"] == 2
+
+
+def test_mixed_aware_and_naive_timestamps_are_refused(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01 10:00:00,1\nA,2024-01-02 10:00:00+02:00,1\n")
+    with pytest.raises(DataValidationError, match="mixes time-zone-aware and naive"):
+        load_csv(path)
+
+
+def test_aware_timestamps_are_compared_in_utc(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01 10:00:00+02:00,1\nA,2024-01-02 23:30:00-05:00,1\n")
+    times = sorted(load_csv(path).transactions.to_pandas()["ts"])
+    assert times == [pd.Timestamp("2024-01-01 08:00:00"), pd.Timestamp("2024-01-03 04:30:00")]
+
+
+def test_tables_mixing_aware_and_naive_are_refused(tmp_path):
+    tx = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01 10:00:00+00:00,1\n")
+    inter = tmp_path / "inter.parquet"
+    pd.DataFrame({"customer_id": ["A"], "ts": pd.to_datetime(["2024-01-01"]), "kind": ["login"]}).to_parquet(inter)
+    aware = tmp_path / "aware.parquet"
+    pd.DataFrame({"customer_id": ["A"], "ts": pd.to_datetime(["2024-01-01"]).tz_localize("UTC"), "amount": [1.0]}).to_parquet(aware)
+    with pytest.raises(DataValidationError, match="mix time-zone-aware and naive timestamps"):
+        load_dataset(TableSource(path=str(aware)), TableSource(path=str(inter)), con=connect())
+    assert load_dataset(TableSource(path=tx), con=connect()).transactions.count().execute() == 1
+
+
+def test_timestamps_far_in_the_future_are_refused(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\nA,2999-01-01,1\n")
+    with pytest.raises(DataValidationError, match=r"column 'ts': lies in the future .*row 2: '2999-01-01'"):
+        load_csv(path)
+    options = LoadOptions(now=dt.datetime(2023, 12, 1), max_future_days=60)
+    early = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\n", name="early.csv")
+    assert load_dataset(TableSource(path=early), options=options, con=connect()).reports["transactions"].rows_kept == 1
+
+
+def test_cleaning_rules_are_counted_not_silent(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\nA,2024-01-01,1\nA,2024-01-01,1\nB,2024-01-02,0\nB,2024-01-03,4\n")
+    report = load_dataset(TableSource(path=path), options=LoadOptions(drop_exact_duplicates=True), con=connect()).reports["transactions"]
+    assert report.rows_read == 5
+    assert report.rows_kept == 2
+    assert report.dropped == {"zero_amount": 1, "exact_duplicates": 2}
+    by_default = load_csv(path)
+    assert by_default.reports["transactions"].dropped == {"zero_amount": 1}
+    assert by_default.transactions.count().execute() == 4
+    kept_all = load_dataset(TableSource(path=path), options=LoadOptions(drop_zero_amount=False), con=connect())
+    assert kept_all.reports["transactions"].rows_kept == 5
+    assert kept_all.transactions.count().execute() == 5
+
+
+def test_non_iso_dates_need_a_format(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,19970101,1\nA,31/12/1997,1\n")
+    with pytest.raises(DataValidationError, match="ts_format"):
+        load_csv(path)
+    good = write_csv(tmp_path, "customer_id,ts,amount\nA,19970101,1\nA,19971231,1\n", name="good.csv")
+    frame = load_csv(good, ts_format="%Y%m%d").transactions.to_pandas()
+    assert sorted(frame["ts"]) == [pd.Timestamp("1997-01-01"), pd.Timestamp("1997-12-31")]
+
+
+def test_parquet_with_typed_columns_and_float_ids(tmp_path):
+    path = tmp_path / "tx.parquet"
+    pd.DataFrame({
+        "customer_id": [12346.0, 12347.0],
+        "ts": pd.to_datetime(["2024-01-01", "2024-01-02"]).tz_localize("Europe/Berlin"),
+        "amount": [1, 2],
+    }).to_parquet(path)
+    frame = load_csv(str(path)).transactions.to_pandas().sort_values("customer_id")
+    assert frame["customer_id"].tolist() == ["12346", "12347"]
+    assert frame["ts"].tolist() == [pd.Timestamp("2023-12-31 23:00:00"), pd.Timestamp("2024-01-01 23:00:00")]
+
+
+def test_customers_must_be_unique(tmp_path):
+    tx = write_csv(tmp_path, GOOD_CSV)
+    customers = write_csv(tmp_path, "customer_id,signup_ts,region\nA,2023-01-01,north\nA,2023-02-01,south\n", name="c.csv")
+    with pytest.raises(DataValidationError, match=r"customers .*column 'customer_id': repeats values that must be unique.*'A' x2"):
+        load_dataset(TableSource(path=tx), customers=TableSource(path=customers), con=connect())
+
+
+def test_customer_attributes_are_kept(tmp_path):
+    tx = write_csv(tmp_path, GOOD_CSV)
+    customers = write_csv(tmp_path, "customer_id,signup_ts,region\nA,2023-01-01,north\nB,2023-02-01,south\n", name="c.csv")
+    dataset = load_dataset(TableSource(path=tx), customers=TableSource(path=customers), con=connect())
+    assert dataset.customers.columns == ("customer_id", "signup_ts", "region")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out" / "scores.parquet"
+
+    class Exploding(pd.DataFrame):
+        def to_parquet(self, *args, **kwargs):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_frame_atomic(Exploding({"a": [1]}), target)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+    frame = pd.DataFrame({"a": [1, 2]})
+    write_frame_atomic(frame, target)
+    first = target.read_bytes()
+    write_frame_atomic(frame, target)
+    assert target.read_bytes() == first
