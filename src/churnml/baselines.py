@@ -1,0 +1,529 @@
+"""Baselines the model is compared against: the warning-flag rule, an RFM score and BG/NBD.
+
+All baselines score the same holdout rows as the model. The rule and RFM scores are ranks, not
+probabilities, so they are mapped to probabilities with an isotonic calibrator fitted on the
+training rows; BG/NBD gives probabilities of its own.
+
+BG/NBD (Fader, Hardie and Lee, 2005) is fitted in weeks with ``lifetimes``. Its inputs are
+``x`` (repeat purchases), ``t_x`` (time from the first to the last purchase) and ``T`` (time from
+the first purchase to the cutoff), all read from the feature table at one cutoff, so a fit only
+ever sees history up to that cutoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+if TYPE_CHECKING:
+    import lifetimes
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("churn", "repurchase")
+DAYS_PER_WEEK = 7.0
+PROBABILITY_FLOOR = 1e-6
+WARNING_FLAGS = ("no_repurchase_3m", "order_value_drop_40", "low_interaction")
+BGNBD_INPUT_COLUMNS = ("x", "t_x", "T")
+BGNBD_FEATURE_COLUMNS = ("bgnbd_p_alive", "bgnbd_expected_purchases")
+DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1, 1.0)
+
+# Recency enters the rule score as r / (r + RECENCY_SCALE_DAYS): a year of recency gives 0.5.
+RECENCY_SCALE_DAYS = 365.0
+# Tie-breaker of a customer without any purchase (no recency): the largest one, yet far enough
+# below 1 that ``flags + tie`` never rounds up to the next flag count.
+MAX_TIE_BREAKER = 1.0 - 1e-6
+QUINTILES = (0.2, 0.4, 0.6, 0.8)
+# R + F + M runs from 3 to 15; 18 minus it runs the other way, so a higher score is a higher risk.
+RFM_RISK_OFFSET = 18
+
+
+class BGNBDFitError(RuntimeError):
+    """BG/NBD could not be fitted with any of the penalizers tried."""
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+
+
+def _require_columns(features: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in features.columns]
+    if missing:
+        raise KeyError(f"{what} needs the feature columns {missing}, which are missing")
+
+
+def _as_float(values: pd.Series) -> np.ndarray:
+    return pd.to_numeric(values, errors="raise").to_numpy(dtype=float, na_value=np.nan)
+
+
+# --------------------------------------------------------------------------------------------
+# BG/NBD
+# --------------------------------------------------------------------------------------------
+
+
+def bgnbd_inputs(features: pd.DataFrame) -> pd.DataFrame:
+    """BG/NBD inputs ``x``, ``t_x`` and ``T`` (in weeks) for each row of a feature table.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Feature table at one cutoff with ``frequency``, ``repeat_orders``,
+        ``purchase_span_days``, ``purchase_age_days`` and ``tenure_days``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``x`` (repeat purchases), ``t_x`` (``purchase_span_days / 7``) and ``T``
+        (``purchase_age_days / 7``), index aligned with ``features``. Customers without any
+        purchase (refunds only) get ``x = 0``, ``t_x = 0`` and ``T = max(tenure_days, 1) / 7``:
+        BG/NBD has no notion of a customer who never bought, and treating them as one-time buyers
+        known for their tenure keeps them scorable.
+    """
+    needed = ("frequency", "repeat_orders", "purchase_span_days", "purchase_age_days", "tenure_days")
+    _require_columns(features, needed, "BG/NBD")
+    frequency = _as_float(features["frequency"])
+    has_purchase = np.nan_to_num(frequency, nan=0.0) > 0
+    repeat = np.where(has_purchase, _as_float(features["repeat_orders"]), 0.0)
+    span_days = np.where(has_purchase, _as_float(features["purchase_span_days"]), 0.0)
+    tenure_days = np.fmax(_as_float(features["tenure_days"]), 1.0)
+    age_days = np.where(has_purchase, _as_float(features["purchase_age_days"]), tenure_days)
+    inputs = pd.DataFrame(
+        {"x": repeat, "t_x": span_days / DAYS_PER_WEEK, "T": age_days / DAYS_PER_WEEK},
+        index=features.index,
+    )
+    if not np.isfinite(inputs.to_numpy()).all():
+        bad = inputs.index[~np.isfinite(inputs.to_numpy()).all(axis=1)]
+        raise ValueError(f"BG/NBD inputs are missing for {len(bad)} rows, e.g. {list(bad[:5])}")
+    return inputs
+
+
+def _input_arrays(inputs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # lifetimes 0.11 predates pandas 3 and mis-handles Series arguments; plain arrays are safe.
+    _require_columns(inputs, BGNBD_INPUT_COLUMNS, "BG/NBD")
+    return tuple(inputs[c].to_numpy(dtype=float) for c in BGNBD_INPUT_COLUMNS)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _quiet_lifetimes():
+    # lifetimes prints the optimiser's state when it fails and resets the global warning filters
+    # inside its likelihood; keep both from leaking into the caller's console and settings.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def fit_bgnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZERS) -> "lifetimes.BetaGeoFitter":
+    """Fit BG/NBD, retrying with stronger penalizers when the optimiser fails.
+
+    Parameters
+    ----------
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs` (times in weeks).
+    penalizers : sequence of float
+        L2 penalizer coefficients tried in order; the first fit that converges with finite
+        parameters is returned.
+
+    Returns
+    -------
+    lifetimes.BetaGeoFitter
+        The fitted model; ``params_`` holds ``r``, ``alpha`` (weeks), ``a`` and ``b``.
+
+    Raises
+    ------
+    BGNBDFitError
+        If every penalizer fails, naming the penalizers tried and the last error.
+    """
+    from lifetimes import BetaGeoFitter
+
+    if len(inputs) == 0:
+        raise BGNBDFitError("BG/NBD cannot be fitted on an empty table")
+    if not penalizers:
+        raise ValueError("fit_bgnbd needs at least one penalizer")
+    x, t_x, T = _input_arrays(inputs)
+    last_error: BaseException | None = None
+    for penalizer in penalizers:
+        model = BetaGeoFitter(penalizer_coef=float(penalizer))
+        try:
+            with _quiet_lifetimes():
+                model.fit(x, t_x, T)
+        # lifetimes fails in several ways on real retail data (ConvergenceError, LinAlgError from
+        # a singular Hessian, overflow): any of them means "try a stronger penalizer".
+        except Exception as error:  # noqa: BLE001
+            last_error = error
+            log.debug("BG/NBD fit with penalizer %s failed: %r", penalizer, error)
+            continue
+        params = model.params_.to_numpy(dtype=float)
+        if not np.isfinite(params).all() or (params <= 0).any():
+            last_error = ValueError(f"non-finite or non-positive parameters {model.params_.to_dict()}")
+            continue
+        if penalizer != penalizers[0]:
+            log.info("BG/NBD converged with penalizer %s", penalizer)
+        return model
+    tried = ", ".join(str(p) for p in penalizers)
+    message = str(last_error).strip() or type(last_error).__name__
+    raise BGNBDFitError(
+        f"BG/NBD did not fit with any penalizer ({tried}); last error: {type(last_error).__name__}: {message}"
+    ) from last_error
+
+
+def bgnbd_probability_alive(model: "lifetimes.BetaGeoFitter", inputs: pd.DataFrame) -> np.ndarray:
+    """P(alive at the cutoff) for each row of ``inputs`` (1 for customers without repeat purchases).
+
+    Parameters
+    ----------
+    model : lifetimes.BetaGeoFitter
+        A fitted model.
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs`.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    x, t_x, T = _input_arrays(inputs)
+    with _quiet_lifetimes():
+        return np.asarray(model.conditional_probability_alive(x, t_x, T), dtype=float)
+
+
+def bgnbd_probability_no_purchase(
+    model: "lifetimes.BetaGeoFitter", inputs: pd.DataFrame, horizon_days: float
+) -> np.ndarray:
+    """P(no purchase in the ``horizon_days`` after the cutoff | x, t_x, T) under BG/NBD.
+
+    ``lifetimes`` 0.11 implements the conditional purchase-count distribution only for the
+    Pareto/NBD model, so the ``n = 0`` case of the BG/NBD one is computed here. A customer makes
+    no purchase in the next ``t`` weeks if already inactive, or if active and the Poisson process
+    stays silent (in BG/NBD a customer can only drop out right after a purchase)::
+
+        P(N = 0) = 1 - P(alive) + P(alive) * ((alpha + T) / (alpha + T + t)) ** (r + x)
+
+    Parameters
+    ----------
+    model : lifetimes.BetaGeoFitter
+        A fitted model.
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs`.
+    horizon_days : float
+        Length of the label window in days.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities in [0, 1], not clipped.
+    """
+    if horizon_days <= 0:
+        raise ValueError(f"horizon_days must be positive, got {horizon_days}")
+    x, _, T = _input_arrays(inputs)
+    r, alpha = (float(model.params_[k]) for k in ("r", "alpha"))
+    horizon_weeks = horizon_days / DAYS_PER_WEEK
+    p_alive = bgnbd_probability_alive(model, inputs)
+    log_silent = (r + x) * (np.log(alpha + T) - np.log(alpha + T + horizon_weeks))
+    # 1 - P(alive) * (1 - silent), with expm1 so that tiny purchase chances are not lost.
+    return 1.0 - p_alive * -np.expm1(log_silent)
+
+
+def bgnbd_probability(
+    model: "lifetimes.BetaGeoFitter", inputs: pd.DataFrame, horizon_days: int, target: str
+) -> np.ndarray:
+    """Probability of the positive class of ``target`` under a fitted BG/NBD model.
+
+    Parameters
+    ----------
+    model : lifetimes.BetaGeoFitter
+        A fitted model (see :func:`fit_bgnbd`).
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs` for the rows to score, at the cutoff the model was fitted at.
+    horizon_days : int
+        Length of the label window in days.
+    target : {"churn", "repurchase"}
+        ``churn``: P(no purchase in the horizon); ``repurchase``: 1 minus that.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities clipped to ``[1e-6, 1 - 1e-6]``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown target or if the model produces non-finite probabilities.
+    """
+    _check_target(target)
+    no_purchase = bgnbd_probability_no_purchase(model, inputs, horizon_days)
+    probability = no_purchase if target == "churn" else 1.0 - no_purchase
+    if not np.isfinite(probability).all():
+        raise ValueError(f"BG/NBD gave non-finite probabilities with parameters {model.params_.to_dict()}")
+    return np.clip(probability, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
+
+
+def _bgnbd_snapshot_features(features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    inputs = bgnbd_inputs(features)
+    try:
+        model = fit_bgnbd(inputs)
+    except BGNBDFitError as error:
+        log.warning("BG/NBD features are missing for %s rows: %s", len(features), error)
+        return pd.DataFrame(np.nan, index=features.index, columns=list(BGNBD_FEATURE_COLUMNS))
+    x, t_x, T = _input_arrays(inputs)
+    with _quiet_lifetimes():
+        expected = np.asarray(
+            model.conditional_expected_number_of_purchases_up_to_time(horizon_days / DAYS_PER_WEEK, x, t_x, T),
+            dtype=float,
+        )
+    # A missing value is better than a wrong one: tree models route NaN on their own.
+    expected = np.where(np.isfinite(expected), np.maximum(expected, 0.0), np.nan)
+    return pd.DataFrame(
+        {"bgnbd_p_alive": bgnbd_probability_alive(model, inputs), "bgnbd_expected_purchases": expected},
+        index=features.index,
+    )
+
+
+def bgnbd_features(features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """BG/NBD P(alive) and expected purchases in the horizon, as model features.
+
+    The model is fitted on the rows' own history (features at their cutoff), so no information
+    from after the cutoff is used. A table that stacks several cutoffs (a ``cutoff`` column with
+    more than one value) gets one fit per cutoff, so that an early snapshot's features never
+    depend on a later snapshot's rows.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Feature table (see :func:`bgnbd_inputs` for the columns used).
+    horizon_days : int
+        Horizon for the expected number of purchases, in days.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``bgnbd_p_alive`` and ``bgnbd_expected_purchases``, index aligned with
+        ``features``. If BG/NBD cannot be fitted, both columns are NaN and a warning is logged:
+        a feature must not stop training.
+    """
+    if "cutoff" not in features.columns or features["cutoff"].nunique(dropna=False) <= 1:
+        return _bgnbd_snapshot_features(features, horizon_days)
+    # Positional index: a stacked table usually repeats customer ids across cutoffs.
+    positional = features.reset_index(drop=True)
+    parts = [
+        _bgnbd_snapshot_features(snapshot, horizon_days)
+        for _, snapshot in positional.groupby("cutoff", sort=False, dropna=False)
+    ]
+    return pd.concat(parts).sort_index().set_axis(features.index, axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Warning-flag rule and RFM
+# --------------------------------------------------------------------------------------------
+
+
+def _flag(features: pd.DataFrame, column: str) -> np.ndarray:
+    # An unknown flag (missing value) counts as not raised.
+    return features[column].astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def rule_score(features: pd.DataFrame) -> np.ndarray:
+    """The warning-flag rule as a churn-risk score.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Feature table with ``recency_days`` and any of the flags ``no_repurchase_3m``,
+        ``order_value_drop_40`` and ``low_interaction``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Number of flags raised plus a tie-breaker in [0, 1) that grows with recency,
+        ``recency / (recency + 365)``, so that customers with equal flag counts are ranked by how
+        long ago they last bought. A missing recency (refunds only) takes a tie-breaker just
+        below 1, above any real recency.
+    """
+    _require_columns(features, ["recency_days"], "the warning-flag rule")
+    flags = [c for c in WARNING_FLAGS if c in features.columns]
+    raised = np.zeros(len(features))
+    for column in flags:
+        raised += _flag(features, column)
+    recency = np.clip(_as_float(features["recency_days"]), 0.0, None)
+    tie_breaker = np.where(np.isnan(recency), MAX_TIE_BREAKER, recency / (recency + RECENCY_SCALE_DAYS))
+    return raised + tie_breaker
+
+
+def quintile_edges(reference: np.ndarray) -> np.ndarray:
+    """The 20/40/60/80% quantiles of the finite values of ``reference``.
+
+    Raises
+    ------
+    ValueError
+        If ``reference`` has no finite value.
+    """
+    finite = reference[np.isfinite(reference)]
+    if finite.size == 0:
+        raise ValueError("quintile edges need at least one finite reference value")
+    return np.quantile(finite, QUINTILES)
+
+
+def quintile_score(values: np.ndarray, edges: np.ndarray, higher_is_better: bool = True) -> np.ndarray:
+    """Scores 1-5 from the number of quintile edges a value lies above.
+
+    Bins are closed on the right, ``(e_k, e_k+1]``, and a value counts every edge strictly below
+    it, so with duplicate edges (many tied reference values) a value above the tie jumps by as
+    many quintiles as the tie covers, and a value on the tie stays in the lowest bin it touches.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Values to score; NaN gets the worst score, 1.
+    edges : numpy.ndarray
+        Four increasing edges (see :func:`quintile_edges`).
+    higher_is_better : bool
+        True for frequency and monetary value (above every edge = 5), False for recency
+        (at or below the lowest edge = 5).
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer scores 1-5 as floats.
+    """
+    above = np.searchsorted(edges, values, side="left").astype(float)
+    score = 1.0 + above if higher_is_better else 5.0 - above
+    return np.where(np.isnan(values), 1.0, score)
+
+
+def rfm_score(features: pd.DataFrame, reference: pd.DataFrame) -> np.ndarray:
+    """Classic RFM as a churn-risk score, with quintile edges from a reference table.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Rows to score, with ``recency_days``, ``frequency`` and ``monetary_total``.
+    reference : pandas.DataFrame
+        Rows the quintile edges are taken from (the training rows), so that the score of a
+        holdout customer does not depend on the other holdout customers.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``18 - (R + F + M)`` with R, F, M quintile scores 1-5 (recency: more recent = 5); ranges
+        from 3 (best customers) to 15 (highest churn risk). A missing recency or value scores 1.
+    """
+    columns = (("recency_days", False), ("frequency", True), ("monetary_total", True))
+    _require_columns(features, [c for c, _ in columns], "the RFM score")
+    _require_columns(reference, [c for c, _ in columns], "the RFM reference")
+    total = np.zeros(len(features))
+    for column, higher_is_better in columns:
+        edges = quintile_edges(_as_float(reference[column]))
+        total += quintile_score(_as_float(features[column]), edges, higher_is_better)
+    return RFM_RISK_OFFSET - total
+
+
+class ScoreCalibrator(BaseEstimator):
+    """Map a baseline's score to a probability with isotonic regression.
+
+    The direction (higher score = higher or lower probability) is learned from the training rows
+    (``increasing='auto'``), and scores outside the training range take the nearest end's value.
+
+    Parameters
+    ----------
+    epsilon : float, default 1e-6
+        Probabilities are clipped to ``[epsilon, 1 - epsilon]`` so that log loss stays finite.
+
+    Attributes
+    ----------
+    isotonic_ : sklearn.isotonic.IsotonicRegression
+        The fitted mapping.
+    increasing_ : bool
+        Whether the probability grows with the score.
+    """
+
+    def __init__(self, epsilon: float = PROBABILITY_FLOOR):
+        self.epsilon = epsilon
+
+    def fit(self, score, y) -> "ScoreCalibrator":
+        """Fit on training scores and binary labels; returns self."""
+        from sklearn.isotonic import IsotonicRegression
+
+        score, y = _check_score_and_labels(score, y)
+        if not 0 <= self.epsilon < 0.5:
+            raise ValueError(f"epsilon must be in [0, 0.5), got {self.epsilon}")
+        self.isotonic_ = IsotonicRegression(increasing="auto", out_of_bounds="clip", y_min=0.0, y_max=1.0)
+        self.isotonic_.fit(score, y)
+        self.increasing_ = bool(self.isotonic_.increasing_)
+        return self
+
+    def probability(self, score) -> np.ndarray:
+        """Probability of the positive class for each score."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "isotonic_")
+        score = np.asarray(score, dtype=float).ravel()
+        if not np.isfinite(score).all():
+            raise ValueError("scores must be finite")
+        return np.clip(self.isotonic_.predict(score), self.epsilon, 1.0 - self.epsilon)
+
+
+def _check_score_and_labels(score, y) -> tuple[np.ndarray, np.ndarray]:
+    score = np.asarray(score, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if score.shape != y.shape:
+        raise ValueError(f"score and labels differ in length: {score.size} vs {y.size}")
+    if score.size == 0:
+        raise ValueError("cannot calibrate on zero rows")
+    if not np.isfinite(score).all():
+        raise ValueError("scores must be finite")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 or 1")
+    return score, y
+
+
+def baseline_probabilities(
+    train: pd.DataFrame, y_train: np.ndarray, holdout: pd.DataFrame, target: str, horizon_days: int
+) -> dict[str, np.ndarray]:
+    """Probabilities of the positive class of ``target`` for the holdout rows, per baseline.
+
+    Parameters
+    ----------
+    train : pandas.DataFrame
+        Training feature rows (calibration of the rule and RFM scores, RFM quintile edges).
+    y_train : numpy.ndarray
+        Training labels of ``target`` (1 = positive class).
+    holdout : pandas.DataFrame
+        Holdout feature table at the holdout cutoff.
+    target : {"churn", "repurchase"}
+    horizon_days : int
+        Length of the label window in days.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        ``rule`` and ``rfm``: the churn-risk score (negated for ``repurchase``) calibrated on the
+        training rows. ``bgnbd``: BG/NBD fitted on the holdout rows' own history, which needs no
+        labels and is how BG/NBD is used in practice; not recalibrated. ``bgnbd`` is left out,
+        with a warning, when BG/NBD cannot be fitted.
+    """
+    _check_target(target)
+    if len(train) != len(np.asarray(y_train)):
+        raise ValueError(f"train has {len(train)} rows but y_train has {len(np.asarray(y_train))}")
+    sign = 1.0 if target == "churn" else -1.0
+    scorers = {
+        "rule": rule_score,
+        "rfm": lambda frame: rfm_score(frame, reference=train),
+    }
+    probabilities: dict[str, np.ndarray] = {}
+    for name, scorer in scorers.items():
+        calibrator = ScoreCalibrator().fit(sign * scorer(train), y_train)
+        probabilities[name] = calibrator.probability(sign * scorer(holdout))
+    inputs = bgnbd_inputs(holdout)
+    try:
+        model = fit_bgnbd(inputs)
+    except BGNBDFitError as error:
+        log.warning("BG/NBD baseline left out: %s", error)
+        return probabilities
+    probabilities["bgnbd"] = bgnbd_probability(model, inputs, horizon_days, target)
+    return probabilities

@@ -1,0 +1,397 @@
+"""Baselines: warning-flag rule, RFM, score calibration and BG/NBD on simulated BG/NBD customers."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes import BetaGeoFitter
+from lifetimes.utils import ConvergenceError
+from sklearn.metrics import roc_auc_score
+
+from churnml.baselines import (
+    BGNBDFitError,
+    ScoreCalibrator,
+    baseline_probabilities,
+    bgnbd_features,
+    bgnbd_inputs,
+    bgnbd_probability,
+    bgnbd_probability_alive,
+    fit_bgnbd,
+    quintile_edges,
+    rfm_score,
+    rule_score,
+)
+
+TRAIN_CUTOFF, HOLDOUT_CUTOFF, HORIZON = 640, 730, 90
+# True BG/NBD parameters of the simulation, per day: rate ~ Gamma(r, alpha), dropout ~ Beta(a, b).
+TRUE_R, TRUE_ALPHA_DAYS, TRUE_A, TRUE_B = 0.8, 40.0, 0.8, 3.0
+
+
+def simulate_snapshots(n: int = 1500, seed: int = 0, refund_only_share: float = 0.03,
+                       max_orders: int = 150) -> dict[int, tuple[pd.DataFrame, np.ndarray]]:
+    """Feature tables and churn labels at two cutoffs for customers who buy as BG/NBD assumes.
+
+    Each customer first buys on a random day before the training cutoff, then buys as a Poisson
+    process and drops out after each repeat purchase with a probability of their own. Recent,
+    frequent buyers are therefore the likely repurchasers: the signal every baseline should find.
+    ``low_interaction`` is raised more often for customers who have dropped out. A few customers
+    have refunds only (no purchase features). Returns ``{cutoff: (features, churn)}``.
+    """
+    rng = np.random.default_rng(seed)
+    first = rng.integers(0, TRAIN_CUTOFF, n).astype(float)
+    rate = rng.gamma(TRUE_R, 1.0 / TRUE_ALPHA_DAYS, n)
+    dropout = rng.beta(TRUE_A, TRUE_B, n)
+    repeats_until_dropout = rng.geometric(dropout)
+    gaps = rng.exponential(1.0, (n, max_orders)) / rate[:, None]
+    days = np.floor(first[:, None] + np.cumsum(gaps, axis=1))
+    days[np.arange(1, max_orders + 1) > repeats_until_dropout[:, None]] = np.inf
+    order_value = rng.lognormal(4.0, 0.5, n)
+    refund_only = rng.random(n) < refund_only_share
+    snapshots = {}
+    for cutoff in (TRAIN_CUTOFF, HOLDOUT_CUTOFF):
+        before = days <= cutoff
+        repeats = before.sum(axis=1)
+        last = np.where(repeats > 0, np.where(before, days, -np.inf).max(axis=1), first)
+        dropped_out = repeats >= repeats_until_dropout
+        frequency = 1 + repeats
+        features = pd.DataFrame({
+            "customer_id": [f"c{i:05d}" for i in range(n)],
+            "recency_days": cutoff - last,
+            "tenure_days": cutoff - first,
+            "frequency": frequency,
+            "repeat_orders": repeats,
+            "monetary_total": frequency * order_value,
+            "avg_order_value": order_value,
+            "purchase_span_days": last - first,
+            "purchase_age_days": cutoff - first,
+            "no_repurchase_3m": (cutoff - last) >= 90,
+            "order_value_drop_40": rng.random(n) < 0.1,
+            "low_interaction": rng.random(n) < np.where(dropped_out, 0.5, 0.15),
+            "cutoff": pd.Timestamp("2022-01-01") + pd.Timedelta(days=cutoff),
+        }).set_index("customer_id")
+        no_purchase_columns = ["recency_days", "purchase_span_days", "purchase_age_days", "avg_order_value"]
+        features.loc[refund_only, no_purchase_columns] = np.nan
+        features.loc[refund_only, ["frequency", "repeat_orders"]] = 0
+        features.loc[refund_only, "monetary_total"] = 0.0
+        features.loc[refund_only, "no_repurchase_3m"] = True
+        bought = ((days > cutoff) & (days <= cutoff + HORIZON)).any(axis=1)
+        bought = np.where(refund_only, rng.random(n) < 0.1, bought)
+        snapshots[cutoff] = (features, (~bought).astype(int))
+    return snapshots
+
+
+@pytest.fixture(scope="module")
+def snapshots():
+    return simulate_snapshots()
+
+
+@pytest.fixture(scope="module")
+def holdout_fit(snapshots):
+    features, churn = snapshots[HOLDOUT_CUTOFF]
+    inputs = bgnbd_inputs(features)
+    return inputs, fit_bgnbd(inputs), churn
+
+
+@pytest.fixture
+def hand_features() -> pd.DataFrame:
+    """Four customers: a recent buyer, a lapsed one with every flag, refunds only, and one unknown flag."""
+    return pd.DataFrame(
+        {
+            "recency_days": [0.0, 365.0, np.nan, 100.0],
+            "frequency": [8, 2, 0, 1],
+            "repeat_orders": [7, 1, 0, 0],
+            "monetary_total": [150.0, 46.0, 0.0, 10.0],
+            "purchase_span_days": [70.0, 14.0, np.nan, 0.0],
+            "purchase_age_days": [140.0, 379.0, np.nan, 100.0],
+            "tenure_days": [140.0, 379.0, 14.0, 100.0],
+            "no_repurchase_3m": [False, True, True, True],
+            "order_value_drop_40": [False, True, False, True],
+            "low_interaction": pd.array([False, True, False, pd.NA], dtype="boolean"),
+        },
+        index=pd.Index(["recent", "lapsed", "refunds_only", "unknown_flag"], name="customer_id"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Warning-flag rule
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rule_score_counts_flags_and_breaks_ties_by_recency(hand_features):
+    score = pd.Series(rule_score(hand_features), index=hand_features.index)
+    assert score["recent"] == 0.0
+    assert score["lapsed"] == pytest.approx(3 + 365 / (365 + 365))
+    # An unknown flag is not raised: two flags plus the recency tie-breaker.
+    assert score["unknown_flag"] == pytest.approx(2 + 100 / (100 + 365))
+    # Refunds only: one flag and the largest tie-breaker, still below the next flag count.
+    assert 1 + 365 / (365 + 365) < score["refunds_only"] < 2
+
+
+def test_rule_score_without_interactions_uses_the_flags_that_exist(hand_features):
+    score = rule_score(hand_features.drop(columns="low_interaction"))
+    np.testing.assert_allclose(score, [0.0, 2.5, score[2], 2 + 100 / 465])
+    assert 1 < score[2] < 2
+
+
+def test_rule_score_orders_equal_flag_counts_by_recency():
+    features = pd.DataFrame({"recency_days": [100.0, 10.0, 400.0], "no_repurchase_3m": [True, True, True]})
+    assert list(np.argsort(rule_score(features))) == [1, 0, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# RFM
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rfm_reference() -> pd.DataFrame:
+    """Quintile edges by hand (linear interpolation over 10 values):
+    recency 0..90 -> [18, 36, 54, 72]; frequency -> [1, 1, 1, 3.4]; monetary 10..100 -> [28, 46, 64, 82].
+    """
+    return pd.DataFrame({
+        "recency_days": np.arange(0.0, 100.0, 10.0),
+        "frequency": [1, 1, 1, 1, 1, 1, 2, 3, 5, 8],
+        "monetary_total": np.arange(10.0, 110.0, 10.0),
+    })
+
+
+def test_rfm_scores_by_hand(hand_features, rfm_reference):
+    score = pd.Series(rfm_score(hand_features, rfm_reference), index=hand_features.index)
+    # recent: R 5 (0 <= 18), F 5 (8 > 3.4), M 5 (150 > 82) -> 18 - 15.
+    assert score["recent"] == 3
+    # lapsed: R 1 (365 > 72), F 4 (2 is above the three tied edges at 1), M 2 (46 is on an edge) -> 18 - 7.
+    assert score["lapsed"] == 11
+    # refunds only: R 1 (no recency), F 1, M 1.
+    assert score["refunds_only"] == 15
+    # unknown_flag: R 1 (100 > 72), F 1 (1 is on the tied edges), M 1 -> 18 - 3.
+    assert score["unknown_flag"] == 15
+
+
+def test_rfm_edges_come_from_the_reference_not_the_scored_rows(hand_features, rfm_reference):
+    full = rfm_score(hand_features, rfm_reference)
+    one_by_one = [rfm_score(hand_features.iloc[[i]], rfm_reference)[0] for i in range(len(hand_features))]
+    np.testing.assert_array_equal(full, one_by_one)
+    # A reference of much longer recencies and bigger spenders moves the lapsed customer up.
+    wider = rfm_reference.assign(recency_days=rfm_reference["recency_days"] * 10,
+                                 monetary_total=rfm_reference["monetary_total"] * 10)
+    assert rfm_score(hand_features, wider)[1] < full[1]
+    # Self-referenced, the scores differ from the reference-based ones.
+    assert not np.array_equal(rfm_score(hand_features, hand_features), full)
+
+
+def test_quintile_edges_ignore_missing_reference_values():
+    values = np.arange(0.0, 100.0, 10.0)
+    np.testing.assert_allclose(quintile_edges(np.append(values, np.nan)), [18, 36, 54, 72])
+    with pytest.raises(ValueError, match="finite"):
+        quintile_edges(np.array([np.nan, np.nan]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Score calibration
+# ---------------------------------------------------------------------------------------------
+
+
+# Four or six points are too few for isotonic regression to be sure of the direction; it says so.
+SMALL_SAMPLE_DIRECTION = "ignore:Confidence interval of the Spearman correlation"
+
+
+@pytest.mark.filterwarnings(SMALL_SAMPLE_DIRECTION)
+def test_score_calibrator_is_monotone_and_clipped():
+    rng = np.random.default_rng(3)
+    score = rng.uniform(0, 10, 2000)
+    y = (rng.random(2000) < score / 10).astype(int)
+    calibrator = ScoreCalibrator().fit(score, y)
+    assert calibrator.increasing_
+    grid = np.linspace(-5, 15, 201)
+    probability = calibrator.probability(grid)
+    assert (np.diff(probability) >= 0).all()
+    assert probability[0] < 0.1 < 0.9 < probability[-1]
+    assert probability.min() >= 1e-6 and probability.max() <= 1 - 1e-6
+    # Perfectly separated labels would give 0 and 1 without the clip.
+    separated = ScoreCalibrator().fit([1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1]).probability([0.0, 5.0])
+    np.testing.assert_allclose(separated, [1e-6, 1 - 1e-6])
+
+
+@pytest.mark.filterwarnings(SMALL_SAMPLE_DIRECTION)
+def test_score_calibrator_learns_a_decreasing_direction():
+    calibrator = ScoreCalibrator().fit([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [1, 1, 1, 0, 1, 0])
+    assert not calibrator.increasing_
+    probability = calibrator.probability([1.0, 6.0])
+    assert probability[0] > probability[1]
+
+
+def test_score_calibrator_rejects_bad_labels():
+    with pytest.raises(ValueError, match="0 or 1"):
+        ScoreCalibrator().fit([1.0, 2.0], [0, 2])
+
+
+# ---------------------------------------------------------------------------------------------
+# BG/NBD
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bgnbd_inputs_in_weeks_with_refund_only_customers(hand_features):
+    inputs = bgnbd_inputs(hand_features)
+    assert list(inputs.index) == list(hand_features.index)
+    np.testing.assert_allclose(inputs.loc["recent"], [7, 10, 20])
+    np.testing.assert_allclose(inputs.loc["refunds_only"], [0, 0, 2])
+    np.testing.assert_allclose(inputs.loc["unknown_flag"], [0, 0, 100 / 7])
+    newcomer = hand_features.iloc[[2]].assign(tenure_days=0.0)
+    np.testing.assert_allclose(bgnbd_inputs(newcomer).iloc[0], [0, 0, 1 / 7])
+
+
+def test_bgnbd_recovers_the_simulated_parameters(holdout_fit):
+    _, model, _ = holdout_fit
+    r, alpha = model.params_["r"], model.params_["alpha"]
+    true_rate_per_week = TRUE_R / TRUE_ALPHA_DAYS * 7
+    assert r / alpha == pytest.approx(true_rate_per_week, rel=0.2)
+    assert alpha == pytest.approx(TRUE_ALPHA_DAYS / 7, rel=0.3)
+
+
+def test_bgnbd_churn_probability_matches_the_observed_rate(holdout_fit):
+    inputs, model, churn = holdout_fit
+    probability = bgnbd_probability(model, inputs, HORIZON, "churn")
+    assert probability.mean() == pytest.approx(churn.mean(), abs=0.03)
+    assert roc_auc_score(churn, probability) > 0.7
+
+
+def test_bgnbd_recent_frequent_buyer_is_more_alive_than_a_lapsed_one(holdout_fit):
+    _, model, _ = holdout_fit
+    inputs = pd.DataFrame({"x": [10.0, 10.0], "t_x": [50.0, 10.0], "T": [52.0, 52.0]}, index=["recent", "lapsed"])
+    p_alive = bgnbd_probability_alive(model, inputs)
+    assert p_alive[0] > 0.8 > 0.2 > p_alive[1]
+    churn = bgnbd_probability(model, inputs, HORIZON, "churn")
+    assert churn[0] < churn[1]
+
+
+def test_bgnbd_churn_and_repurchase_sum_to_one(holdout_fit):
+    inputs, model, _ = holdout_fit
+    churn = bgnbd_probability(model, inputs, HORIZON, "churn")
+    repurchase = bgnbd_probability(model, inputs, HORIZON, "repurchase")
+    np.testing.assert_allclose(churn + repurchase, 1.0, atol=1e-12)
+    assert np.isfinite(churn).all() and churn.min() >= 1e-6 and churn.max() <= 1 - 1e-6
+    with pytest.raises(ValueError, match="target"):
+        bgnbd_probability(model, inputs, HORIZON, "spend")
+
+
+def test_bgnbd_probability_by_hand():
+    model = BetaGeoFitter()
+    r, alpha, a, b = 0.5, 4.0, 0.8, 2.5
+    model.params_ = pd.Series({"r": r, "alpha": alpha, "a": a, "b": b})
+    inputs = pd.DataFrame({"x": [0.0, 2.0], "t_x": [0.0, 6.0], "T": [10.0, 10.0]})
+    horizon_weeks = 2.0
+    # No repeat purchase yet: alive for sure; silent for 2 more weeks with prob ((a+T)/(a+T+t))^r.
+    one_timer = ((alpha + 10) / (alpha + 10 + horizon_weeks)) ** r
+    p_alive = 1 / (1 + a / (b + 2 - 1) * ((alpha + 10) / (alpha + 6)) ** (r + 2))
+    repeat_buyer = 1 - p_alive + p_alive * ((alpha + 10) / (alpha + 10 + horizon_weeks)) ** (r + 2)
+    churn = bgnbd_probability(model, inputs, horizon_days=14, target="churn")
+    np.testing.assert_allclose(churn, [one_timer, repeat_buyer], rtol=1e-12)
+
+
+def _fail_when(condition):
+    """A BetaGeoFitter.fit that raises ConvergenceError when ``condition(penalizer)`` holds."""
+    original = BetaGeoFitter.fit
+
+    def fit(self, *args, **kwargs):
+        if condition(self.penalizer_coef):
+            raise ConvergenceError("The model did not converge.")
+        return original(self, *args, **kwargs)
+
+    return fit
+
+
+def test_fit_bgnbd_retries_with_a_penalizer(monkeypatch, holdout_fit):
+    inputs, _, _ = holdout_fit
+    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: penalizer == 0))
+    model = fit_bgnbd(inputs)
+    assert model.penalizer_coef == 0.001
+    assert np.isfinite(model.params_.to_numpy()).all()
+
+
+def test_fit_bgnbd_rejects_non_finite_parameters(monkeypatch, holdout_fit):
+    inputs, _, _ = holdout_fit
+    original = BetaGeoFitter.fit
+
+    def fit_with_nan_for_no_penalizer(self, *args, **kwargs):
+        fitted = original(self, *args, **kwargs)
+        if self.penalizer_coef == 0:
+            fitted.params_["r"] = np.nan
+        return fitted
+
+    monkeypatch.setattr(BetaGeoFitter, "fit", fit_with_nan_for_no_penalizer)
+    assert fit_bgnbd(inputs, penalizers=(0.0, 0.01)).penalizer_coef == 0.01
+
+
+def test_fit_bgnbd_raises_when_every_penalizer_fails(monkeypatch, holdout_fit):
+    inputs, _, _ = holdout_fit
+    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: True))
+    with pytest.raises(BGNBDFitError, match=r"0\.0, 0\.001, 0\.01, 0\.1, 1\.0.*ConvergenceError.*did not converge"):
+        fit_bgnbd(inputs)
+
+
+def test_bgnbd_features_are_aligned_and_rank_customers(snapshots):
+    features, churn = snapshots[HOLDOUT_CUTOFF]
+    bgnbd = bgnbd_features(features, HORIZON)
+    assert list(bgnbd.columns) == ["bgnbd_p_alive", "bgnbd_expected_purchases"]
+    assert bgnbd.index.equals(features.index)
+    assert bgnbd.notna().all().all()
+    assert bgnbd["bgnbd_p_alive"].between(0, 1).all() and (bgnbd["bgnbd_expected_purchases"] >= 0).all()
+    # Expected purchases rank repurchasers (churn 0) first.
+    assert roc_auc_score(1 - churn, bgnbd["bgnbd_expected_purchases"]) > 0.7
+
+
+def test_bgnbd_features_fit_each_cutoff_of_a_stacked_table_on_its_own(snapshots):
+    train, _ = snapshots[TRAIN_CUTOFF]
+    holdout, _ = snapshots[HOLDOUT_CUTOFF]
+    stacked = pd.concat([train, holdout])
+    together = bgnbd_features(stacked, HORIZON)
+    assert together.index.equals(stacked.index)
+    separately = pd.concat([bgnbd_features(train, HORIZON), bgnbd_features(holdout, HORIZON)])
+    pd.testing.assert_frame_equal(together, separately)
+
+
+def test_bgnbd_features_are_missing_instead_of_failing(monkeypatch, snapshots, caplog):
+    features, _ = snapshots[HOLDOUT_CUTOFF]
+    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: True))
+    with caplog.at_level(logging.WARNING, logger="churnml.baselines"):
+        bgnbd = bgnbd_features(features, HORIZON)
+    assert list(bgnbd.columns) == ["bgnbd_p_alive", "bgnbd_expected_purchases"]
+    assert bgnbd.index.equals(features.index) and bgnbd.isna().all().all()
+    assert "BG/NBD" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# All baselines on the holdout
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["churn", "repurchase"])
+def test_baselines_find_the_planted_signal(snapshots, target):
+    (train, churn_train), (holdout, churn_holdout) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
+    flip = (lambda churn: churn) if target == "churn" else (lambda churn: 1 - churn)
+    probabilities = baseline_probabilities(train, flip(churn_train), holdout, target, HORIZON)
+    assert list(probabilities) == ["rule", "rfm", "bgnbd"]
+    for name, probability in probabilities.items():
+        assert probability.shape == (len(holdout),), name
+        assert probability.min() >= 1e-6 and probability.max() <= 1 - 1e-6, name
+        assert roc_auc_score(flip(churn_holdout), probability) > 0.6, name
+    # Calibrated on the training snapshot, the rule's mean probability is near the holdout rate.
+    assert probabilities["rule"].mean() == pytest.approx(flip(churn_holdout).mean(), abs=0.05)
+
+
+def test_baselines_leave_bgnbd_out_when_it_cannot_be_fitted(monkeypatch, snapshots, caplog):
+    (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
+    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: True))
+    with caplog.at_level(logging.WARNING, logger="churnml.baselines"):
+        probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
+    assert list(probabilities) == ["rule", "rfm"]
+    assert "BG/NBD baseline left out" in caplog.text
+
+
+def test_baselines_reject_misaligned_labels(snapshots):
+    train, churn = snapshots[TRAIN_CUTOFF]
+    with pytest.raises(ValueError, match="y_train"):
+        baseline_probabilities(train, churn[:-1], train, "churn", HORIZON)
