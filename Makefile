@@ -9,6 +9,7 @@ ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help setup features train evaluate score export explain test test-fast bench ui clean
+TARGETS ?= churn,repurchase
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +25,15 @@ setup: $(STAMP) ## Create or update the virtualenv (.venv)
 
 features: $(STAMP) ## Write the feature table at a cutoff (churnml-features)
 	$(BIN)/churnml-features $(ARGS)
+
+train: $(STAMP) ## Train, evaluate and register the churn and repurchase models (churnml-train)
+	$(BIN)/churnml-train --multirun target=$(TARGETS) $(ARGS)
+
+evaluate: $(STAMP) ## Evaluate the registered champion on a holdout cutoff (churnml-evaluate)
+	$(BIN)/churnml-evaluate $(ARGS)
+
+ui: $(STAMP) ## Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 test: $(STAMP) ## Run every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)

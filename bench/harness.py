@@ -70,7 +70,7 @@ def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 def _fmt(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
+        return f"{value:,.4f}" if abs(value) < 100 else f"{value:,.0f}"
     return "" if value is None else str(value)
 
 

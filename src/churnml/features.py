@@ -21,6 +21,8 @@ from churnml.io import Dataset
 from churnml.segments import SegmentConfig, add_segments
 
 SECONDS_PER_DAY = 86_400.0
+MICROSECONDS_PER_SECOND = 1_000_000.0
+UNIX_EPOCH = dt.datetime(1970, 1, 1)
 DAYS_PER_MONTH = 365.25 / 12
 
 
@@ -75,7 +77,11 @@ def epoch_day(day: dt.date) -> int:
 
 
 def _days(ts: ir.TimestampValue) -> ir.FloatingValue:
-    return ts.epoch_seconds() / SECONDS_PER_DAY
+    # Not epoch_seconds(): on Spark it drops the fraction of a second. Microseconds as float64 also
+    # keep Spark out of DECIMAL arithmetic (it reads 86400.0 as a decimal literal), and dividing
+    # by 1e6 then by a day's seconds gives DuckDB's epoch() / 86400 to the last bit.
+    micros = ts.delta(ibis.literal(UNIX_EPOCH), unit="microsecond").cast("float64")
+    return micros / MICROSECONDS_PER_SECOND / SECONDS_PER_DAY
 
 
 def _whole_day(ts: ir.TimestampValue) -> ir.IntegerValue:
@@ -92,23 +98,27 @@ def window_start(cutoff: dt.date, days: int) -> dt.datetime:
     return day_start(cutoff - dt.timedelta(days=days - 1))
 
 
-def orders_until(transactions: ir.Table, cutoff: dt.date) -> ir.Table:
-    """Transaction lines on or before the cutoff, rolled up to orders.
+def roll_up_orders(lines: ir.Table) -> ir.Table:
+    """Transaction lines rolled up to orders.
 
     Lines of one order share ``order_id``; without that column, lines of a customer with the same
     timestamp form one order. ``gross`` is the order's positive value, ``refund`` its returns.
     """
-    past = events_until(transactions, cutoff)
-    key = "order_id" if "order_id" in past.columns else "ts"
+    key = "order_id" if "order_id" in lines.columns else "ts"
     aggs = {
-        "gross": past.amount.clip(lower=0).sum(),
-        "refund": (-past.amount).clip(lower=0).sum(),
+        "gross": lines.amount.clip(lower=0).sum(),
+        "refund": (-lines.amount).clip(lower=0).sum(),
     }
     if key == "order_id":
-        aggs["ts"] = past.ts.min()
-    if "quantity" in past.columns:
-        aggs["quantity"] = past.quantity.sum(where=past.amount > 0)
-    return past.group_by(["customer_id", key]).aggregate(**aggs)
+        aggs["ts"] = lines.ts.min()
+    if "quantity" in lines.columns:
+        aggs["quantity"] = lines.quantity.sum(where=lines.amount > 0)
+    return lines.group_by(["customer_id", key]).aggregate(**aggs)
+
+
+def orders_until(transactions: ir.Table, cutoff: dt.date) -> ir.Table:
+    """Orders from transaction lines on or before the cutoff day."""
+    return roll_up_orders(events_until(transactions, cutoff))
 
 
 def order_features(transactions: ir.Table, cutoff: dt.date, config: FeatureConfig) -> ir.Table:
@@ -278,7 +288,8 @@ def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: Fea
     joined = joined.mutate(**{c: joined[c].fill_null(0) for c in counts + ["n_interactions"]})
     first_event = ibis.least(joined.first_seen_ts, joined.first_interaction_ts.fill_null(joined.first_seen_ts))
     age_days = today - _whole_day(first_event) + 1
-    rate = joined[f"interactions_{window}d"] / (ibis.least(window, age_days) / DAYS_PER_MONTH)
+    # float64 first: on Spark, integer days / the decimal literal 30.4375 would be rounded decimal.
+    rate = joined[f"interactions_{window}d"] / (ibis.least(window, age_days).cast("float64") / DAYS_PER_MONTH)
     shortest = min(config.windows_days)
     trend = (
         _rate_ratio(joined[f"interactions_{shortest}d"], shortest, joined[f"interactions_{window}d"], window, age_days)

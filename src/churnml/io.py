@@ -203,6 +203,11 @@ def _load_table(
 
 def materialize_table(con: Any, name: str, expr: ir.Table) -> ir.Table:
     """Compute an expression once and keep the result as an engine table."""
+    if con.name == "pyspark":
+        from churnml.spark import cache_table
+
+        # Spark's create_table would write a managed table under ./spark-warehouse.
+        return cache_table(con, f"churnml_{name}", expr)
     return con.create_table(f"churnml_{name}", expr, overwrite=True)
 
 
@@ -229,7 +234,13 @@ def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
         raise DataValidationError([Problem(label, None, "file is empty")])
     try:
         if reader == "parquet":
-            return con.read_parquet(str(path))
+            table = con.read_parquet(str(path))
+            if con.name == "pyspark":
+                from churnml.spark import with_utc_timestamps
+
+                # Ibis types Spark's aware and naive timestamps alike; the aware/naive check needs them apart.
+                return with_utc_timestamps(con, table)
+            return table
         if con.name == "duckdb":
             # Strings first, so that every bad value can be counted and shown instead of failing the read.
             return con.read_csv(str(path), all_varchar=True)
@@ -428,6 +439,20 @@ def write_table_atomic(table: ir.Table, path: str | os.PathLike) -> Path:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         table.to_parquet(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Write text to a temporary file beside ``path`` and rename it into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,330 @@
+"""The churn / repurchase classifier: any scikit-learn estimator over a feature table, calibrated
+on a later time slice than the one it was fitted on, that knows its features and explains itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+log = logging.getLogger(__name__)
+
+# Identifiers, the label, and per-snapshot constants that carry no information about a customer.
+NON_FEATURES = frozenset({"customer_id", "cutoff", "label", "peer_interactions_per_month"})
+PREPROCESSING = ("native", "scaled")
+CALIBRATION = ("isotonic", "sigmoid", "none")
+PRIORS = (None, "bgnbd")
+BIAS = "bias"
+PRIOR = "bgnbd_prior"
+# BG/NBD describes a population; fitted on fewer customers its parameters say nothing.
+MIN_PRIOR_CUSTOMERS = 100
+
+
+class FeatureMismatchError(ValueError):
+    """A feature table does not have the columns or types the model was trained on."""
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns of a feature table a model can learn from: numbers, flags and categories."""
+    usable = []
+    for name, dtype in frame.dtypes.items():
+        if name in NON_FEATURES:
+            continue
+        if (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)
+                or _is_text(dtype)):
+            usable.append(str(name))
+    return usable
+
+
+def _is_text(dtype: Any) -> bool:
+    return (isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
+            or pd.api.types.is_object_dtype(dtype))
+
+
+class ChurnModel(ClassifierMixin, BaseEstimator):
+    """A calibrated binary classifier over a churnml feature table.
+
+    Parameters
+    ----------
+    estimator
+        An unfitted scikit-learn classifier (``lightgbm.LGBMClassifier``, ``LogisticRegression``...).
+    preprocessing
+        ``native``: categories as pandas categoricals and missing values kept (tree models);
+        ``scaled``: median imputation with missing-value indicators, standard scaling and one-hot
+        categories (linear models).
+    calibration
+        ``isotonic``, ``sigmoid`` or ``none``: how raw scores become probabilities, fitted on the
+        calibration slice passed to ``fit``.
+    early_stopping_rounds
+        For LightGBM: stop adding trees when the calibration slice's log loss has not improved
+        for this many rounds (0 turns it off).
+    prior
+        ``bgnbd``: LightGBM boosts from BG/NBD's probability (as an initial score in log-odds),
+        so trees learn corrections to the buy-till-you-die model and the prediction falls back
+        to it where the training snapshots say little (long horizons, short histories). BG/NBD
+        is fitted per cutoff on the rows of that cutoff (history up to it only). ``None``: boost
+        from the base rate.
+    target, horizon_days
+        What the model predicts; kept with the model for scoring and reports.
+
+    Attributes
+    ----------
+    feature_names_in_ : list of str
+    categories_ : dict of str to list
+        Categories seen in training for each text feature; others become missing.
+    estimator_ : fitted estimator or Pipeline
+    calibrator_ : LogisticRegression, IsotonicRegression or None
+        Maps the raw score (log-odds, prior included) to a probability.
+    prior_fallback_ : float
+        Log-odds of the training base rate, the prior where BG/NBD cannot be fitted.
+    classes_ : ndarray
+    """
+
+    def __init__(
+        self,
+        estimator: Any = None,
+        preprocessing: str = "native",
+        calibration: str = "sigmoid",
+        early_stopping_rounds: int = 50,
+        prior: str | None = None,
+        target: str = "churn",
+        horizon_days: int = 90,
+    ):
+        self.estimator = estimator
+        self.preprocessing = preprocessing
+        self.calibration = calibration
+        self.early_stopping_rounds = early_stopping_rounds
+        self.prior = prior
+        self.target = target
+        self.horizon_days = horizon_days
+
+    # --- fitting ------------------------------------------------------------------------------
+
+    def fit(self, X: pd.DataFrame, y: Any, calibration_set: tuple[pd.DataFrame, Any] | None = None) -> "ChurnModel":
+        """Fit on ``X, y``; calibrate (and early-stop) on ``calibration_set``, a later time slice."""
+        if self.preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got '{self.preprocessing}'")
+        if self.calibration not in CALIBRATION:
+            raise ValueError(f"calibration must be one of {CALIBRATION}, got '{self.calibration}'")
+        if self.estimator is None:
+            raise ValueError("ChurnModel needs an estimator")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got '{self.prior}'")
+        if self.prior and not (_is_lightgbm(self.estimator) and self.preprocessing == "native"):
+            raise ValueError("prior='bgnbd' needs a LightGBM estimator with native preprocessing")
+        y = np.asarray(y).astype(int)
+        if len(np.unique(y)) < 2:
+            raise ValueError("the training labels hold one class only; use more snapshots or a longer history")
+        self.feature_names_in_ = feature_columns(X)
+        self.n_features_in_ = len(self.feature_names_in_)
+        self.categories_ = {
+            c: sorted(map(str, pd.Series(X[c]).dropna().unique()))
+            for c in self.feature_names_in_ if _is_text(X[c].dtype)
+        }
+        self.classes_ = np.array([0, 1])
+        self.prior_fallback_ = float(_logit(np.clip(y.mean(), 1e-6, 1 - 1e-6)))
+        train = self._prepare(X)
+        calibration = None
+        if calibration_set is not None:
+            calibration = (calibration_set[0], np.asarray(calibration_set[1]).astype(int))
+        self.estimator_ = self._fit_estimator(X, train, y, calibration)
+        self.calibrator_ = self._fit_calibrator(calibration)
+        return self
+
+    def _fit_estimator(self, X, train, y, calibration):
+        estimator = clone(self.estimator)
+        if self.preprocessing == "scaled":
+            estimator = _scaled_pipeline(estimator, train)
+            return estimator.fit(train, y)
+        fit_params: dict[str, Any] = {}
+        if self.prior:
+            fit_params["init_score"] = self.prior_log_odds(X)
+        if _is_lightgbm(estimator) and self.early_stopping_rounds and calibration is not None:
+            import lightgbm
+
+            fit_params["eval_X"], fit_params["eval_y"] = self._prepare(calibration[0]), calibration[1]
+            if self.prior:
+                fit_params["eval_init_score"] = [self.prior_log_odds(calibration[0])]
+            fit_params["callbacks"] = [lightgbm.early_stopping(self.early_stopping_rounds, verbose=False)]
+        return estimator.fit(train, y, **fit_params)
+
+    def _fit_calibrator(self, calibration):
+        if self.calibration == "none":
+            return None
+        if calibration is None or len(np.unique(calibration[1])) < 2:
+            log.warning("no calibration slice with both classes: probabilities are the estimator's own")
+            return None
+        score = self.raw_score(calibration[0]).reshape(-1, 1)
+        if self.calibration == "sigmoid":
+            from sklearn.linear_model import LogisticRegression
+
+            return LogisticRegression(C=1e6).fit(score, calibration[1])
+        from sklearn.isotonic import IsotonicRegression
+
+        return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score.ravel(), calibration[1])
+
+    def prior_log_odds(self, X: pd.DataFrame) -> np.ndarray:
+        """The prior of each row in log-odds: BG/NBD's probability of the target, fitted per cutoff."""
+        from churnml.baselines import BGNBDFitError, bgnbd_inputs, bgnbd_probability, fit_bgnbd
+
+        if not self.prior:
+            return np.zeros(len(X))
+        groups = X.groupby("cutoff").indices if "cutoff" in X.columns else {None: np.arange(len(X))}
+        prior = np.full(len(X), self.prior_fallback_)
+        for cutoff, rows in groups.items():
+            part = X.iloc[rows]
+            if len(part) < MIN_PRIOR_CUSTOMERS:
+                log.warning("%s customers at cutoff %s are too few to fit the BG/NBD prior; using the training "
+                            "base rate", len(part), cutoff)
+                continue
+            try:
+                inputs = bgnbd_inputs(part)
+                probability = bgnbd_probability(fit_bgnbd(inputs), inputs, self.horizon_days, self.target)
+            except (BGNBDFitError, ValueError) as error:
+                log.warning("BG/NBD prior unavailable at cutoff %s (%s); using the training base rate", cutoff, error)
+                continue
+            prior[rows] = _logit(np.clip(probability, 1e-6, 1 - 1e-6))
+        return prior
+
+    # --- prediction ---------------------------------------------------------------------------
+
+    def check_features(self, X: pd.DataFrame) -> None:
+        """Raise FeatureMismatchError when ``X`` lacks a model feature or holds it with another type."""
+        check_is_fitted(self, "feature_names_in_")
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise FeatureMismatchError(
+                f"the feature table lacks {len(missing)} of the model's {self.n_features_in_} features: "
+                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}. Build features with the "
+                "same configuration (windows, interactions, customers) as the model was trained with."
+            )
+        wrong = [c for c in self.feature_names_in_
+                 if (c in self.categories_) != _is_text(X[c].dtype) and not X[c].isna().all()]
+        if wrong:
+            raise FeatureMismatchError(f"features with another type than in training: {', '.join(wrong)}")
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        score = self.raw_score(X)
+        if self.calibrator_ is None:
+            positive = 1.0 / (1.0 + np.exp(-score))
+        elif self.calibration == "sigmoid":
+            positive = self.calibrator_.predict_proba(score.reshape(-1, 1))[:, 1]
+        else:
+            positive = self.calibrator_.predict(score)
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def raw_score(self, X: pd.DataFrame) -> np.ndarray:
+        """The uncalibrated score in log-odds (prior included), the scale of ``contributions``."""
+        prepared = self._checked(X)
+        if self.preprocessing == "native" and _is_lightgbm(self.estimator_):
+            return self.estimator_.predict(prepared, raw_score=True) + self.prior_log_odds(X)
+        return self.estimator_.decision_function(prepared)
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Exact per-row contribution of each feature to the raw score, plus a ``bias`` column.
+
+        Each row sums to ``raw_score``: LightGBM's ``pred_contrib`` for trees (with the prior's
+        log-odds as a ``bgnbd_prior`` column when there is one), coefficient x standardised value
+        for linear models (one-hot and missing-indicator columns summed back to the feature they
+        came from).
+        """
+        prepared = self._checked(X)
+        if self.preprocessing == "native" and _is_lightgbm(self.estimator_):
+            values = self.estimator_.predict(prepared, pred_contrib=True)
+            frame = pd.DataFrame(values, columns=[*self.feature_names_in_, BIAS], index=X.index)
+            if self.prior:
+                frame.insert(len(self.feature_names_in_), PRIOR, self.prior_log_odds(X))
+            return frame
+        if self.preprocessing == "scaled" and hasattr(self.estimator_[-1], "coef_"):
+            return _linear_contributions(self.estimator_, prepared, self.feature_names_in_, X.index)
+        raise NotImplementedError(
+            f"exact contributions are available for LightGBM and linear models, not {type(self.estimator_).__name__}; "
+            "use churnml.explain for SHAP values"
+        )
+
+    def feature_importance(self) -> pd.Series:
+        """Gain importance for LightGBM, absolute coefficients for linear models, by feature."""
+        check_is_fitted(self, "estimator_")
+        if _is_lightgbm(self.estimator_):
+            gains = self.estimator_.booster_.feature_importance(importance_type="gain")
+            return pd.Series(gains, index=self.feature_names_in_).sort_values(ascending=False)
+        if self.preprocessing == "scaled" and hasattr(self.estimator_[-1], "coef_"):
+            names = self.estimator_[:-1].get_feature_names_out()
+            weights = pd.Series(np.abs(self.estimator_[-1].coef_.ravel()), index=names)
+            grouped = weights.groupby(_source_features(names, self.feature_names_in_)).sum()
+            return grouped.reindex(self.feature_names_in_, fill_value=0.0).sort_values(ascending=False)
+        return pd.Series(dtype=float)
+
+    def _checked(self, X: pd.DataFrame) -> pd.DataFrame:
+        self.check_features(X)
+        return self._prepare(X)
+
+    def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
+        columns = {}
+        for name in self.feature_names_in_:
+            values = X[name]
+            if name in self.categories_:
+                text = values.astype("string").astype(object).where(values.notna(), None)
+                columns[name] = pd.Categorical(text, categories=self.categories_[name])
+            else:
+                columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
+        prepared = pd.DataFrame(columns, index=X.index)
+        if self.preprocessing == "scaled":
+            for name in self.categories_:
+                prepared[name] = prepared[name].astype(object).where(prepared[name].notna(), "missing")
+        return prepared
+
+
+def _logit(p: Any) -> Any:
+    return np.log(p) - np.log1p(-p)
+
+
+def _is_lightgbm(estimator: Any) -> bool:
+    return type(estimator).__module__.startswith("lightgbm")
+
+
+def _scaled_pipeline(estimator: Any, train: pd.DataFrame):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    text = [c for c in train.columns if train[c].dtype == object]
+    numbers = [c for c in train.columns if c not in text]
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                        ("scale", StandardScaler())])
+    transformer = ColumnTransformer(
+        [("num", numeric, numbers), ("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), text)],
+        verbose_feature_names_out=True,
+    )
+    return Pipeline([("prepare", transformer), ("model", estimator)])
+
+
+def _source_features(output_names: np.ndarray, inputs: list[str]) -> list[str]:
+    """The input feature each transformed column comes from (``num__x``, ``num__missingindicator_x``, ``cat__x_a``)."""
+    by_length = sorted(inputs, key=len, reverse=True)
+    sources = []
+    for name in output_names:
+        bare = name.split("__", 1)[1]
+        bare = bare.removeprefix("missingindicator_")
+        sources.append(next(f for f in by_length if bare == f or bare.startswith(f + "_")))
+    return sources
+
+
+def _linear_contributions(pipeline, prepared: pd.DataFrame, features: list[str], index: pd.Index) -> pd.DataFrame:
+    transformed = pipeline[:-1].transform(prepared)
+    model = pipeline[-1]
+    names = pipeline[:-1].get_feature_names_out()
+    parts = pd.DataFrame(transformed * model.coef_.ravel(), columns=names, index=index)
+    grouped = parts.T.groupby(_source_features(names, features)).sum().T
+    result = grouped.reindex(columns=features, fill_value=0.0)
+    result[BIAS] = float(np.ravel(model.intercept_)[0])
+    return result

@@ -1,0 +1,94 @@
+"""Training tables: feature snapshots at rolling cutoffs, each with its label.
+
+A snapshot at cutoff ``c`` holds the features at ``c`` of every customer with history, and the
+label from ``(c, c + horizon]``. Training snapshots are taken every ``step_days`` going back from
+the holdout cutoff, and only where the label window closes on or before the holdout cutoff, so no
+training label looks past it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Callable, Iterable
+
+import pandas as pd
+
+from churnml.features import FeatureConfig, build_features
+from churnml.io import Dataset
+from churnml.labels import attach_label
+
+log = logging.getLogger(__name__)
+
+
+def training_cutoffs(
+    holdout_cutoff: dt.date,
+    horizon_days: int,
+    first_date: dt.date,
+    step_days: int = 30,
+    max_snapshots: int = 12,
+    min_snapshots: int = 4,
+    min_history_days: int = 30,
+) -> list[dt.date]:
+    """Cutoffs of the training snapshots, oldest first.
+
+    The latest is ``holdout_cutoff - horizon_days``; earlier ones follow every ``step_days``, no
+    earlier than ``first_date + min_history_days``. Where fewer than ``min_snapshots`` fit at that
+    step (short histories, long horizons), the step shrinks, down to a week, to fit them.
+    """
+    latest = holdout_cutoff - dt.timedelta(days=horizon_days)
+    earliest = first_date + dt.timedelta(days=min_history_days)
+    if latest < earliest:
+        raise ValueError(
+            f"no training snapshot fits: the holdout cutoff {holdout_cutoff} minus the {horizon_days}-day horizon "
+            f"is before {earliest} (first date {first_date} + {min_history_days} days of history)"
+        )
+    span = (latest - earliest).days
+    step = step_days
+    if span // step + 1 < min_snapshots and min_snapshots > 1:
+        step = max(7, span // (min_snapshots - 1)) if span >= 7 else step_days
+        log.info("shrinking the snapshot step from %s to %s days to fit %s snapshots", step_days, step, min_snapshots)
+    count = min(max_snapshots, span // step + 1)
+    return sorted(latest - dt.timedelta(days=k * step) for k in range(count))
+
+
+def snapshot(
+    dataset: Dataset,
+    cutoff: dt.date,
+    target: str,
+    horizon_days: int,
+    config: FeatureConfig = FeatureConfig(),
+    extra_features: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """Features at ``cutoff`` with the ``label`` of the window after it, as a pandas frame.
+
+    ``extra_features`` adds columns computed from the snapshot's own features (e.g. BG/NBD fitted
+    on history up to the cutoff); it sees nothing after the cutoff.
+    """
+    features = build_features(dataset, cutoff, config)
+    labelled = attach_label(features, dataset.transactions, cutoff, target, horizon_days)
+    frame = labelled.order_by("customer_id").to_pandas()
+    frame["cutoff"] = pd.Timestamp(cutoff)
+    if extra_features is not None:
+        frame = pd.concat([frame, extra_features(frame.drop(columns=["label"]))], axis=1)
+    return frame
+
+
+def snapshot_table(
+    dataset: Dataset,
+    cutoffs: Iterable[dt.date],
+    target: str,
+    horizon_days: int,
+    config: FeatureConfig = FeatureConfig(),
+    extra_features: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Snapshots at each cutoff stacked into one frame (one row per customer and cutoff)."""
+    from tqdm.auto import tqdm
+
+    cutoffs = list(cutoffs)
+    frames = [
+        snapshot(dataset, c, target, horizon_days, config, extra_features)
+        for c in tqdm(cutoffs, desc="snapshots", unit="cutoff", disable=not progress)
+    ]
+    return pd.concat(frames, ignore_index=True)

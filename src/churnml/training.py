@@ -1,0 +1,225 @@
+"""Train and evaluate: snapshots, a calibrated model, out-of-time holdout and time-based CV.
+
+Plain functions over DataFrames; the ``churnml-train`` stage wires them to Hydra and MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from churnml import evaluation
+from churnml.baselines import baseline_probabilities, bgnbd_features
+from churnml.features import FeatureConfig
+from churnml.io import Dataset
+from churnml.labels import window_is_closed
+from churnml.modeling import ChurnModel
+from churnml.snapshots import snapshot_table, training_cutoffs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What to train on: target, horizon, holdout cutoff and the snapshot schedule."""
+
+    target: str = "churn"
+    horizon_days: int = 90
+    holdout_cutoff: dt.date | None = None
+    step_days: int = 30
+    max_snapshots: int = 12
+    min_snapshots: int = 4
+    min_history_days: int = 30
+    calibration_snapshots: int = 1
+    cv_folds: int = 3
+    bgnbd_features: bool = False
+
+    def resolve_holdout(self, dataset: Dataset) -> dt.date:
+        """The holdout cutoff: given, or the last date in the data minus the horizon."""
+        cutoff = self.holdout_cutoff or dataset.last_date - dt.timedelta(days=self.horizon_days)
+        if not window_is_closed(cutoff, self.horizon_days, dataset.last_date):
+            raise ValueError(
+                f"the holdout cutoff {cutoff} plus the {self.horizon_days}-day horizon passes the last date in the "
+                f"data ({dataset.last_date}): its labels are not known yet; choose a cutoff on or before "
+                f"{dataset.last_date - dt.timedelta(days=self.horizon_days)}"
+            )
+        if cutoff <= dataset.first_date:
+            raise ValueError(f"the holdout cutoff {cutoff} is not after the first date in the data ({dataset.first_date})")
+        return cutoff
+
+
+@dataclass
+class Outcome:
+    """Everything a training run produces, for tracking and the console."""
+
+    model: ChurnModel
+    plan: TrainingPlan
+    holdout_cutoff: dt.date
+    train_cutoffs: list[dt.date]
+    train_table: pd.DataFrame
+    holdout_table: pd.DataFrame
+    probabilities: dict[str, np.ndarray]
+    comparison: pd.DataFrame
+    metrics: dict[str, float]
+    cv_folds: pd.DataFrame
+    figures: dict[str, Any] = field(default_factory=dict)
+    report_html: str = ""
+
+
+def split_by_cutoff(table: pd.DataFrame, n_latest: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of all but the ``n_latest`` cutoffs, and rows of those latest cutoffs."""
+    cutoffs = sorted(table["cutoff"].unique())
+    if len(cutoffs) <= n_latest:
+        raise ValueError(
+            f"{len(cutoffs)} snapshot(s) cannot be split into fitting and {n_latest} later calibration snapshot(s); "
+            "lower train.step_days or train.calibration_snapshots, or use a longer history"
+        )
+    later = table["cutoff"].isin(cutoffs[-n_latest:])
+    return table[~later], table[later]
+
+
+def fit_model(template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1) -> ChurnModel:
+    """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones."""
+    fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
+    model = clone(template)
+    return model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]))
+
+
+def holdout_probabilities(
+    model: ChurnModel, train_table: pd.DataFrame, holdout_table: pd.DataFrame, target: str, horizon_days: int
+) -> dict[str, np.ndarray]:
+    """The model's and each baseline's probabilities for the holdout rows, model first."""
+    probabilities = {"model": model.predict_proba(holdout_table)[:, 1]}
+    probabilities.update(baseline_probabilities(train_table, train_table["label"].to_numpy(), holdout_table, target, horizon_days))
+    return probabilities
+
+
+def cv_fold_cutoffs(cutoffs: list[dt.date], horizon_days: int, n_folds: int, calibration_snapshots: int) -> list[dt.date]:
+    """Evaluation cutoffs for time-based CV: the latest training cutoffs with enough history before them."""
+    folds = []
+    for candidate in sorted(cutoffs, reverse=True):
+        usable = [c for c in cutoffs if c + dt.timedelta(days=horizon_days) <= candidate]
+        if len(usable) > calibration_snapshots:
+            folds.append(candidate)
+        if len(folds) == n_folds:
+            break
+    return sorted(folds)
+
+
+def time_cv(
+    template: ChurnModel, table: pd.DataFrame, horizon_days: int, n_folds: int, calibration_snapshots: int = 1,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Out-of-time folds: each evaluates on one snapshot, training only on snapshots whose label
+    windows close on or before its cutoff. Never random k-fold over time."""
+    from tqdm.auto import tqdm
+
+    cutoffs = sorted(pd.Timestamp(c).date() for c in table["cutoff"].unique())
+    rows = []
+    for fold_cutoff in tqdm(cv_fold_cutoffs(cutoffs, horizon_days, n_folds, calibration_snapshots),
+                            desc="time-based CV", unit="fold", disable=not progress):
+        known = table["cutoff"] + pd.Timedelta(days=horizon_days) <= pd.Timestamp(fold_cutoff)
+        evaluated = table[table["cutoff"] == pd.Timestamp(fold_cutoff)]
+        model = fit_model(template, table[known], calibration_snapshots)
+        metrics = evaluation.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
+        rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
+    if not rows:
+        log.warning("too few snapshots for time-based CV; lower train.step_days or raise train.max_snapshots")
+    return pd.DataFrame(rows)
+
+
+def extra_feature_builder(plan: TrainingPlan) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
+    """BG/NBD P(alive) and expected purchases as model features, fitted per snapshot."""
+    return partial(bgnbd_features, horizon_days=plan.horizon_days) if plan.bgnbd_features else None
+
+
+def _snapshots_for(dataset: Dataset, plan: TrainingPlan, features: FeatureConfig, progress: bool):
+    holdout_cutoff = plan.resolve_holdout(dataset)
+    cutoffs = training_cutoffs(
+        holdout_cutoff, plan.horizon_days, dataset.first_date, plan.step_days, plan.max_snapshots,
+        plan.min_snapshots, plan.min_history_days,
+    )
+    log.info("%s snapshots from %s to %s; holdout cutoff %s", len(cutoffs), cutoffs[0], cutoffs[-1], holdout_cutoff)
+    extra = extra_feature_builder(plan)
+    table = snapshot_table(dataset, [*cutoffs, holdout_cutoff], plan.target, plan.horizon_days, features, extra, progress)
+    is_holdout = table["cutoff"] == pd.Timestamp(holdout_cutoff)
+    return holdout_cutoff, cutoffs, table[~is_holdout].reset_index(drop=True), table[is_holdout].reset_index(drop=True)
+
+
+def evaluate_model(
+    dataset: Dataset, model: ChurnModel, plan: TrainingPlan, features: FeatureConfig = FeatureConfig(),
+    progress: bool = True,
+) -> Outcome:
+    """Evaluate a fitted model on the out-of-time holdout against the baselines (no refitting, no CV).
+
+    The training snapshots are built only to calibrate the rule and RFM baselines.
+    """
+    if model.target != plan.target or model.horizon_days != plan.horizon_days:
+        raise ValueError(
+            f"the model predicts {model.target} within {model.horizon_days} days, but the evaluation asks for "
+            f"{plan.target} within {plan.horizon_days} days"
+        )
+    holdout_cutoff, cutoffs, train_table, holdout_table = _snapshots_for(dataset, plan, features, progress)
+    probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
+    y_holdout = holdout_table["label"].to_numpy()
+    return Outcome(
+        model=model, plan=plan, holdout_cutoff=holdout_cutoff, train_cutoffs=cutoffs, train_table=train_table,
+        holdout_table=holdout_table, probabilities=probabilities,
+        comparison=evaluation.comparison_table(probabilities, y_holdout),
+        metrics=evaluation.holdout_metrics(probabilities, y_holdout), cv_folds=pd.DataFrame(),
+    )
+
+
+def train_and_evaluate(
+    dataset: Dataset, template: ChurnModel, plan: TrainingPlan, features: FeatureConfig = FeatureConfig(),
+    progress: bool = True,
+) -> Outcome:
+    """Build snapshots, fit and calibrate, evaluate on the out-of-time holdout and by time-based CV."""
+    holdout_cutoff, cutoffs, train_table, holdout_table = _snapshots_for(dataset, plan, features, progress)
+    template = clone(template).set_params(target=plan.target, horizon_days=plan.horizon_days)
+    model = fit_model(template, train_table, plan.calibration_snapshots)
+    probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
+    y_holdout = holdout_table["label"].to_numpy()
+    folds = time_cv(template, train_table, plan.horizon_days, plan.cv_folds, plan.calibration_snapshots, progress)
+    metrics = evaluation.holdout_metrics(probabilities, y_holdout)
+    if not folds.empty:
+        metric_columns = [c for c in folds.columns if c not in ("cutoff", "train_rows", "n", "base_rate")]
+        metrics.update(evaluation.cv_summary(folds[metric_columns].to_dict("records")))
+    return Outcome(
+        model=model,
+        plan=plan,
+        holdout_cutoff=holdout_cutoff,
+        train_cutoffs=cutoffs,
+        train_table=train_table,
+        holdout_table=holdout_table,
+        probabilities=probabilities,
+        comparison=evaluation.comparison_table(probabilities, y_holdout),
+        metrics=metrics,
+        cv_folds=folds,
+    )
+
+
+def add_report(outcome: Outcome, context: dict[str, Any]) -> Outcome:
+    """Attach the evaluation plots and the one-page HTML report to ``outcome``."""
+    y = outcome.holdout_table["label"].to_numpy()
+    figures = {
+        "roc": evaluation.plot_roc(outcome.probabilities, y),
+        "precision_recall": evaluation.plot_precision_recall(outcome.probabilities, y),
+        "calibration": evaluation.plot_calibration(outcome.probabilities, y),
+        "gains_lift": evaluation.plot_gains(outcome.probabilities, y),
+    }
+    importance = outcome.model.feature_importance()
+    if not importance.empty:
+        figures["feature_importance"] = evaluation.plot_importance(importance)
+    title = f"churnml evaluation: {outcome.plan.target} within {outcome.plan.horizon_days} days"
+    cv = outcome.cv_folds if not outcome.cv_folds.empty else None
+    outcome.figures = figures
+    outcome.report_html = evaluation.render_report(title, outcome.comparison, figures, context, cv=cv)
+    return outcome

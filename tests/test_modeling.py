@@ -1,0 +1,147 @@
+"""The classifier: feature list, calibration on a later slice, exact contributions, the prior."""
+
+from __future__ import annotations
+
+import lightgbm
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from churnml.modeling import BIAS, PRIOR, ChurnModel, FeatureMismatchError, feature_columns
+
+
+def planted(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "customer_id": [f"c{i}" for i in range(n)],
+        "cutoff": pd.Timestamp("2024-01-01"),
+        "recency_days": rng.exponential(60, n),
+        "frequency": rng.poisson(3, n) + 1,
+        "tier": rng.choice(["core", "basic", "dormant"], n),
+        "no_repurchase_3m": rng.random(n) < 0.3,
+        "peer_interactions_per_month": 1.5,
+    })
+    frame.loc[rng.random(n) < 0.1, "recency_days"] = np.nan
+    logit = 0.02 * frame.recency_days.fillna(100) - 0.3 * frame.frequency + (frame.tier == "dormant") - 1
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame, y
+
+
+def small_lightgbm(**kwargs) -> lightgbm.LGBMClassifier:
+    return lightgbm.LGBMClassifier(n_estimators=80, num_leaves=7, random_state=0, n_jobs=1, verbose=-1, **kwargs)
+
+
+@pytest.fixture(params=["lightgbm", "logistic"])
+def fitted(request) -> tuple[ChurnModel, pd.DataFrame, np.ndarray]:
+    X, y = planted(3000)
+    if request.param == "lightgbm":
+        model = ChurnModel(small_lightgbm(), preprocessing="native")
+    else:
+        model = ChurnModel(LogisticRegression(max_iter=2000), preprocessing="scaled", early_stopping_rounds=0)
+    model.fit(X[:2000], y[:2000], calibration_set=(X[2000:2500], y[2000:2500]))
+    return model, X[2500:], y[2500:]
+
+
+def test_feature_columns_leave_out_ids_labels_and_constants():
+    X, _ = planted(10)
+    assert feature_columns(X.assign(label=1)) == ["recency_days", "frequency", "tier", "no_repurchase_3m"]
+
+
+def test_learns_the_planted_signal(fitted):
+    from sklearn.metrics import roc_auc_score
+
+    model, X, y = fitted
+    probability = model.predict_proba(X)[:, 1]
+    assert roc_auc_score(y, probability) > 0.7
+    assert ((probability > 0) & (probability < 1)).all()
+    assert model.feature_importance().index[0] in ("recency_days", "frequency")
+
+
+def test_contributions_sum_to_the_raw_score(fitted):
+    model, X, _ = fitted
+    contributions = model.contributions(X)
+    assert list(contributions.columns) == [*model.feature_names_in_, BIAS]
+    np.testing.assert_allclose(contributions.sum(axis=1), model.raw_score(X), atol=1e-9)
+
+
+def test_calibration_maps_the_raw_score_monotonically(fitted):
+    model, X, _ = fitted
+    order = np.argsort(model.raw_score(X))
+    probability = model.predict_proba(X)[:, 1][order]
+    assert (np.diff(probability) >= -1e-12).all()
+
+
+def test_a_missing_feature_is_refused(fitted):
+    model, X, _ = fitted
+    with pytest.raises(FeatureMismatchError, match="lacks 1 of the model's 4 features: tier"):
+        model.predict_proba(X.drop(columns=["tier"]))
+    with pytest.raises(FeatureMismatchError, match="another type"):
+        model.predict_proba(X.assign(tier=1.0))
+
+
+def test_unseen_categories_and_extra_columns_are_tolerated(fitted):
+    model, X, _ = fitted
+    shifted = X.assign(tier="platinum", something_else=1)
+    assert np.isfinite(model.predict_proba(shifted)).all()
+
+
+def test_refit_gives_identical_probabilities():
+    X, y = planted(1500)
+    first = ChurnModel(small_lightgbm()).fit(X[:1000], y[:1000], calibration_set=(X[1000:1200], y[1000:1200]))
+    second = ChurnModel(small_lightgbm()).fit(X[:1000], y[:1000], calibration_set=(X[1000:1200], y[1000:1200]))
+    np.testing.assert_array_equal(first.predict_proba(X[1200:]), second.predict_proba(X[1200:]))
+
+
+def test_one_class_labels_are_refused():
+    X, _ = planted(50)
+    with pytest.raises(ValueError, match="one class"):
+        ChurnModel(small_lightgbm()).fit(X, np.zeros(50))
+
+
+def bgnbd_like(n: int, cutoff: str, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """Customers with BG/NBD inputs and a repurchase label that follows their buying rate."""
+    rng = np.random.default_rng(seed)
+    rate = rng.gamma(0.8, 0.05, n)
+    alive = rng.random(n) < 0.7
+    age = rng.uniform(60, 360, n)
+    repeats = rng.poisson(rate * age * np.where(alive, 1.0, 0.4))
+    span = np.where(repeats > 0, age * rng.uniform(0.3, 1.0, n) * np.where(alive, 1.0, 0.5), 0.0)
+    frame = pd.DataFrame({
+        "customer_id": [f"c{i}" for i in range(n)], "cutoff": pd.Timestamp(cutoff),
+        "frequency": repeats + 1, "repeat_orders": repeats, "purchase_span_days": np.floor(span),
+        "purchase_age_days": np.floor(age), "tenure_days": np.floor(age),
+        "recency_days": np.floor(age - span), "noise": rng.normal(size=n),
+    })
+    y = (rng.random(n) < np.where(alive, 1 - np.exp(-rate * 90), 0.02)).astype(int)
+    return frame, y
+
+
+def test_bgnbd_prior_is_a_contribution_and_part_of_the_raw_score():
+    fit_X, fit_y = bgnbd_like(3000, "2024-01-01", 1)
+    cal_X, cal_y = bgnbd_like(1500, "2024-04-01", 2)
+    test_X, test_y = bgnbd_like(1500, "2024-07-01", 3)
+    model = ChurnModel(small_lightgbm(), prior="bgnbd", target="repurchase", horizon_days=90)
+    model.fit(fit_X, fit_y, calibration_set=(cal_X, cal_y))
+    contributions = model.contributions(test_X)
+    assert PRIOR in contributions.columns
+    np.testing.assert_allclose(contributions.sum(axis=1), model.raw_score(test_X), atol=1e-9)
+    prior = model.prior_log_odds(test_X)
+    assert np.isfinite(prior).all() and prior.std() > 0.1
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test_y, model.predict_proba(test_X)[:, 1]) > 0.65
+
+
+def test_prior_falls_back_to_the_base_rate_when_bgnbd_cannot_fit():
+    fit_X, fit_y = bgnbd_like(2000, "2024-01-01", 4)
+    model = ChurnModel(small_lightgbm(), prior="bgnbd", calibration="none", target="repurchase")
+    model.fit(fit_X, fit_y)
+    single = fit_X.head(1)
+    assert model.prior_log_odds(single)[0] == pytest.approx(np.log(fit_y.mean() / (1 - fit_y.mean())))
+
+
+def test_prior_needs_lightgbm():
+    X, y = planted(200)
+    with pytest.raises(ValueError, match="prior='bgnbd' needs a LightGBM"):
+        ChurnModel(LogisticRegression(), preprocessing="scaled", prior="bgnbd").fit(X, y)

@@ -1,0 +1,157 @@
+"""Training and evaluation: time splits, behaviour, reproducibility, MLflow and the champion rule."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import lightgbm
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml.features import build_features
+from churnml.modeling import ChurnModel
+from churnml.training import TrainingPlan, cv_fold_cutoffs, split_by_cutoff, time_cv, train_and_evaluate
+from churnml.tracking import is_at_least_as_good
+
+from conftest import frame_dataset
+from test_config import compose_resolved
+
+PLAN = TrainingPlan(target="churn", horizon_days=90, holdout_cutoff=dt.date(2024, 9, 30), step_days=30,
+                    max_snapshots=6, cv_folds=2)
+
+
+def quick_model(**kwargs) -> ChurnModel:
+    estimator = lightgbm.LGBMClassifier(n_estimators=150, learning_rate=0.05, num_leaves=7, random_state=0,
+                                        n_jobs=1, verbose=-1)
+    return ChurnModel(estimator, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def shop_dataset(small_shop):
+    return frame_dataset(small_shop["transactions"], small_shop["interactions"], small_shop["customers"])
+
+
+@pytest.fixture(scope="module")
+def outcome(shop_dataset):
+    return train_and_evaluate(shop_dataset, quick_model(), PLAN, progress=False)
+
+
+def test_calibration_slice_is_later_than_the_fit():
+    table = pd.DataFrame({"cutoff": pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01", "2024-03-01"])})
+    fit, calibration = split_by_cutoff(table, 1)
+    assert fit["cutoff"].max() < calibration["cutoff"].min()
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_by_cutoff(table.iloc[:1], 1)
+
+
+def test_cv_folds_train_only_on_labels_known_at_the_fold():
+    cutoffs = [dt.date(2024, 1, 1) + dt.timedelta(days=30 * k) for k in range(8)]
+    folds = cv_fold_cutoffs(cutoffs, horizon_days=90, n_folds=3, calibration_snapshots=1)
+    assert folds == cutoffs[-3:]
+    for fold in folds:
+        usable = [c for c in cutoffs if c + dt.timedelta(days=90) <= fold]
+        assert len(usable) >= 2 and max(usable) < fold
+
+
+def test_outcome_is_out_of_time(outcome):
+    assert outcome.holdout_cutoff == dt.date(2024, 9, 30)
+    assert set(outcome.holdout_table["cutoff"]) == {pd.Timestamp("2024-09-30")}
+    latest_label_end = outcome.train_table["cutoff"].max() + pd.Timedelta(days=90)
+    assert latest_label_end <= pd.Timestamp("2024-09-30")
+    assert len(outcome.cv_folds) == 2
+    assert (outcome.cv_folds["cutoff"] < dt.date(2024, 9, 30)).all()
+
+
+def test_model_and_baselines_are_compared_on_the_same_rows(outcome):
+    assert list(outcome.comparison.index) == ["model", "rule", "rfm", "bgnbd"]
+    assert all(len(p) == len(outcome.holdout_table) for p in outcome.probabilities.values())
+    for name in ("holdout_roc_auc", "holdout_pr_auc", "holdout_brier", "holdout_log_loss", "holdout_top_decile_lift",
+                 "rule_holdout_roc_auc", "rfm_holdout_roc_auc", "bgnbd_holdout_roc_auc", "cv_roc_auc_mean",
+                 "cv_roc_auc_std"):
+        assert math.isfinite(outcome.metrics[name]), name
+    assert outcome.metrics["holdout_roc_auc"] > 0.7
+
+
+def test_training_is_reproducible(shop_dataset, outcome):
+    again = train_and_evaluate(shop_dataset, quick_model(), PLAN, progress=False)
+    np.testing.assert_array_equal(again.probabilities["model"], outcome.probabilities["model"])
+    assert again.metrics == outcome.metrics
+
+
+def test_a_more_recent_purchase_lowers_churn_probability(small_shop, outcome):
+    cutoff = pd.Timestamp("2024-09-30")
+    tx = small_shop["transactions"]
+    holdout = outcome.holdout_table
+    lapsed = holdout[(holdout["recency_days"] > 60) & (holdout["frequency"] >= 2)]["customer_id"].head(40).tolist()
+    assert len(lapsed) >= 20
+    fresh = tx[tx.customer_id.isin(lapsed)].groupby("customer_id").tail(1).copy()
+    fresh["ts"] = cutoff + pd.Timedelta(hours=12)
+    fresh["order_id"] = [f"FRESH{i}" for i in range(len(fresh))]
+    fresh["amount"] = fresh["amount"].abs()
+    inter, cust = small_shop["interactions"], small_shop["customers"]
+    # The whole shop is kept so that peer means (low_interaction) and segments stay the same.
+    before = build_features(frame_dataset(tx, inter, cust), cutoff.date()).to_pandas()
+    after = build_features(frame_dataset(pd.concat([tx, fresh]), inter, cust), cutoff.date()).to_pandas()
+    before = before[before.customer_id.isin(lapsed)].sort_values("customer_id")
+    after = after[after.customer_id.isin(lapsed)].sort_values("customer_id")
+    p_before = outcome.model.predict_proba(before.assign(cutoff=cutoff))[:, 1]
+    p_after = outcome.model.predict_proba(after.assign(cutoff=cutoff))[:, 1]
+    assert (p_after < p_before).mean() >= 0.8
+    assert p_after.mean() < p_before.mean() - 0.05
+
+
+def test_champion_rule():
+    assert is_at_least_as_good(0.80, None)
+    assert is_at_least_as_good(0.80, 0.80)
+    assert is_at_least_as_good(0.81, 0.80)
+    assert not is_at_least_as_good(0.79, 0.80)
+    assert not is_at_least_as_good(float("nan"), 0.80)
+    assert is_at_least_as_good(0.5, float("nan"))
+
+
+def small_train_settings(tmp_path, *extra: str) -> dict:
+    return compose_resolved("train", [
+        "data.n_customers=1200", f"data.directory={tmp_path}/data", "data.end=2024-12-31",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"mlflow.artifact_root={tmp_path}/artifacts",
+        f"train.export_dir={tmp_path}/models", f"train.report_dir={tmp_path}/reports",
+        "model.n_estimators=80", "model.learning_rate=0.1", "train.cv_folds=1", "train.max_snapshots=6", *extra,
+    ])
+
+
+@pytest.mark.slow
+def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(tmp_path, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from churnml.cli import run_train
+
+    settings = small_train_settings(tmp_path)
+    objective = run_train(settings)
+    assert math.isfinite(objective)
+    client = MlflowClient(tracking_uri=settings["mlflow"]["tracking_uri"])
+    champion = client.get_model_version_by_alias("churnml-churn", "champion")
+    assert str(champion.version) == "1"
+    run = client.get_run(champion.run_id)
+    for name in ("holdout_roc_auc", "holdout_pr_auc", "holdout_brier", "holdout_log_loss", "holdout_top_decile_lift",
+                 "rule_holdout_roc_auc", "rfm_holdout_pr_auc", "bgnbd_holdout_brier", "cv_roc_auc_mean"):
+        assert name in run.data.metrics, name
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"config.json", "data_fingerprint.json", "plots/roc.png", "plots/calibration.png"} <= artifacts
+    assert (tmp_path / "models" / "churnml-churn" / "MLmodel").exists()
+    assert list((tmp_path / "reports").glob("churnml-churn-v1.html"))
+    printed = capsys.readouterr().out
+    assert "bgnbd" in printed and "models:/churnml-churn/1" in printed
+
+    # A model that cannot learn (one shallow tree on a tiny learning rate) does not take the alias.
+    run_train(small_train_settings(tmp_path, "model.n_estimators=1", "model.learning_rate=0.0001",
+                                   "model.early_stopping_rounds=0", "model.prior=null", "model.calibration=none"))
+    assert str(client.get_model_version_by_alias("churnml-churn", "champion").version) == "1"
+    assert "kept the champion" in client.get_model_version("churnml-churn", "2").tags.get("churnml.champion_decision", "") \
+        or "kept the champion" in client.get_run(client.get_model_version("churnml-churn", "2").run_id).data.tags["churnml.champion_decision"]
+    # The same configuration again is as good: the alias moves to the new version.
+    run_train(settings)
+    assert str(client.get_model_version_by_alias("churnml-churn", "champion").version) == "3"
+    mlflow.set_tracking_uri("")
