@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup features train evaluate score export explain test test-fast bench ui clean
+.PHONY: help setup features train evaluate score export explain test test-fast test-spark bench ui clean
 TARGETS ?= churn,repurchase
 
 help: ## List the targets
@@ -32,11 +32,17 @@ train: $(STAMP) ## Train, evaluate and register the churn and repurchase models 
 evaluate: $(STAMP) ## Evaluate the registered champion on a holdout cutoff (churnml-evaluate)
 	$(BIN)/churnml-evaluate $(ARGS)
 
+explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in reports/notebooks, logged to the churn champion's run
+	$(BIN)/python -m churnml.notebooks --output-dir reports/notebooks $(ARGS)
+
 ui: $(STAMP) ## Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 test: $(STAMP) ## Run every test, slow ones included
 	$(BIN)/python -m pytest $(ARGS)
+
+test-spark: $(STAMP) ## Run the Spark parity tests (a local Spark session, Java 17)
+	$(BIN)/python -m pytest -m spark $(ARGS)
 
 test-fast: $(STAMP) ## Run the tests not marked slow
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)

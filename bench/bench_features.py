@@ -5,9 +5,8 @@ Target: at most 4x the scan's time and under 4 GiB peak memory.
 
 from __future__ import annotations
 
-import argparse
 
-from harness import demo_data, measure, print_table
+from harness import main, demo_data, measure, print_table
 
 TIME_RATIO_TARGET = 4.0
 PEAK_GIB_TARGET = 4.0
@@ -61,8 +60,4 @@ def run(n_customers: int = 1_000_000, repeat: int = 2) -> bool:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
-    run(args.customers, args.repeat)
+    main(run, __doc__, default_repeat=2)

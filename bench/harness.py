@@ -59,6 +59,17 @@ def measure(name: str, setup: str, work: str, repeat: int = 1) -> Measurement:
     return best
 
 
+def main(run, doc: str | None, default_repeat: int = 1) -> None:
+    """Command line of a benchmark module: ``--customers`` and ``--repeat``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=default_repeat)
+    args = parser.parse_args()
+    run(args.customers, args.repeat)
+
+
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
     print(f"\n{title}")

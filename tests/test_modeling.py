@@ -145,3 +145,19 @@ def test_prior_needs_lightgbm():
     X, y = planted(200)
     with pytest.raises(ValueError, match="prior='bgnbd' needs a LightGBM"):
         ChurnModel(LogisticRegression(), preprocessing="scaled", prior="bgnbd").fit(X, y)
+
+
+def test_population_prior_makes_scoring_in_pieces_equal_to_scoring_whole():
+    fit_X, fit_y = bgnbd_like(3000, "2024-01-01", 5)
+    cal_X, cal_y = bgnbd_like(1500, "2024-04-01", 6)
+    model = ChurnModel(small_lightgbm(), prior="bgnbd", target="repurchase", horizon_days=90)
+    model.fit(fit_X, fit_y, calibration_set=(cal_X, cal_y))
+    scored, _ = bgnbd_like(2000, "2024-07-01", 7)
+    whole = model.predict_proba(scored)[:, 1]
+    fixed = model.with_population_prior(scored[["cutoff", "frequency", "repeat_orders", "purchase_span_days",
+                                                "purchase_age_days", "tenure_days"]])
+    parts = [scored.iloc[rows] for rows in np.array_split(np.arange(len(scored)), 7)]
+    pieces = np.concatenate([fixed.predict_proba(part)[:, 1] for part in parts])
+    np.testing.assert_allclose(pieces, whole, rtol=1e-12)
+    naive_pieces = np.concatenate([model.predict_proba(part)[:, 1] for part in parts])
+    assert not np.allclose(naive_pieces, whole)

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,22 +220,24 @@ def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
     if not source.path:
         raise DataValidationError([Problem(label, None, "no file given")])
     path = Path(source.path)
-    is_glob = any(ch in source.path for ch in "*?[")
-    if not is_glob and not path.exists():
+    # Globs and remote paths (hdfs://, s3a://) are left to the engine, which names a missing file.
+    is_local = not any(ch in source.path for ch in "*?[") and "://" not in source.path
+    if is_local and not path.exists():
         raise DataValidationError([Problem(label, None, f"file does not exist (looked for {path.resolve()})")])
     name = path.name.lower()
-    if path.is_dir() or name.endswith(PARQUET_SUFFIXES):
+    if path.is_dir() or name.endswith(PARQUET_SUFFIXES) or (not is_local and not name.endswith(CSV_SUFFIXES)):
         reader = "parquet"
     elif name.endswith(CSV_SUFFIXES):
         reader = "csv"
     else:
         supported = ", ".join(CSV_SUFFIXES + PARQUET_SUFFIXES)
         raise DataValidationError([Problem(label, None, f"unknown file format '{path.suffix}'; supported: {supported}")])
-    if not is_glob and path.is_file() and path.stat().st_size == 0:
+    if is_local and path.is_file() and path.stat().st_size == 0:
         raise DataValidationError([Problem(label, None, "file is empty")])
     try:
+        location = source.path if not is_local else str(path)
         if reader == "parquet":
-            table = con.read_parquet(str(path))
+            table = con.read_parquet(location)
             if con.name == "pyspark":
                 from churnml.spark import with_utc_timestamps
 
@@ -243,8 +246,8 @@ def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
             return table
         if con.name == "duckdb":
             # Strings first, so that every bad value can be counted and shown instead of failing the read.
-            return con.read_csv(str(path), all_varchar=True)
-        return con.read_csv(str(path), header=True, inferSchema=False)
+            return con.read_csv(location, all_varchar=True)
+        return con.read_csv(location, header=True, inferSchema=False)
     except Exception as exc:  # the engine's parse errors are re-raised with the file named
         raise DataValidationError([Problem(label, None, f"cannot be read as {reader.upper()}: {exc}")]) from exc
 
@@ -341,8 +344,9 @@ def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> d
             aggs[f"bad_{col}"] = _unparsed(raw, typed).sum()
         if kind == "timestamp":
             aggs[f"future_{col}"] = (typed > future_limit).sum()
-            aggs[f"min_{col}"] = typed.min()
-            aggs[f"max_{col}"] = typed.max()
+            # As text: Spark cannot hand pandas a date past 2262 (a 9999-12-31 placeholder).
+            aggs[f"min_{col}"] = typed.min().cast("string")
+            aggs[f"max_{col}"] = typed.max().cast("string")
             if raw.type().is_string():
                 aggs[f"aware_{col}"] = raw.re_search(TZ_OFFSET_PATTERN).sum()
     if "amount" in both.columns:
@@ -439,11 +443,29 @@ def write_table_atomic(table: ir.Table, path: str | os.PathLike) -> Path:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         table.to_parquet(tmp)
-        os.replace(tmp, target)
+        _move_into_place(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return target
+
+
+def _move_into_place(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; a directory (Spark writes one) replaces the old one in two renames."""
+    if not target.exists() or not (target.is_dir() or new.is_dir()):
+        os.replace(new, target)
+        return
+    previous = target.with_name(f".{target.name}.{os.getpid()}.old")
+    os.replace(target, previous)
+    os.replace(new, target)
+    _remove(previous)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:

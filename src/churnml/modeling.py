@@ -82,6 +82,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         Maps the raw score (log-odds, prior included) to a probability.
     prior_fallback_ : float
         Log-odds of the training base rate, the prior where BG/NBD cannot be fitted.
+    prior_mean_ : float
+        Mean prior of the training rows; contributions show the prior relative to it.
     classes_ : ndarray
     """
 
@@ -132,6 +134,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         calibration = None
         if calibration_set is not None:
             calibration = (calibration_set[0], np.asarray(calibration_set[1]).astype(int))
+        self.prior_mean_ = float(np.mean(self.prior_log_odds(X))) if self.prior else 0.0
         self.estimator_ = self._fit_estimator(X, train, y, calibration)
         self.calibrator_ = self._fit_calibrator(calibration)
         return self
@@ -169,27 +172,38 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score.ravel(), calibration[1])
 
     def prior_log_odds(self, X: pd.DataFrame) -> np.ndarray:
-        """The prior of each row in log-odds: BG/NBD's probability of the target, fitted per cutoff."""
-        from churnml.baselines import BGNBDFitError, bgnbd_inputs, bgnbd_probability, fit_bgnbd
+        """The prior of each row in log-odds: BG/NBD's probability of the target, fitted per cutoff
+        on the rows of that cutoff (or taken from ``with_population_prior``)."""
+        from churnml.baselines import bgnbd_inputs, bgnbd_probability
 
         if not self.prior:
             return np.zeros(len(X))
-        groups = X.groupby("cutoff").indices if "cutoff" in X.columns else {None: np.arange(len(X))}
+        fixed = getattr(self, "population_priors_", None)
         prior = np.full(len(X), self.prior_fallback_)
-        for cutoff, rows in groups.items():
+        for cutoff, rows in _rows_by_cutoff(X).items():
             part = X.iloc[rows]
-            if len(part) < MIN_PRIOR_CUSTOMERS:
-                log.warning("%s customers at cutoff %s are too few to fit the BG/NBD prior; using the training "
-                            "base rate", len(part), cutoff)
+            fitted = fixed.get(_cutoff_key(cutoff)) if fixed is not None else _fit_prior(part, cutoff)
+            if fitted is None:
                 continue
-            try:
-                inputs = bgnbd_inputs(part)
-                probability = bgnbd_probability(fit_bgnbd(inputs), inputs, self.horizon_days, self.target)
-            except (BGNBDFitError, ValueError) as error:
-                log.warning("BG/NBD prior unavailable at cutoff %s (%s); using the training base rate", cutoff, error)
-                continue
-            prior[rows] = _logit(np.clip(probability, 1e-6, 1 - 1e-6))
+            inputs = bgnbd_inputs(part)
+            prior[rows] = _logit(np.clip(bgnbd_probability(fitted, inputs, self.horizon_days, self.target), 1e-6, 1 - 1e-6))
         return prior
+
+    def with_population_prior(self, population: pd.DataFrame) -> "ChurnModel":
+        """A copy whose BG/NBD prior is fitted once per cutoff on ``population`` and then reused, so
+        that scoring the population in pieces (Spark partitions) gives the prior of scoring it whole.
+
+        ``population`` needs ``cutoff`` and the BG/NBD input columns only.
+        """
+        import copy
+
+        model = copy.copy(self)
+        if self.prior:
+            model.population_priors_ = {
+                _cutoff_key(cutoff): _fit_prior(population.iloc[rows], cutoff)
+                for cutoff, rows in _rows_by_cutoff(population).items()
+            }
+        return model
 
     # --- prediction ---------------------------------------------------------------------------
 
@@ -231,8 +245,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Exact per-row contribution of each feature to the raw score, plus a ``bias`` column.
 
-        Each row sums to ``raw_score``: LightGBM's ``pred_contrib`` for trees (with the prior's
-        log-odds as a ``bgnbd_prior`` column when there is one), coefficient x standardised value
+        Each row sums to ``raw_score``: LightGBM's ``pred_contrib`` for trees (with a
+        ``bgnbd_prior`` column when there is a prior: the customer's prior relative to the
+        training rows' mean prior, which goes into ``bias``), coefficient x standardised value
         for linear models (one-hot and missing-indicator columns summed back to the feature they
         came from).
         """
@@ -241,7 +256,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             values = self.estimator_.predict(prepared, pred_contrib=True)
             frame = pd.DataFrame(values, columns=[*self.feature_names_in_, BIAS], index=X.index)
             if self.prior:
-                frame.insert(len(self.feature_names_in_), PRIOR, self.prior_log_odds(X))
+                frame.insert(len(self.feature_names_in_), PRIOR, self.prior_log_odds(X) - self.prior_mean_)
+                frame[BIAS] += self.prior_mean_
             return frame
         if self.preprocessing == "scaled" and hasattr(self.estimator_[-1], "coef_"):
             return _linear_contributions(self.estimator_, prepared, self.feature_names_in_, X.index)
@@ -281,6 +297,29 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             for name in self.categories_:
                 prepared[name] = prepared[name].astype(object).where(prepared[name].notna(), "missing")
         return prepared
+
+
+def _rows_by_cutoff(X: pd.DataFrame) -> dict[Any, np.ndarray]:
+    return X.groupby("cutoff").indices if "cutoff" in X.columns else {None: np.arange(len(X))}
+
+
+def _cutoff_key(cutoff: Any) -> str | None:
+    return None if cutoff is None else str(pd.Timestamp(cutoff).date())
+
+
+def _fit_prior(part: pd.DataFrame, cutoff: Any):
+    """BG/NBD fitted on one cutoff's customers, or None (with a warning) when it cannot be."""
+    from churnml.baselines import BGNBDFitError, bgnbd_inputs, fit_bgnbd
+
+    if len(part) < MIN_PRIOR_CUSTOMERS:
+        log.warning("%s customers at cutoff %s are too few to fit the BG/NBD prior; using the training base rate",
+                    len(part), cutoff)
+        return None
+    try:
+        return fit_bgnbd(bgnbd_inputs(part))
+    except (BGNBDFitError, ValueError) as error:
+        log.warning("BG/NBD prior unavailable at cutoff %s (%s); using the training base rate", cutoff, error)
+        return None
 
 
 def _logit(p: Any) -> Any:

@@ -86,10 +86,19 @@ def split_by_cutoff(table: pd.DataFrame, n_latest: int) -> tuple[pd.DataFrame, p
 
 
 def fit_model(template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1) -> ChurnModel:
-    """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones."""
+    """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones.
+
+    The latest snapshot's features and scores are kept with the model (``reference_profile_``)
+    as the reference for drift when it scores new data.
+    """
+    from churnml import drift
+
     fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
     model = clone(template)
-    return model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]))
+    model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]))
+    latest = table[table["cutoff"] == table["cutoff"].max()]
+    model.reference_profile_ = drift.profile(latest, model.feature_names_in_, score=model.predict_proba(latest)[:, 1])
+    return model
 
 
 def holdout_probabilities(
