@@ -32,6 +32,12 @@ train: $(STAMP) ## Train, evaluate and register the churn and repurchase models 
 evaluate: $(STAMP) ## Evaluate the registered champion on a holdout cutoff (churnml-evaluate)
 	$(BIN)/churnml-evaluate $(ARGS)
 
+score: $(STAMP) ## Score every customer with the champion models (churnml-score): scores/as_of=.../scores.parquet
+	$(BIN)/churnml-score $(ARGS)
+
+export: $(STAMP) ## Export both champions from the registry to models/ (make train does it too)
+	$(BIN)/python -m churnml.cli export $(ARGS)
+
 explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in reports/notebooks, logged to the churn champion's run
 	$(BIN)/python -m churnml.notebooks --output-dir reports/notebooks $(ARGS)
 

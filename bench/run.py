@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = {"features": "bench_features", "cdnow": "bench_cdnow", "spark": "bench_spark"}
+BENCHMARKS = {"features": "bench_features", "cdnow": "bench_cdnow", "scoring": "bench_scoring", "spark": "bench_spark"}
 
 
 def main() -> int:

@@ -22,20 +22,31 @@ def settings_from(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
 
+def engine_connection(settings: Mapping[str, Any]) -> Any:
+    """The query engine of ``settings['engine']`` (duckdb or spark, with ``settings['spark']`` options)."""
+    from churnml.io import connect
+
+    engine = settings.get("engine", "duckdb")
+    return connect(engine, **(settings.get("spark") or {})) if engine == "spark" else connect(engine)
+
+
 def run_features(settings: Mapping[str, Any]) -> Path:
     """Build the feature table at ``settings['cutoff']`` and write it to Parquet."""
+    import pyarrow.dataset
+
     from churnml.datasets import load_data
     from churnml.features import FeatureConfig, as_date, build_features
     from churnml.io import write_table_atomic
 
-    dataset = load_data(settings["data"], engine=settings.get("engine", "duckdb"))
+    dataset = load_data(settings["data"], con=engine_connection(settings))
     cutoff = as_date(settings["cutoff"]) if settings.get("cutoff") else dataset.last_date
     if not dataset.first_date <= cutoff:
         raise ValueError(f"cutoff {cutoff} is before the first transaction ({dataset.first_date})")
     table = build_features(dataset, cutoff, FeatureConfig.from_dict(settings["features"]))
     output = settings["features"].get("output") or f"outputs/features/{settings['data']['name']}/cutoff={cutoff}/features.parquet"
     path = write_table_atomic(table, output)
-    n_rows = int(table.count().execute())
+    # Counting the written file, not the query, so the engine does not compute the features twice.
+    n_rows = pyarrow.dataset.dataset(path).count_rows()
     log.info("wrote %s customers x %s columns at cutoff %s to %s", f"{n_rows:,}", len(table.columns), cutoff, path)
     return path
 
@@ -116,7 +127,7 @@ def run_train(settings: Mapping[str, Any]) -> float:
     from churnml.training import add_report, train_and_evaluate
 
     plan = training_plan(settings)
-    dataset = load_data(settings["data"], engine=settings.get("engine", "duckdb"), materialize=True)
+    dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
     template = build_model(settings["model"], plan.target, plan.horizon_days)
     outcome = train_and_evaluate(dataset, template, plan, FeatureConfig.from_dict(settings["features"]))
     outcome = add_report(outcome, report_context(settings, outcome, settings["model"]["name"]))
@@ -157,7 +168,7 @@ def run_evaluate(settings: Mapping[str, Any]) -> dict[str, float]:
     name, version = tracking.model_version_of(uri)
     plan = training_plan({**settings, "train": {**settings["train"], "calibration_snapshots": 1, "cv_folds": 0,
                                                 "bgnbd_features": any(f.startswith("bgnbd_") for f in model.feature_names_in_)}})
-    dataset = load_data(settings["data"], engine=settings.get("engine", "duckdb"), materialize=True)
+    dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
     outcome = evaluate_model(dataset, model, plan, FeatureConfig.from_dict(settings["features"]))
     outcome = add_report(outcome, report_context(settings, outcome, f"{name} v{version}"))
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
@@ -237,7 +248,26 @@ def score_app(cfg: DictConfig) -> None:
     run_score(settings_from(cfg))
 
 
-STAGES = {"features": features_app, "train": train_app, "evaluate": evaluate_app, "score": score_app}
+def run_export(settings: Mapping[str, Any]) -> list[Path]:
+    """Export the champion of each target from the registry to ``train.export_dir`` (MLflow format)."""
+    from churnml import tracking
+
+    mlflow_settings = settings["mlflow"]
+    tracking.configure(mlflow_settings["tracking_uri"], mlflow_settings["experiment"], mlflow_settings.get("artifact_root"))
+    prefix = mlflow_settings["registered_model_prefix"]
+    paths = [tracking.export_model(f"{prefix}-{target}", settings["train"]["export_dir"]) for target in ("churn", "repurchase")]
+    for path in paths:
+        print(f"exported {path}")
+    return paths
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def export_app(cfg: DictConfig) -> None:
+    run_export(settings_from(cfg))
+
+
+STAGES = {"features": features_app, "train": train_app, "evaluate": evaluate_app, "score": score_app,
+          "export": export_app}
 
 
 def main() -> None:

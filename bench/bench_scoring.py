@@ -1,0 +1,121 @@
+"""Batch scoring of the 1M-customer demo shop: features, both models, exact reasons, the file.
+
+The churn and repurchase models are trained beforehand (not timed) with the default model
+configuration on a 2% sample of the same shop's customers. The timed work is what
+``churnml-score`` does between loading the models and tracking the run: load and validate the
+data, build the features at the last date, add the models' extra inputs, predict both
+probabilities, compute every customer's exact contributions and reasons, bands, segments and
+actions, and write the Parquet file atomically.
+
+Target: under 60 seconds and under 4 GiB peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from harness import ROOT, demo_data, measure, print_table
+
+SECONDS_TARGET = 60.0
+PEAK_GIB_TARGET = 4.0
+SAMPLE_MODULUS = 50  # one customer in 50 trains the models
+
+SETUP = """
+    import tempfile, time
+    from pathlib import Path
+
+    import duckdb
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from churnml import scoring
+    from churnml.cli import build_model, training_plan
+    from churnml.datasets import load_data
+    from churnml.features import FeatureConfig
+    from churnml.snapshots import snapshot_table, training_cutoffs
+    from churnml.training import extra_feature_builder, fit_model
+
+    TABLES = ("transactions", "interactions", "customers")
+    full = {{"kind": "files", **{{t: {{"path": f"{directory}/{{t}}.parquet"}} for t in TABLES}}}}
+    scratch = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
+    con = duckdb.connect()
+    for t in TABLES:
+        con.execute(f"COPY (SELECT * FROM read_parquet('{directory}/{{t}}.parquet') "
+                    f"WHERE hash(customer_id) % {modulus} = 0) TO '{{scratch}}/{{t}}.parquet' (FORMAT parquet)")
+    sample = {{"kind": "files", **{{t: {{"path": str(scratch / f"{{t}}.parquet")}} for t in TABLES}}}}
+
+    def train(target):
+        with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
+            settings = OmegaConf.to_container(compose("train", overrides=[f"target={{target}}"]), resolve=True)
+        plan = training_plan(settings)
+        dataset = load_data(sample, materialize=True)
+        holdout = plan.resolve_holdout(dataset)
+        cutoffs = training_cutoffs(holdout, plan.horizon_days, dataset.first_date, plan.step_days,
+                                   {max_snapshots}, plan.min_snapshots, plan.min_history_days)
+        table = snapshot_table(dataset, cutoffs, plan.target, plan.horizon_days, FeatureConfig(),
+                               extra_feature_builder(plan), progress=False)
+        template = build_model(settings["model"], plan.target, plan.horizon_days)
+        return fit_model(template, table, plan.calibration_snapshots), settings
+
+    started = time.perf_counter()
+    (churn, settings), (repurchase, _) = train("churn"), train("repurchase")
+    models = {{"churn": churn, "repurchase": repurchase}}
+    training_seconds = time.perf_counter() - started
+    feature_config = FeatureConfig.from_dict(settings["features"])
+    config = scoring.ScoringConfig()
+    context = scoring.ReasonContext.from_features(feature_config, churn.horizon_days)
+    output = scratch / "scores" / "scores.parquet"
+"""
+
+WORK = """
+    steps = {}
+    clock = time.perf_counter()
+
+    def lap(name):
+        global clock
+        now = time.perf_counter()
+        steps[name] = now - clock
+        clock = now
+
+    dataset = load_data(full)
+    as_of = scoring.resolve_as_of(None, dataset.first_date, dataset.last_date)
+    features = scoring.feature_frame(dataset, as_of, feature_config)
+    lap("load + features")
+    inputs = scoring.model_inputs(features, models)
+    lap("model inputs")
+    scores = scoring.score_customers(inputs, models, as_of, config, context)
+    lap("probabilities + reasons + actions")
+    scoring.write_scores(scores, output)
+    lap("write")
+    info = {"rows": len(scores), "steps": steps, "training_seconds": training_seconds,
+            "trees": {t: m.estimator_.booster_.num_trees() for t, m in models.items()},
+            "features": len(churn.feature_names_in_), "prior": churn.prior,
+            "bands": scores["risk_band"].value_counts().to_dict(), "file_mib": output.stat().st_size / 2**20}
+"""
+
+
+def run(n_customers: int = 1_000_000, repeat: int = 1, max_snapshots: int = 6) -> bool:
+    directory = demo_data(n_customers)
+    setup = SETUP.format(directory=str(directory), modulus=SAMPLE_MODULUS, conf=str(ROOT / "conf"),
+                         max_snapshots=max_snapshots)
+    result = measure("churnml: score every customer (features, 2 models, reasons, write)", setup, WORK, repeat=repeat)
+    info = result.info
+    rows = [{"what": step, "seconds": seconds} for step, seconds in info["steps"].items()]
+    rows.append({"what": "total", "seconds": result.seconds, "peak GiB": result.peak_gib})
+    print_table(f"scoring, demo shop of {n_customers:,} customers ({info['rows']:,} with history); models trained "
+                f"on 1 in {SAMPLE_MODULUS} customers in {info['training_seconds']:.0f} s, not timed "
+                f"(trees {info['trees']}, {info['features']} features, prior {info['prior']})",
+                rows, ["what", "seconds", "peak GiB"])
+    print(f"{info['rows'] / result.seconds:,.0f} customers/second; file {info['file_mib']:.1f} MiB; bands {info['bands']}")
+    ok = result.seconds < SECONDS_TARGET and result.peak_gib < PEAK_GIB_TARGET
+    print(f"target: < {SECONDS_TARGET:.0f} s and < {PEAK_GIB_TARGET} GiB: {'met' if ok else 'NOT met'} "
+          f"({result.seconds:.1f} s, {result.peak_gib:.2f} GiB)")
+    return ok
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    run(args.customers, args.repeat)

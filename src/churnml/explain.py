@@ -1,0 +1,645 @@
+"""Explaining predictions: SHAP values of a registered model, and the tables the notebooks plot.
+
+SHAP values explain the model's raw score (log-odds before calibration), the scale on which they
+add up: ``base value + sum of a row's SHAP values = raw score``. Calibration is monotonic, so a
+feature that raises the raw score raises the probability too.
+
+How the values are computed depends on the estimator:
+
+- LightGBM (``preprocessing="native"``): ``shap.TreeExplainer`` on the fitted booster and the exact
+  matrix it sees (tree-path-dependent SHAP, identical to LightGBM's ``pred_contrib``). A model
+  that boosts from a BG/NBD prior gets one more column, ``bgnbd_prior``: each row's prior log-odds
+  minus their mean over the explained rows (the mean goes into the base value);
+- linear pipelines (``preprocessing="scaled"``): the model's exact contributions, coefficient x
+  standardised value, summed back to the input feature (one-hot and missing-indicator columns);
+- anything else: a permutation explainer over the raw score, against a background sample.
+
+The functions take DataFrames and a fitted :class:`~churnml.modeling.ChurnModel` and return
+tidy DataFrames; MLflow is reached through :mod:`churnml.tracking` only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from churnml.baselines import BGNBD_FEATURE_COLUMNS, WARNING_FLAGS, bgnbd_features
+from churnml.features import FeatureConfig, as_date, build_features
+from churnml.io import Dataset
+from churnml.labels import attach_label, window_is_closed
+from churnml.modeling import BIAS, PRIOR, ChurnModel
+
+if TYPE_CHECKING:
+    import shap
+
+CHAMPION = "champion"
+# Features whose effect the explanation notebook shows one by one, when the model has them.
+DEPENDENCE_FEATURES = ("recency_days", "frequency", "aov_change", *WARNING_FLAGS)
+RISK_BANDS = ("high", "medium", "low")
+# The scoring stage's defaults (score.risk_bands), for scores computed without it.
+DEFAULT_BAND_THRESHOLDS = MappingProxyType({"high": 0.6, "medium": 0.3})
+SCORES_GLOB = "as_of=*/scores.parquet"
+
+
+# --------------------------------------------------------------------------------------------
+# Models and features
+# --------------------------------------------------------------------------------------------
+
+
+def registered_model_uri(name: str, alias: str = CHAMPION) -> str:
+    """The registry URI ``models:/<name>@<alias>``."""
+    return f"models:/{name}@{alias}"
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
+    """A ChurnModel from the registry (``models:/name@alias``, ``models:/name/version``) or an
+    exported directory (``models/churnml-churn``).
+
+    Parameters
+    ----------
+    uri : str
+        Registry URI, ``runs:/`` URI or path of an exported model.
+    tracking_uri : str, optional
+        MLflow tracking URI to read the registry from (e.g. ``sqlite:///mlflow.db``); not needed
+        for an exported directory.
+    """
+    from churnml import tracking
+
+    if tracking_uri and not Path(uri).exists():
+        tracking.use_tracking_uri(tracking_uri)
+    return tracking.load_model(uri)
+
+
+def uses_bgnbd(model: ChurnModel) -> bool:
+    """Whether the model was trained with the BG/NBD feature columns."""
+    return any(c in model.feature_names_in_ for c in BGNBD_FEATURE_COLUMNS)
+
+
+def feature_frame(dataset: Dataset, as_of: str | dt.date | None, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+    """The feature table at ``as_of`` (default: the last date in the data) as a pandas frame.
+
+    ``cutoff`` holds ``as_of`` as a timestamp, as in the training snapshots.
+    """
+    cutoff = as_date(as_of) if as_of else dataset.last_date
+    frame = build_features(dataset, cutoff, config).to_pandas()
+    frame["cutoff"] = pd.Timestamp(cutoff)
+    return frame.reset_index(drop=True)
+
+
+def features_for_model(model: ChurnModel, features: pd.DataFrame) -> pd.DataFrame:
+    """``features`` with the extra columns the model was trained with (BG/NBD, fitted on these rows).
+
+    BG/NBD is fitted on the frame's own history, as in training, with the model's horizon; a
+    churn and a repurchase model therefore get different expected-purchase columns.
+    """
+    base = features.drop(columns=[c for c in BGNBD_FEATURE_COLUMNS if c in features.columns])
+    if not uses_bgnbd(model):
+        return base
+    return pd.concat([base, bgnbd_features(base, model.horizon_days)], axis=1)
+
+
+def labelled_frame(dataset: Dataset, model: ChurnModel, cutoff: str | dt.date,
+                   config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+    """Features at ``cutoff`` for ``model`` with the ``label`` of its target in the horizon after.
+
+    Raises
+    ------
+    ValueError
+        When ``cutoff + horizon`` passes the last date in the data (the outcome is unknown).
+    """
+    cutoff = as_date(cutoff)
+    if not window_is_closed(cutoff, model.horizon_days, dataset.last_date):
+        raise ValueError(
+            f"the {model.horizon_days}-day window after {cutoff} is not closed by the last date in the data "
+            f"({dataset.last_date}): outcomes are unknown; choose a cutoff on or before "
+            f"{dataset.last_date - dt.timedelta(days=model.horizon_days)}"
+        )
+    features = build_features(dataset, cutoff, config)
+    labelled = attach_label(features, dataset.transactions, cutoff, model.target, model.horizon_days)
+    frame = labelled.order_by("customer_id").to_pandas()
+    frame["cutoff"] = pd.Timestamp(cutoff)
+    labels = frame.pop("label").astype(int)
+    return features_for_model(model, frame).assign(label=labels.to_numpy())
+
+
+def sample_rows(frame: pd.DataFrame, n: int | None, seed: int = 0) -> pd.DataFrame:
+    """Up to ``n`` rows drawn without replacement (all rows when ``n`` is None), index reset."""
+    if n is None or n >= len(frame):
+        return frame.reset_index(drop=True)
+    return frame.sample(n=int(n), random_state=seed).reset_index(drop=True)
+
+
+def probability(model: ChurnModel, features: pd.DataFrame) -> np.ndarray:
+    """The model's calibrated probability of its target, one per row."""
+    return model.predict_proba(features)[:, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# SHAP values
+# --------------------------------------------------------------------------------------------
+
+
+def numeric_matrix(model: ChurnModel, features: pd.DataFrame) -> pd.DataFrame:
+    """The model's input as numbers: categories as their code in training (NaN when missing).
+
+    This is what SHAP plots colour by; :func:`frame_from_numeric` reverses it.
+    """
+    model.check_features(features)
+    prepared = model._prepare(features)
+    columns = {}
+    for name in model.feature_names_in_:
+        if name in model.categories_:
+            # Position among the training categories; -1 (unseen or missing) becomes NaN.
+            text = features[name].astype("string").astype(object).where(features[name].notna(), None)
+            codes = pd.Index(model.categories_[name], dtype=object).get_indexer(text).astype("float64")
+            columns[name] = np.where(codes < 0, np.nan, codes)
+        else:
+            columns[name] = prepared[name].to_numpy(dtype="float64")
+    return pd.DataFrame(columns, index=features.index)
+
+
+def frame_from_numeric(model: ChurnModel, matrix: np.ndarray) -> pd.DataFrame:
+    """Model input rows back from :func:`numeric_matrix` codes (unknown codes become missing)."""
+    frame = pd.DataFrame(np.asarray(matrix, dtype="float64"), columns=model.feature_names_in_)
+    for name, categories in model.categories_.items():
+        codes = frame[name].to_numpy()
+        valid = np.isfinite(codes) & (codes >= 0) & (codes < len(categories))
+        labels = np.full(len(codes), None, dtype=object)
+        labels[valid] = np.asarray(categories, dtype=object)[codes[valid].astype(int)]
+        frame[name] = pd.Series(labels, dtype=object)
+    return frame
+
+
+def _display_values(model: ChurnModel, features: pd.DataFrame) -> np.ndarray:
+    """Feature values as shown next to a waterfall's bars: category names instead of codes."""
+    shown = features[model.feature_names_in_].copy()
+    for name in model.feature_names_in_:
+        if name not in model.categories_:
+            shown[name] = pd.to_numeric(shown[name], errors="coerce").astype("float64")
+    return shown.to_numpy(dtype=object)
+
+
+def explanation_method(model: ChurnModel) -> str:
+    """``tree`` (LightGBM), ``linear`` (exact contributions) or ``permutation``."""
+    estimator = model.estimator_
+    if model.preprocessing == "native" and type(estimator).__module__.startswith("lightgbm"):
+        return "tree"
+    if model.preprocessing == "scaled" and hasattr(estimator[-1], "coef_"):
+        return "linear"
+    return "permutation"
+
+
+def shap_explanation(model: ChurnModel, features: pd.DataFrame, background_size: int = 100,
+                     n_permutations: int = 10, seed: int = 0) -> "shap.Explanation":
+    """SHAP values of ``model`` for the rows of ``features``, on the raw-score (log-odds) scale.
+
+    Parameters
+    ----------
+    model : ChurnModel
+        A fitted model.
+    features : pandas.DataFrame
+        Rows to explain, with every column in ``model.feature_names_in_``.
+    background_size : int, default 100
+        Rows of ``features`` used as the background distribution by the permutation explainer
+        (unused by the tree and linear paths, which are exact).
+    n_permutations : int, default 10
+        Forward-and-back feature orderings the permutation explainer averages per row. Each
+        costs one model call on ``(2 x features + 1) x background_size`` rows per explained row,
+        so explain a sample, not the whole customer base, with such models.
+    seed : int, default 0
+
+    Returns
+    -------
+    shap.Explanation
+        ``values`` (rows x features), ``base_values`` (one per row), ``data`` (the numeric input
+        from :func:`numeric_matrix`), ``display_data`` (category names) and ``feature_names``
+        (the model's features, then ``bgnbd_prior`` for a model boosted from BG/NBD). For every
+        row, ``base_values + values.sum()`` equals ``model.raw_score(features)``.
+
+    Notes
+    -----
+    A BG/NBD prior is fitted on the rows given, as in scoring: explain the whole customer base
+    (or use :func:`explain_customers`) rather than a sample, or the prior is that of the sample.
+    """
+    import shap
+
+    matrix = numeric_matrix(model, features)
+    shown = _display_values(model, features)
+    names = list(model.feature_names_in_)
+    method = explanation_method(model)
+    if method == "tree":
+        values, base_values = _tree_values(model, features)
+        if getattr(model, "prior", None):
+            prior = model.prior_log_odds(features)
+            # An additive term's SHAP value is its deviation from the mean; the mean is shared.
+            values = np.column_stack([values, prior - prior.mean()])
+            base_values = base_values + prior.mean()
+            matrix[PRIOR] = prior
+            shown = np.column_stack([shown, prior.astype(object)])
+            names.append(PRIOR)
+    elif method == "linear":
+        contributions = model.contributions(features)
+        values = contributions[names].to_numpy(dtype="float64")
+        base_values = contributions[BIAS].to_numpy(dtype="float64")
+    else:
+        values, base_values = _permutation_values(model, matrix, background_size, n_permutations, seed)
+    return shap.Explanation(
+        values=values,
+        base_values=base_values,
+        data=matrix.to_numpy(),
+        display_data=shown,
+        feature_names=names,
+    )
+
+
+def _tree_values(model: ChurnModel, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    import shap
+
+    prepared = model._prepare(features)
+    explainer = shap.TreeExplainer(model.estimator_)
+    with warnings.catch_warnings():
+        # shap announces a change of output format for LightGBM binary models on every call.
+        warnings.filterwarnings("ignore", message="LightGBM binary classifier with TreeExplainer")
+        values = np.asarray(explainer.shap_values(prepared), dtype="float64")
+    base = float(np.ravel(explainer.expected_value)[-1])
+    return values, np.full(len(prepared), base)
+
+
+def _permutation_values(model: ChurnModel, matrix: pd.DataFrame, background_size: int, n_permutations: int,
+                        seed: int) -> tuple[np.ndarray, np.ndarray]:
+    import shap
+
+    def raw_score(rows: np.ndarray) -> np.ndarray:
+        return model.raw_score(frame_from_numeric(model, rows))
+
+    background = sample_rows(matrix, background_size, seed).to_numpy()
+    explainer = shap.explainers.Permutation(raw_score, shap.maskers.Independent(background, max_samples=background_size),
+                                            feature_names=list(model.feature_names_in_), seed=seed)
+    # Antithetic orderings keep the values adding up to the raw score exactly, however few.
+    evaluations = max(1, n_permutations) * (2 * matrix.shape[1] + 1)
+    result = explainer(matrix.to_numpy(), max_evals=evaluations, silent=True)
+    return np.asarray(result.values, dtype="float64"), np.asarray(result.base_values, dtype="float64")
+
+
+@dataclass(frozen=True)
+class ExplainedSample:
+    """Customers with their probability and SHAP values, row for row."""
+
+    features: pd.DataFrame
+    explanation: "shap.Explanation"
+    probability: np.ndarray
+
+
+def explain_customers(model: ChurnModel, features: pd.DataFrame, sample_size: int | None = None, seed: int = 0,
+                      background_size: int = 100) -> ExplainedSample:
+    """Probabilities and SHAP values for a random sample of the customers in ``features``.
+
+    With the exact methods (tree, linear) every customer is scored and explained before the
+    sample is drawn, so that whatever is fitted on the whole table (a BG/NBD prior) is what
+    scoring sees; the costly permutation method explains the sample only.
+
+    Parameters
+    ----------
+    model : ChurnModel
+    features : pandas.DataFrame
+        The model's input, e.g. from :func:`features_for_model`.
+    sample_size : int, optional
+        Customers kept (all when None).
+    seed : int, default 0
+    background_size : int, default 100
+        See :func:`shap_explanation`.
+    """
+    chosen = sample_rows(features.reset_index(drop=True).assign(_row=np.arange(len(features))), sample_size, seed)
+    rows = chosen.pop("_row").to_numpy()
+    if explanation_method(model) == "permutation":
+        return ExplainedSample(chosen, shap_explanation(model, chosen, background_size, seed=seed),
+                               probability(model, chosen))
+    everyone = features.reset_index(drop=True)
+    explanation = shap_explanation(model, everyone, background_size, seed=seed)
+    return ExplainedSample(chosen, explanation[rows], probability(model, everyone)[rows])
+
+
+def present_features(explanation: "shap.Explanation", names: Sequence[str] = DEPENDENCE_FEATURES) -> list[str]:
+    """The names, in order, that the explained model has as features."""
+    return [n for n in names if n in explanation.feature_names]
+
+
+# --------------------------------------------------------------------------------------------
+# Tidy tables
+# --------------------------------------------------------------------------------------------
+
+
+def _values_frame(explanation: "shap.Explanation") -> pd.DataFrame:
+    return pd.DataFrame(np.asarray(explanation.values), columns=list(explanation.feature_names))
+
+
+def global_importance(explanation: "shap.Explanation") -> pd.DataFrame:
+    """Mean absolute SHAP value per feature, largest first.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``feature``; columns ``mean_abs_shap``, ``share`` (of the total) and ``mean_shap``
+        (the average direction: positive raises the score).
+    """
+    values = _values_frame(explanation)
+    mean_abs = values.abs().mean()
+    table = pd.DataFrame({
+        "mean_abs_shap": mean_abs,
+        "share": mean_abs / mean_abs.sum() if mean_abs.sum() > 0 else 0.0,
+        "mean_shap": values.mean(),
+    }).rename_axis("feature")
+    return table.sort_values("mean_abs_shap", ascending=False, kind="stable")
+
+
+def contributions_wide(explanation: "shap.Explanation", customer_ids: Sequence) -> pd.DataFrame:
+    """One row per customer: ``customer_id``, ``base_value``, one column per feature, ``raw_score``."""
+    values = _values_frame(explanation)
+    base = np.asarray(explanation.base_values, dtype="float64")
+    frame = pd.concat([pd.DataFrame({"customer_id": np.asarray(customer_ids), "base_value": base}), values], axis=1)
+    frame["raw_score"] = base + values.sum(axis=1).to_numpy()
+    return frame
+
+
+def contributions_long(explanation: "shap.Explanation", customer_ids: Sequence, top: int | None = None) -> pd.DataFrame:
+    """One row per customer and feature, largest absolute contribution first within a customer.
+
+    Parameters
+    ----------
+    explanation : shap.Explanation
+    customer_ids : sequence
+        One id per explained row, in order.
+    top : int, optional
+        Keep the ``top`` features of each customer by absolute contribution.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``customer_id``, ``rank`` (1 = largest absolute contribution), ``feature``,
+        ``value`` (the feature's value, category names as text) and ``contribution``.
+    """
+    names = list(explanation.feature_names)
+    n_rows = len(customer_ids)
+    shown = explanation.display_data if explanation.display_data is not None else explanation.data
+    long = pd.DataFrame({
+        "customer_id": np.repeat(np.asarray(customer_ids), len(names)),
+        "feature": np.tile(names, n_rows),
+        "value": np.asarray(shown, dtype=object).reshape(-1),
+        "contribution": np.asarray(explanation.values, dtype="float64").reshape(-1),
+    })
+    long["rank"] = (long["contribution"].abs().groupby(long["customer_id"], sort=False)
+                    .rank(method="first", ascending=False).astype(int))
+    if top is not None:
+        long = long[long["rank"] <= top]
+    ordered = long.sort_values(["customer_id", "rank"], kind="stable").reset_index(drop=True)
+    return ordered[["customer_id", "rank", "feature", "value", "contribution"]]
+
+
+def _raised(features: pd.DataFrame, flag: str) -> np.ndarray:
+    # An unknown flag counts as not raised, as in the warning-flag baseline.
+    return features[flag].astype("boolean").fillna(False).to_numpy(dtype=bool)
+
+
+def flag_effects(explanation: "shap.Explanation", features: pd.DataFrame, probability: np.ndarray,
+                 flags: Sequence[str] = WARNING_FLAGS) -> pd.DataFrame:
+    """What each warning flag does to the prediction, for the flags present in ``features``.
+
+    Parameters
+    ----------
+    explanation : shap.Explanation
+        SHAP values of the rows of ``features``, in the same order.
+    features : pandas.DataFrame
+    probability : array-like
+        The model's probability for each row.
+    flags : sequence of str, default the three warning flags
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``flag``; columns ``n_raised``, ``share_raised``, ``mean_shap_raised`` and
+        ``mean_shap_not_raised`` (the flag's own SHAP value; NaN when the model does not use the
+        flag), ``mean_probability_raised``, ``mean_probability_not_raised`` and
+        ``probability_difference`` (raised minus not raised: an association, which also carries
+        whatever else differs between the two groups).
+    """
+    probability = np.asarray(probability, dtype="float64")
+    names = list(explanation.feature_names)
+    rows = {}
+    for flag in (f for f in flags if f in features.columns):
+        raised = _raised(features, flag)
+        shap_values = (np.asarray(explanation.values)[:, names.index(flag)] if flag in names
+                       else np.full(len(raised), np.nan))
+        rows[flag] = {
+            "n_raised": int(raised.sum()),
+            "share_raised": float(raised.mean()) if raised.size else np.nan,
+            "mean_shap_raised": _mean(shap_values[raised]),
+            "mean_shap_not_raised": _mean(shap_values[~raised]),
+            "mean_probability_raised": _mean(probability[raised]),
+            "mean_probability_not_raised": _mean(probability[~raised]),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("flag")
+    if not table.empty:
+        table["probability_difference"] = table["mean_probability_raised"] - table["mean_probability_not_raised"]
+    return table
+
+
+def _mean(values: np.ndarray) -> float:
+    # A group with no rows has no mean; say so with NaN rather than a numpy warning.
+    return float(np.mean(values)) if values.size else np.nan
+
+
+def tier_comparison(explanation: "shap.Explanation", features: pd.DataFrame, probability: np.ndarray,
+                    by: str = "tier", top: int = 8) -> pd.DataFrame:
+    """Mean probability and mean |SHAP| of the globally most important features, per group.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: the values of ``features[by]``; columns ``customers``, ``mean_probability``,
+        ``mean_abs_shap_total`` (mean over customers of the sum of |SHAP|) and one column per
+        feature among the ``top`` most important (mean |SHAP| in the group).
+    """
+    values = _values_frame(explanation).abs()
+    leading = list(global_importance(explanation).index[:top])
+    groups = features[by].astype(object).where(features[by].notna(), "missing").to_numpy()
+    frame = pd.concat([pd.DataFrame({by: groups, "customers": 1, "mean_probability": np.asarray(probability, dtype="float64"),
+                                     "mean_abs_shap_total": values.sum(axis=1).to_numpy()}),
+                       values[leading]], axis=1)
+    table = frame.groupby(by, sort=True).agg({"customers": "sum", "mean_probability": "mean",
+                                              "mean_abs_shap_total": "mean", **{f: "mean" for f in leading}})
+    return table.sort_values("mean_probability", ascending=False, kind="stable")
+
+
+def riskiest_and_safest(probability: np.ndarray) -> dict[str, int]:
+    """Row positions of the highest and the lowest probability (``high risk``, ``low risk``)."""
+    probability = np.asarray(probability, dtype="float64")
+    if probability.size == 0:
+        raise ValueError("no rows to choose from")
+    return {"high risk": int(np.nanargmax(probability)), "low risk": int(np.nanargmin(probability))}
+
+
+# --------------------------------------------------------------------------------------------
+# A scoring run, seen from the business side
+# --------------------------------------------------------------------------------------------
+
+
+def latest_scores_path(directory: str | Path = "scores") -> Path | None:
+    """The newest ``<directory>/as_of=YYYY-MM-DD/scores.parquet``, or None when there is none."""
+    found = sorted(Path(directory).glob(SCORES_GLOB), key=lambda p: p.parent.name)
+    return found[-1] if found else None
+
+
+def risk_band(probability: np.ndarray, thresholds: Mapping[str, float] = DEFAULT_BAND_THRESHOLDS) -> np.ndarray:
+    """``high`` at or above ``thresholds['high']``, ``medium`` at or above ``thresholds['medium']``, else ``low``."""
+    high, medium = float(thresholds["high"]), float(thresholds["medium"])
+    if not medium <= high:
+        raise ValueError(f"the medium threshold ({medium}) must not exceed the high one ({high})")
+    probability = np.asarray(probability, dtype="float64")
+    return np.where(probability >= high, "high", np.where(probability >= medium, "medium", "low"))
+
+
+def top_reasons(contributions: pd.DataFrame, n: int = 3) -> pd.DataFrame:
+    """The ``n`` contributions that raise each row's score most, as the scoring stage reports them.
+
+    Parameters
+    ----------
+    contributions : pandas.DataFrame
+        Output of ``ChurnModel.contributions``: one column per feature (and ``bgnbd_prior``),
+        plus ``bias``, which is the same for everyone and never a reason.
+    n : int, default 3
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``reason_k_feature`` and ``reason_k_contribution`` for k = 1..n, largest first. Only
+        positive contributions are reasons; a row with fewer has missing trailing reasons.
+    """
+    values = contributions.drop(columns=[BIAS], errors="ignore")
+    names = np.asarray(values.columns, dtype=object)
+    matrix = values.to_numpy(dtype="float64")
+    order = np.argsort(-matrix, axis=1, kind="stable")[:, :n]
+    picked = np.take_along_axis(matrix, order, axis=1)
+    reasons = {}
+    for k in range(min(n, matrix.shape[1])):
+        positive = picked[:, k] > 0
+        reasons[f"reason_{k + 1}_feature"] = np.where(positive, names[order[:, k]], None)
+        reasons[f"reason_{k + 1}_contribution"] = np.where(positive, picked[:, k], np.nan)
+    return pd.DataFrame(reasons, index=contributions.index)
+
+
+def scores_like_frame(churn_model: ChurnModel, repurchase_model: ChurnModel | None, features: pd.DataFrame,
+                      n_reasons: int = 3,
+                      band_thresholds: Mapping[str, float] = DEFAULT_BAND_THRESHOLDS) -> pd.DataFrame:
+    """A frame shaped like the scoring stage's output, for when no scores file is at hand.
+
+    Parameters
+    ----------
+    churn_model, repurchase_model : ChurnModel
+        The repurchase model is optional; without it ``repurchase_probability`` is NaN.
+    features : pandas.DataFrame
+        Output of :func:`feature_frame` (BG/NBD columns are added per model).
+    n_reasons : int, default 3
+    band_thresholds : mapping, default ``{"high": 0.6, "medium": 0.3}``
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``customer_id``, ``as_of``, ``churn_probability``, ``repurchase_probability``,
+        ``risk_band``, ``reason_k_feature`` / ``reason_k_contribution``, ``tier``,
+        ``value_segment``, ``ltv``, one row per customer in ``features``. Unlike the scoring
+        stage's file there are no reason phrases, no recommended action, and the value segment
+        is the feature table's.
+    """
+    churn_input = features_for_model(churn_model, features)
+    churn_probability = probability(churn_model, churn_input)
+    repurchase_probability = (probability(repurchase_model, features_for_model(repurchase_model, features))
+                              if repurchase_model is not None else np.full(len(features), np.nan))
+    scores = pd.DataFrame({
+        "customer_id": features["customer_id"].to_numpy(),
+        "as_of": pd.to_datetime(features["cutoff"]).dt.date.to_numpy(),
+        "churn_probability": churn_probability,
+        "repurchase_probability": repurchase_probability,
+        "risk_band": risk_band(churn_probability, band_thresholds),
+    })
+    reasons = top_reasons(churn_model.contributions(churn_input), n_reasons).reset_index(drop=True)
+    segments = features[[c for c in ("tier", "value_segment", "ltv") if c in features.columns]].reset_index(drop=True)
+    return pd.concat([scores, reasons, segments], axis=1)
+
+
+def band_mix(scores: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Share of customers in each risk band (columns high, medium, low) per value of ``by``, with ``customers``."""
+    counts = pd.crosstab(scores[by], scores["risk_band"])
+    counts = counts.reindex(columns=[b for b in RISK_BANDS if b in counts.columns] or list(counts.columns), fill_value=0)
+    shares = counts.div(counts.sum(axis=1), axis=0)
+    shares["customers"] = counts.sum(axis=1)
+    return shares
+
+
+def reason_frequency(scores: pd.DataFrame, band: str | None = "high", n_reasons: int = 3) -> pd.DataFrame:
+    """How often each feature is among the top reasons, for customers in ``band`` (all when None).
+
+    Reads ``reason_k_feature`` (the scoring stage's columns), else ``reason_k``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``reason``; columns ``customers`` (with the reason among their top ``n_reasons``),
+        ``share`` of the customers considered and ``as_first_reason``; most frequent first.
+    """
+    chosen = scores if band is None else scores[scores["risk_band"] == band]
+    # The scoring stage writes a phrase in reason_k and the feature in reason_k_feature.
+    suffix = "_feature" if "reason_1_feature" in chosen.columns else ""
+    columns = [f"reason_{k}{suffix}" for k in range(1, n_reasons + 1) if f"reason_{k}{suffix}" in chosen.columns]
+    if not columns:
+        raise ValueError("the scores hold no reason_k_feature (or reason_k) columns")
+    anywhere = chosen[columns].melt(value_name="reason")["reason"].dropna().value_counts()
+    first = chosen[columns[0]].dropna().value_counts()
+    table = pd.DataFrame({"customers": anywhere, "as_first_reason": first}).fillna(0).astype(int)
+    table["share"] = table["customers"] / max(len(chosen), 1)
+    return table.rename_axis("reason").sort_values("customers", ascending=False, kind="stable")[
+        ["customers", "share", "as_first_reason"]]
+
+
+def revenue_at_risk(scores: pd.DataFrame, by: str = "value_segment") -> pd.DataFrame:
+    """Expected lifetime value lost to churn (LTV x churn probability) per value of ``by``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: the values of ``by``; columns ``customers``, ``ltv``, ``revenue_at_risk``,
+        ``share_of_risk`` and ``mean_churn_probability``; largest risk first.
+    """
+    at_risk = scores["ltv"].fillna(0.0) * scores["churn_probability"]
+    frame = pd.DataFrame({by: scores[by].to_numpy(), "ltv": scores["ltv"].fillna(0.0).to_numpy(),
+                          "revenue_at_risk": at_risk.to_numpy(), "churn_probability": scores["churn_probability"].to_numpy()})
+    table = frame.groupby(by).agg(customers=("ltv", "size"), ltv=("ltv", "sum"), revenue_at_risk=("revenue_at_risk", "sum"),
+                                  mean_churn_probability=("churn_probability", "mean"))
+    total = table["revenue_at_risk"].sum()
+    table.insert(3, "share_of_risk", table["revenue_at_risk"] / total if total > 0 else 0.0)
+    return table.sort_values("revenue_at_risk", ascending=False, kind="stable")
+
+
+def outcome_backtest(model: ChurnModel, dataset: Dataset, config: FeatureConfig = FeatureConfig(),
+                     cutoff: str | dt.date | None = None) -> pd.DataFrame:
+    """Score an earlier cutoff with ``model`` and put the outcome of the following horizon next to it.
+
+    The default cutoff is the last date in the data minus the model's horizon: the latest one
+    whose outcome is fully known, which is also the out-of-time holdout the model was evaluated on.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``customer_id``, ``cutoff``, ``probability``, ``label`` (1 = the target happened) and,
+        when present, ``tier`` and ``value_segment``.
+    """
+    cutoff = as_date(cutoff) if cutoff else dataset.last_date - dt.timedelta(days=model.horizon_days)
+    frame = labelled_frame(dataset, model, cutoff, config)
+    kept = ["customer_id", "cutoff", *[c for c in ("tier", "value_segment") if c in frame.columns]]
+    return frame[kept].assign(probability=probability(model, frame), label=frame["label"].to_numpy())

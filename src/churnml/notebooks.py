@@ -1,0 +1,287 @@
+"""Run the notebooks in ``notebooks/`` headless, with parameters, and keep HTML copies.
+
+``python -m churnml.notebooks [NOTEBOOK ...] [--output-dir reports/notebooks] [-p key=value ...]``
+executes each notebook top to bottom on a kernel of the running interpreter, stops at the first
+cell that fails, writes ``<output-dir>/<notebook>.html`` with the plots embedded, and attaches
+the HTML files to the MLflow run of the champion churn model.
+
+Parameters follow papermill's convention: the notebook's cell tagged ``parameters`` holds the
+defaults; the values given here go into a cell tagged ``injected-parameters`` right after it.
+The notebooks read the project's configuration with :func:`compose_settings` (``conf/score.yaml``
+and its overrides, shared by both notebooks, as in ``make score ARGS="..."``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+log = logging.getLogger("churnml.notebooks")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+CONFIG_DIR = PROJECT_ROOT / "conf"
+NOTEBOOKS = ("explain_predictions.ipynb", "churn_overview.ipynb")
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+DEFAULT_OUTPUT_DIR = "reports/notebooks"
+ARTIFACT_DIR = "notebooks"
+CELL_TIMEOUT_SECONDS = 1800
+CHAMPION = "champion"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration, for the notebooks
+# --------------------------------------------------------------------------------------------
+
+
+def compose_settings(overrides: Sequence[str] = (), config_name: str = "score") -> dict[str, Any]:
+    """The resolved Hydra configuration ``config_name`` with ``overrides``, as a plain dict.
+
+    Parameters
+    ----------
+    overrides : sequence of str
+        Hydra overrides, as on a stage's command line (``data.n_customers=1500``,
+        ``mlflow.tracking_uri=sqlite:///other.db``).
+    config_name : str, default ``score``
+        A primary config under ``conf/``; ``score`` holds data, features, mlflow and the two
+        models' URIs, all the notebooks need.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        config = compose(config_name=config_name, overrides=list(overrides))
+    return OmegaConf.to_container(config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+
+
+def registered_model_name(settings: Mapping[str, Any], target: str = "churn") -> str:
+    """``<prefix>-<target>``, the name ``churnml-train`` registers a target's model under."""
+    return f"{settings['mlflow']['registered_model_prefix']}-{target}"
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------------
+
+
+def parse_parameter(text: str) -> tuple[str, Any]:
+    """``key=value`` from the command line; the value is read as JSON, else kept as text.
+
+    ``sample_size=500`` gives an int, ``as_of=2024-06-30`` text, ``model_uri=null`` None and
+    ``overrides='["data.n_customers=1500"]'`` a list.
+    """
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise ValueError(f"a parameter is key=value with a Python name as key, got '{text}'")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _tagged(cell: Any, tag: str) -> bool:
+    return tag in cell.get("metadata", {}).get("tags", [])
+
+
+def parameters_cell_index(notebook: Any) -> int:
+    """Position of the one code cell tagged ``parameters``.
+
+    Raises
+    ------
+    ValueError
+        When there is no such cell or more than one.
+    """
+    found = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code" and _tagged(cell, PARAMETERS_TAG)]
+    if len(found) != 1:
+        raise ValueError(f"a notebook needs exactly one code cell tagged '{PARAMETERS_TAG}', found {len(found)}")
+    return found[0]
+
+
+def parameter_names(notebook: Any) -> list[str]:
+    """Names assigned in the notebook's ``parameters`` cell, in order."""
+    source = notebook.cells[parameters_cell_index(notebook)].source
+    names = []
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        names.extend(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def inject_parameters(notebook: Any, parameters: Mapping[str, Any]) -> Any:
+    """A copy of ``notebook`` with ``parameters`` set in a cell right after the ``parameters`` cell.
+
+    A cell injected before is replaced. Values are written with ``repr``, so they must be Python
+    literals (numbers, text, None, lists, dicts).
+    """
+    import nbformat
+
+    injected = copy.deepcopy(notebook)
+    injected.cells = [cell for cell in injected.cells if not _tagged(cell, INJECTED_TAG)]
+    if not parameters:
+        return injected
+    lines = ["# Injected parameters"] + [f"{key} = {value!r}" for key, value in parameters.items()]
+    cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": [INJECTED_TAG]})
+    injected.cells.insert(parameters_cell_index(injected) + 1, cell)
+    return injected
+
+
+def check_parameters(notebooks: Mapping[str, Any], parameters: Mapping[str, Any]) -> None:
+    """Raise ValueError for a parameter that none of the notebooks defines (a typo, most likely)."""
+    known = {name for notebook in notebooks.values() for name in parameter_names(notebook)}
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(f"unknown notebook parameter(s): {', '.join(unknown)}; the notebooks define: {', '.join(sorted(known))}")
+
+
+def cells_with_outputs(notebook: Any) -> list[int]:
+    """Positions of the code cells that hold outputs or an execution count."""
+    return [i for i, cell in enumerate(notebook.cells)
+            if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)]
+
+
+# --------------------------------------------------------------------------------------------
+# Execution
+# --------------------------------------------------------------------------------------------
+
+
+def _this_interpreter_kernel_manager() -> type:
+    """A kernel manager class whose kernels run ipykernel on ``sys.executable``.
+
+    Whatever ``python3`` kernelspec the Jupyter paths hold (a system Python, another venv), the
+    notebooks then see the packages of the interpreter that runs them.
+    """
+    from ipykernel.kernelspec import get_kernel_dict
+    from jupyter_client.kernelspec import KernelSpec
+    from jupyter_client.manager import AsyncKernelManager
+
+    class ThisInterpreterKernelManager(AsyncKernelManager):
+        @property
+        def kernel_spec(self) -> KernelSpec:
+            spec = get_kernel_dict()
+            return KernelSpec(name="python3", resource_dir="", **{k: v for k, v in spec.items() if k in KernelSpec.class_trait_names()})
+
+    return ThisInterpreterKernelManager
+
+
+def execute_notebook(notebook: Any, workdir: str | Path, timeout: int = CELL_TIMEOUT_SECONDS) -> Any:
+    """Run every cell of ``notebook`` in a fresh kernel started in ``workdir``; return the executed copy.
+
+    Raises
+    ------
+    nbclient.exceptions.CellExecutionError
+        At the first cell that raises, with its traceback.
+    """
+    from nbclient import NotebookClient
+
+    executed = copy.deepcopy(notebook)
+    client = NotebookClient(
+        executed,
+        timeout=timeout,
+        kernel_name="python3",
+        kernel_manager_class=_this_interpreter_kernel_manager(),
+        allow_errors=False,
+        resources={"metadata": {"path": str(Path(workdir).resolve())}},
+    )
+    client.execute()
+    return executed
+
+
+def to_html(notebook: Any) -> str:
+    """A self-contained HTML page of an executed notebook, images embedded as data URIs."""
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(embed_images=True).from_notebook_node(notebook)
+    return body
+
+
+def read_notebook(path: str | Path) -> Any:
+    import nbformat
+
+    return nbformat.read(str(path), as_version=4)
+
+
+def notebook_path(name: str) -> Path:
+    """A notebook by file name (in ``notebooks/``), stem, or path."""
+    given = Path(name)
+    if given.suffix == ".ipynb" and given.exists():
+        return given
+    candidate = NOTEBOOK_DIR / (given.name if given.suffix == ".ipynb" else f"{given.name}.ipynb")
+    if not candidate.exists():
+        raise FileNotFoundError(f"no notebook '{name}'; available: {', '.join(NOTEBOOKS)}")
+    return candidate
+
+
+def run_notebooks(
+    names: Sequence[str] = NOTEBOOKS,
+    parameters: Mapping[str, Any] | None = None,
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    workdir: str | Path = ".",
+    timeout: int = CELL_TIMEOUT_SECONDS,
+) -> list[Path]:
+    """Execute notebooks with ``parameters`` and write ``<output_dir>/<stem>.html`` for each.
+
+    Each notebook gets the parameters its ``parameters`` cell defines; a parameter no notebook
+    defines is an error. Returns the HTML paths, in the order of ``names``.
+    """
+    from churnml.io import write_text_atomic
+
+    parameters = dict(parameters or {})
+    notebooks = {name: read_notebook(notebook_path(name)) for name in names}
+    check_parameters(notebooks, parameters)
+    written = []
+    for name, notebook in notebooks.items():
+        own = {k: v for k, v in parameters.items() if k in parameter_names(notebook)}
+        log.info("executing %s with %s", name, own or "its default parameters")
+        executed = execute_notebook(inject_parameters(notebook, own), workdir, timeout)
+        path = write_text_atomic(to_html(executed), Path(output_dir) / f"{notebook_path(name).stem}.html")
+        log.info("wrote %s", path)
+        written.append(Path(path))
+    return written
+
+
+def log_to_champion_run(paths: Sequence[Path], settings: Mapping[str, Any], target: str = "churn") -> str:
+    """Attach report files to the MLflow run of ``models:/<prefix>-<target>@champion``; return its run id."""
+    from churnml import tracking
+
+    tracking.use_tracking_uri(settings["mlflow"]["tracking_uri"])
+    name = registered_model_name(settings, target)
+    run_id = ""
+    for path in paths:
+        run_id = tracking.log_report_to_model_run(name, CHAMPION, path, ARTIFACT_DIR)
+    return run_id
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Command line: execute the notebooks, write HTML copies, log them to the champion's run."""
+    parser = argparse.ArgumentParser(prog="python -m churnml.notebooks", description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="notebooks to run (default: all)")
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the HTML copies go")
+    parser.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                        help="a notebook parameter; the value is read as JSON, else as text (repeatable)")
+    parser.add_argument("--workdir", default=".", help="working directory of the kernels (default: here)")
+    parser.add_argument("--timeout", type=int, default=CELL_TIMEOUT_SECONDS, help="seconds a cell may run")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not attach the HTML files to the champion's run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        parameters = dict(parse_parameter(p) for p in args.parameter)
+    except ValueError as error:
+        parser.error(str(error))
+    paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout)
+    if not args.no_mlflow:
+        run_id = log_to_champion_run(paths, compose_settings(parameters.get("overrides") or []))
+        print(f"logged {len(paths)} report(s) to MLflow run {run_id} under '{ARTIFACT_DIR}/'")
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

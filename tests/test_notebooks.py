@@ -1,0 +1,125 @@
+"""The notebooks: stored clean, parameterised, and run headless end to end on a small demo shop."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from churnml import notebooks
+
+STORED = sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def test_the_project_notebooks_are_stored():
+    assert {p.name for p in STORED} >= set(notebooks.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", STORED, ids=lambda p: p.name)
+def test_stored_notebooks_have_no_outputs_and_one_parameters_cell(path):
+    notebook = notebooks.read_notebook(path)
+    nbformat.validate(notebook)
+    assert notebooks.cells_with_outputs(notebook) == [], f"clear the outputs of {path.name} before committing it"
+    assert notebooks.parameter_names(notebook), f"{path.name} has an empty parameters cell"
+    assert not any(notebooks.INJECTED_TAG in c.get("metadata", {}).get("tags", []) for c in notebook.cells)
+
+
+def small_notebook(*sources: str, parameters: str = "size = 10\nname = 'a'") -> nbformat.NotebookNode:
+    cells = [nbformat.v4.new_markdown_cell("# title"),
+             nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}),
+             *(nbformat.v4.new_code_cell(s) for s in sources)]
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def test_parameters_are_injected_right_after_the_parameters_cell_and_replaced_on_reinjection():
+    notebook = small_notebook("print(size)")
+    assert notebooks.parameter_names(notebook) == ["size", "name"]
+    once = notebooks.inject_parameters(notebook, {"size": 3, "name": None})
+    twice = notebooks.inject_parameters(once, {"size": [1, "x"]})
+    assert [c.source for c in twice.cells[2:]] == ["# Injected parameters\nsize = [1, 'x']", "print(size)"]
+    assert twice.cells[2].metadata["tags"] == [notebooks.INJECTED_TAG]
+    assert len(notebook.cells) == 3, "the original notebook is left as it was"
+
+
+def test_a_notebook_needs_exactly_one_parameters_cell():
+    notebook = small_notebook()
+    notebook.cells.append(nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}))
+    with pytest.raises(ValueError, match="exactly one"):
+        notebooks.parameter_names(notebook)
+
+
+def test_command_line_parameters_are_json_or_text():
+    assert notebooks.parse_parameter("sample_size=500") == ("sample_size", 500)
+    assert notebooks.parse_parameter("as_of=2024-06-30") == ("as_of", "2024-06-30")
+    assert notebooks.parse_parameter("model_uri=null") == ("model_uri", None)
+    assert notebooks.parse_parameter('overrides=["data.n_customers=1500"]') == ("overrides", ["data.n_customers=1500"])
+    assert notebooks.parse_parameter("uri=models:/x@champion") == ("uri", "models:/x@champion")
+    with pytest.raises(ValueError):
+        notebooks.parse_parameter("no value")
+
+
+def test_a_parameter_no_notebook_defines_is_refused():
+    with pytest.raises(ValueError, match="sampel_size"):
+        notebooks.check_parameters({"a": small_notebook()}, {"size": 1, "sampel_size": 2})
+
+
+@pytest.mark.slow
+def test_a_failing_cell_stops_the_run(tmp_path):
+    from nbclient.exceptions import CellExecutionError
+
+    notebook = notebooks.inject_parameters(small_notebook("import sys; print(sys.executable)", "1 / 0"), {"size": 2})
+    with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
+        notebooks.execute_notebook(notebook, tmp_path, timeout=120)
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: train both models into a temporary store, run both notebooks on it
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory):
+    """Both targets trained on a small demo shop, registered as champions in a temporary store."""
+    import mlflow
+
+    from churnml.cli import run_train
+    from test_config import compose_resolved
+
+    root = tmp_path_factory.mktemp("explain-store")
+    shared = [f"data.n_customers=1500", f"data.directory={root}/data",
+              f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db", f"mlflow.artifact_root={root}/artifacts"]
+    training = [*shared, f"train.export_dir={root}/models", f"train.report_dir={root}/reports",
+                "model.n_estimators=60", "train.cv_folds=1", "train.max_snapshots=5"]
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        for target in ("churn", "repurchase"):
+            run_train(compose_resolved("train", [f"target={target}", *training]))
+        yield root, shared
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.mark.slow
+def test_both_notebooks_run_headless_and_their_reports_reach_the_champion_run(trained_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    root, overrides = trained_store
+    parameters = {"overrides": overrides, "sample_size": 300, "scores_dir": str(root / "scores")}
+    paths = notebooks.run_notebooks(notebooks.NOTEBOOKS, parameters, output_dir=root / "html", workdir=root)
+
+    assert [p.name for p in paths] == ["explain_predictions.html", "churn_overview.html"]
+    for path in paths:
+        page = path.read_text()
+        assert page.count('src="data:image/png;base64,') >= 4, f"{path.name} lacks its plots"
+        assert "Traceback" not in page
+    explain_page = paths[0].read_text()
+    assert "bgnbd_prior" in explain_page or "recency_days" in explain_page
+
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        run_id = notebooks.log_to_champion_run(paths, notebooks.compose_settings(overrides))
+        logged = {a.path for a in MlflowClient().list_artifacts(run_id, notebooks.ARTIFACT_DIR)}
+        assert MlflowClient().get_model_version_by_alias("churnml-churn", "champion").run_id == run_id
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    assert logged == {"notebooks/explain_predictions.html", "notebooks/churn_overview.html"}

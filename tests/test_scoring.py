@@ -1,0 +1,473 @@
+"""Batch scoring: the score table, its reasons, bands, segments and actions, and safe writing."""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+from lightgbm import LGBMClassifier
+
+from churnml import scoring
+from churnml.baselines import bgnbd_features
+from churnml.features import FeatureConfig
+from churnml.modeling import BIAS, PRIOR, ChurnModel, FeatureMismatchError
+from churnml.snapshots import snapshot_table
+from churnml.training import fit_model
+from conftest import frame_dataset
+
+CHURN_CUTOFFS = [dt.date(2024, 5, 31), dt.date(2024, 6, 30), dt.date(2024, 7, 31), dt.date(2024, 8, 31)]
+REPURCHASE_CUTOFFS = [dt.date(2024, 9, 30), dt.date(2024, 10, 31), dt.date(2024, 11, 30)]
+SINGLE_PURCHASE, REFUND_ONLY = "Z_SINGLE", "Z_REFUND"
+
+
+def with_edge_customers(transactions: pd.DataFrame) -> pd.DataFrame:
+    """The shop's transactions plus a customer with one purchase and one with a refund only."""
+    template = transactions.iloc[0]
+    rows = []
+    for customer, day, amount in ((SINGLE_PURCHASE, "2024-11-15", 80.0), (REFUND_ONLY, "2024-10-01", -25.0)):
+        row = template.copy()
+        row["customer_id"], row["ts"], row["amount"] = customer, pd.Timestamp(day), amount
+        if "order_id" in row.index:
+            row["order_id"] = f"{customer}-1"
+        rows.append(row)
+    return pd.concat([transactions, pd.DataFrame(rows)], ignore_index=True)
+
+
+def small_lightgbm() -> LGBMClassifier:
+    return LGBMClassifier(n_estimators=30, num_leaves=7, min_child_samples=20, n_jobs=1, verbose=-1,
+                          deterministic=True, force_row_wise=True, random_state=0)
+
+
+def train_small_model(dataset, target: str, horizon_days: int, cutoffs: list[dt.date],
+                      prior: str | None) -> tuple[ChurnModel, pd.DataFrame]:
+    """A small LightGBM model with BG/NBD features, trained as the train stage does; and its table."""
+    table = snapshot_table(dataset, cutoffs, target, horizon_days, FeatureConfig(),
+                           partial(bgnbd_features, horizon_days=horizon_days), progress=False)
+    template = ChurnModel(small_lightgbm(), calibration="sigmoid", early_stopping_rounds=0, prior=prior,
+                          target=target, horizon_days=horizon_days)
+    return fit_model(template, table, calibration_snapshots=1), table
+
+
+def train_small_models(dataset) -> tuple[dict[str, ChurnModel], pd.DataFrame]:
+    """Churn (90 days, boosted from a BG/NBD prior) and repurchase (30 days, from the base rate)
+    models, both with BG/NBD features, and the churn model's latest snapshot."""
+    churn, churn_table = train_small_model(dataset, "churn", 90, CHURN_CUTOFFS, prior="bgnbd")
+    repurchase, _ = train_small_model(dataset, "repurchase", 30, REPURCHASE_CUTOFFS, prior=None)
+    latest = churn_table[churn_table["cutoff"] == churn_table["cutoff"].max()].reset_index(drop=True)
+    return {"churn": churn, "repurchase": repurchase}, latest
+
+
+@pytest.fixture(scope="module")
+def dataset(small_shop):
+    return frame_dataset(with_edge_customers(small_shop["transactions"]), small_shop["interactions"],
+                         small_shop["customers"])
+
+
+@pytest.fixture(scope="module")
+def models(dataset) -> dict[str, ChurnModel]:
+    return train_small_models(dataset)[0]
+
+
+@pytest.fixture(scope="module")
+def inputs(dataset, models) -> dict[str, pd.DataFrame]:
+    return scoring.model_inputs(scoring.feature_frame(dataset, dataset.last_date), models)
+
+
+@pytest.fixture(scope="module")
+def scores(dataset, models, inputs) -> pd.DataFrame:
+    identities = {"churn": scoring.ModelIdentity("churnml-churn", "3"),
+                  "repurchase": scoring.ModelIdentity("churnml-repurchase", "2")}
+    return scoring.score_customers(inputs, models, dataset.last_date, identities=identities)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def test_one_row_per_customer_with_history_in_the_documented_columns(scores, dataset, small_shop):
+    assert list(scores.columns) == scoring.score_columns(3)
+    transactions = with_edge_customers(small_shop["transactions"])
+    with_history = transactions.loc[transactions["ts"] < pd.Timestamp(dataset.last_date) + pd.Timedelta(days=1), "customer_id"]
+    assert len(scores) == with_history.nunique() == scores["customer_id"].nunique()
+    assert scores["customer_id"].is_monotonic_increasing
+    assert (scores["as_of"] == dataset.last_date).all()
+    for column in ("churn_probability", "repurchase_probability"):
+        assert scores[column].between(0, 1).all() and scores[column].notna().all()
+    assert set(scores["risk_band"]) <= set(scoring.RISK_BANDS)
+    assert scores["reason_1"].notna().all() and scores["recommended_action"].notna().all()
+    assert set(scores["value_segment"]) == set(scoring.VALUE_SEGMENTS)
+    assert set(scores["tier"]) <= set(scoring.TIERS)
+    assert (scores[["churn_model_name", "churn_model_version"]].drop_duplicates().to_numpy().tolist()
+            == [["churnml-churn", "3"]])
+    assert (scores["repurchase_model_version"] == "2").all()
+
+
+def test_probabilities_are_the_models(scores, models, inputs):
+    np.testing.assert_allclose(scores["churn_probability"], models["churn"].predict_proba(inputs["churn"])[:, 1])
+    np.testing.assert_allclose(scores["repurchase_probability"],
+                               models["repurchase"].predict_proba(inputs["repurchase"])[:, 1])
+
+
+def test_bgnbd_columns_follow_each_models_horizon(inputs, models):
+    assert "bgnbd_expected_purchases" in models["churn"].feature_names_in_
+    churn_expected = inputs["churn"]["bgnbd_expected_purchases"]
+    repurchase_expected = inputs["repurchase"]["bgnbd_expected_purchases"]
+    # Three times the horizon, more purchases expected.
+    assert (churn_expected >= repurchase_expected).all() and (churn_expected > repurchase_expected).mean() > 0.9
+
+
+def test_single_purchase_and_refund_only_customers_get_sensible_rows(scores, inputs):
+    rows = scores.set_index("customer_id").loc[[SINGLE_PURCHASE, REFUND_ONLY]]
+    features = inputs["churn"].set_index("customer_id").loc[[SINGLE_PURCHASE, REFUND_ONLY]]
+    assert features.loc[SINGLE_PURCHASE, "frequency"] == 1 and features.loc[REFUND_ONLY, "frequency"] == 0
+    assert rows[["churn_probability", "repurchase_probability"]].notna().all().all()
+    assert rows["reason_1"].notna().all() and rows["recommended_action"].notna().all()
+    assert rows["risk_band"].isin(scoring.RISK_BANDS).all()
+    assert rows["ltv"].notna().all()
+    # A customer who never bought is not more likely to come back than one who just did.
+    assert rows.loc[REFUND_ONLY, "churn_probability"] >= rows.loc[SINGLE_PURCHASE, "churn_probability"]
+
+
+# --- reasons ------------------------------------------------------------------------------------
+
+
+def test_contributions_sum_to_the_raw_score(models, inputs):
+    model, frame = models["churn"], inputs["churn"]
+    contributions = model.contributions(frame)
+    assert list(contributions.columns) == [*model.feature_names_in_, PRIOR, BIAS]
+    np.testing.assert_allclose(contributions.sum(axis=1), model.raw_score(frame), rtol=1e-9, atol=1e-9)
+    # The kept contributions are these, the prior's included: they add up with the rest to the score.
+    reasons = scoring.churn_reasons(model, frame, 3)
+    assert reasons.names == list(contributions.columns)
+    # Phrases quote the prior itself; its contribution is the prior relative to the bias' share.
+    np.testing.assert_allclose(reasons.prior_log_odds, model.prior_log_odds(frame))
+    assert np.ptp(reasons.prior_log_odds - contributions[PRIOR].to_numpy()) < 1e-9
+
+
+def test_reasons_are_the_largest_positive_contributions(models, inputs, scores):
+    model, frame = models["churn"], inputs["churn"]
+    contributions = model.contributions(frame).drop(columns=[BIAS])
+    values = contributions.to_numpy()
+    order = np.argsort(-values, axis=1, kind="stable")[:, :3]
+    largest = np.take_along_axis(values, order, axis=1)
+    expected = np.where(largest > 0, largest, np.nan)
+    reported = scores[[f"reason_{k}_contribution" for k in (1, 2, 3)]].to_numpy(dtype=float)
+    np.testing.assert_allclose(reported, expected, rtol=1e-12)
+    names = np.asarray(contributions.columns, dtype=object)[order]
+    expected_features = np.where(largest > 0, names, None)
+    reported_features = scores[[f"reason_{k}_feature" for k in (1, 2, 3)]].astype(object)
+    assert reported_features.where(reported_features.notna(), None).to_numpy().tolist() == expected_features.tolist()
+    assert (reported[:, 0] > 0).mean() > 0.99
+    # Each reason is a phrase about its own feature's value.
+    assert scores["reason_1"].str.len().gt(5).all()
+
+
+def test_reasons_in_batches_equal_reasons_in_one_go(models, inputs):
+    # Batches apply to models without a prior (a prior is fitted on the whole table at once).
+    model, frame = models["repurchase"], inputs["repurchase"]
+    whole = scoring.churn_reasons(model, frame, 3, batch_size=10_000)
+    batched = scoring.churn_reasons(model, frame, 3, batch_size=97)
+    np.testing.assert_array_equal(whole.indices, batched.indices)
+    np.testing.assert_array_equal(whole.contributions, batched.contributions)
+    with_prior = scoring.churn_reasons(models["churn"], inputs["churn"], 3, batch_size=97)
+    np.testing.assert_array_equal(with_prior.indices, scoring.churn_reasons(models["churn"], inputs["churn"], 3).indices)
+
+
+def test_the_prior_is_phrased_as_bgnbd_churn_probability(scores):
+    from_prior = scores.loc[scores["reason_1_feature"] == PRIOR, "reason_1"]
+    assert len(from_prior) > 0
+    assert from_prior.str.fullmatch(r"buying pattern \(BG/NBD\) gives a \d+% chance of no purchase in the next 90 days").all()
+
+
+def test_top_contributions_keep_only_risk_raising_features():
+    values = np.array([[0.5, -1.0, 0.2, 0.9],
+                       [-0.1, -0.2, -0.3, -0.4],
+                       [0.1, 0.0, 0.0, 0.0],
+                       [0.3, 0.3, 0.1, 0.0]])
+    indices, chosen = scoring.top_contributions(values, 3)
+    assert indices.tolist() == [[3, 0, 2], [-1, -1, -1], [0, -1, -1], [0, 1, 2]]
+    np.testing.assert_array_equal(chosen[0], [0.9, 0.5, 0.2])
+    assert np.isnan(chosen[1]).all() and np.isnan(chosen[2, 1:]).all()
+
+
+def test_reason_phrases_read_like_the_examples():
+    rows = pd.DataFrame({
+        "recency_days": [124.0, 5.0, np.nan],
+        "mean_gap_days": [30.0, np.nan, np.nan],
+        "aov_change": [-0.45, 0.2, np.nan],
+        "order_value_drop_40": [True, False, False],
+        "interactions_per_month": [0.3, 0.0, 2.0],
+        "peer_interactions_per_month": [2.1, 2.1, 2.1],
+        "low_interaction": [True, True, False],
+        "no_repurchase_3m": [True, False, True],
+        "days_overdue": [94.0, np.nan, np.nan],
+        "orders_90d": [0, 1, 3],
+        "orders_trend_30_90": [0.5, np.nan, 1.0],
+        "login_90d": [0, 1, 2],
+        "tier": ["dormant", "core", "basic"],
+        "region": ["north", "south", None],
+        "age": [41.0, 33.5, np.nan],
+    })
+    said = {feature: scoring.describe(feature, rows).tolist() for feature in rows.columns}
+    assert said["recency_days"] == ["no purchase for 124 days (usually every 30)", "no purchase for 5 days",
+                                    "no purchase yet (refunds only)"]
+    assert said["aov_change"][:2] == ["order value down 45% vs the previous 90 days",
+                                      "order value up 20% vs the previous 90 days"]
+    assert said["order_value_drop_40"][0] == "order value down 45% vs the previous 90 days"
+    assert said["low_interaction"][:2] == ["interactions 0.3 a month (peers 2.1)", "interactions 0 a month (peers 2.1)"]
+    assert said["no_repurchase_3m"] == ["no repurchase in 3 months", "bought in the last 3 months",
+                                        "no repurchase in 3 months"]
+    assert said["days_overdue"][:2] == ["next purchase 94 days overdue (usually every 30)",
+                                        "no buying rhythm yet (fewer than two purchases)"]
+    assert said["orders_90d"] == ["0 orders in the last 90 days", "1 order in the last 90 days",
+                                  "3 orders in the last 90 days"]
+    assert said["orders_trend_30_90"][0] == "order pace over the last 30 days at 50% of the 90-day pace"
+    assert said["login_90d"][:2] == ["0 logins in the last 90 days", "1 login in the last 90 days"]
+    assert said["tier"][0] == "loyalty tier: dormant"
+    # Features without a template fall back to "<feature> = <value>".
+    assert said["region"] == ["region = north", "region = south", "region = missing"]
+    assert said["age"][:2] == ["age = 41", "age = 33.5"]
+
+
+def test_phrases_quote_the_configured_windows():
+    rows = pd.DataFrame({"aov_change": [-0.5], "no_repurchase_3m": [True], "bgnbd_expected_purchases": [0.04]})
+    context = scoring.ReasonContext(order_value_window_days=60, no_repurchase_days=61, horizon_days=30)
+    assert scoring.describe("aov_change", rows, context).iloc[0] == "order value down 50% vs the previous 60 days"
+    assert scoring.describe("no_repurchase_3m", rows, context).iloc[0] == "no repurchase in 2 months"
+    assert (scoring.describe("bgnbd_expected_purchases", rows, context).iloc[0]
+            == "0.04 purchases expected in the next 30 days")
+
+
+# --- bands, segments, actions -------------------------------------------------------------------
+
+
+def test_risk_bands_follow_the_thresholds():
+    bands = scoring.risk_band([0.0, 0.29, 0.3, 0.59, 0.6, 1.0], scoring.RiskBands(high=0.6, medium=0.3))
+    assert bands.tolist() == ["low", "low", "medium", "medium", "high", "high"]
+    with pytest.raises(ValueError, match="medium <= high"):
+        scoring.RiskBands(high=0.2, medium=0.5)
+
+
+def test_value_segment_splits_at_the_medians():
+    ltv = np.array([0.0, 0.0, 0.0, 100.0, 500.0])
+    repurchase = np.array([0.9, 0.1, 0.5, 0.8, 0.2])
+    segments = scoring.scoring_value_segment(ltv, repurchase)
+    # The median LTV is 0: customers without value are not high value.
+    assert segments.tolist() == ["low_value_high_potential", "low_value_low_potential", "low_value_low_potential",
+                                 "high_value_high_potential", "high_value_low_potential"]
+
+
+def test_playbook_first_matching_rule_wins():
+    rows = pd.DataFrame([
+        ("core", "high_value_high_potential", "high", 10.0),     # high value at high risk
+        ("dormant", "high_value_low_potential", "high", 50.0),   # high value beats dormant
+        ("dormant", "low_value_low_potential", "high", 50.0),    # dormant
+        ("basic", "low_value_high_potential", "medium", 12.0),   # overdue and at risk
+        ("basic", "low_value_high_potential", "low", 12.0),      # overdue but low risk
+        ("potential", "low_value_high_potential", "medium", -3.0),
+        ("core", "high_value_high_potential", "low", np.nan),
+        ("core", "high_value_high_potential", "medium", np.nan),
+        ("basic", "low_value_low_potential", "high", np.nan),    # nothing matches
+    ], columns=["tier", "value_segment", "risk_band", "days_overdue"])
+    actions = scoring.recommend_actions(rows)
+    assert actions.tolist() == ["dedicated account manager", "dedicated account manager", "win-back offer",
+                                "replenishment reminder", "nurture email", "upgrade offer", "loyalty reward",
+                                "nurture email", "nurture email"]
+
+
+def test_playbook_comes_from_config_in_order():
+    config = scoring.ScoringConfig.from_dict({
+        "risk_bands": {"high": 0.7, "medium": 0.4},
+        "reasons": 2,
+        "playbook": {"call_everyone_at_risk": {"action": "call", "risk_band": ["high", "medium"]},
+                     "dormant": {"action": "win-back offer", "tier": ["dormant"]}},
+        "default_action": "nothing",
+    })
+    assert config.n_reasons == 2 and config.risk_bands.high == 0.7
+    rows = pd.DataFrame({"tier": ["dormant", "dormant", "core"], "value_segment": ["low_value_low_potential"] * 3,
+                         "risk_band": ["high", "low", "low"]})
+    assert scoring.recommend_actions(rows, config.playbook, config.default_action).tolist() == [
+        "call", "win-back offer", "nothing"]
+    with pytest.raises(ValueError, match="unknown tier"):
+        scoring.ScoringConfig.from_dict({"playbook": {"typo": {"action": "x", "tier": ["dormnat"]}}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        scoring.ScoringConfig.from_dict({"playbook": {"typo": {"action": "x", "segment": ["a"]}}})
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+def test_as_of_outside_the_data_is_refused(dataset):
+    first, last = dataset.first_date, dataset.last_date
+    assert scoring.resolve_as_of(None, first, last) == last
+    assert scoring.resolve_as_of(str(first), first, last) == first
+    with pytest.raises(ValueError, match="before the first date"):
+        scoring.resolve_as_of(first - dt.timedelta(days=1), first, last)
+    with pytest.raises(ValueError, match="after the last date"):
+        scoring.resolve_as_of(last + dt.timedelta(days=1), first, last)
+
+
+def test_feature_table_that_does_not_match_the_model_is_refused(dataset, models):
+    features = scoring.feature_frame(dataset, dataset.last_date)
+    with pytest.raises(FeatureMismatchError, match="recency_days"):
+        scoring.model_inputs(features.drop(columns=["recency_days"]), models)
+    retyped = features.assign(tier=np.arange(len(features), dtype=float))
+    with pytest.raises(FeatureMismatchError, match="tier"):
+        scoring.model_inputs(retyped, models)
+
+
+def test_models_swapped_between_targets_are_refused(dataset, models):
+    features = scoring.feature_frame(dataset, dataset.last_date)
+    with pytest.raises(ValueError, match="predicts 'repurchase'"):
+        scoring.model_inputs(features, {"churn": models["repurchase"], "repurchase": models["churn"]})
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_rescoring_the_same_as_of_gives_a_byte_identical_file(dataset, models, tmp_path, fmt):
+    paths = []
+    for attempt in range(2):
+        features = scoring.feature_frame(dataset, dataset.last_date)
+        scores = scoring.score_customers(scoring.model_inputs(features, models), models, dataset.last_date)
+        paths.append(scoring.write_scores(scores, tmp_path / f"run{attempt}" / f"scores.{fmt}", fmt))
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    back = pd.read_parquet(paths[0]) if fmt == "parquet" else pd.read_csv(paths[0])
+    assert list(back.columns) == scoring.score_columns(3) and len(back) == len(scores)
+
+
+def test_a_failed_write_leaves_no_file_and_keeps_the_previous_one(scores, tmp_path, monkeypatch):
+    target = tmp_path / "as_of=2024-12-30" / "scores.parquet"
+    scoring.write_scores(scores.head(3), target)
+    previous = target.read_bytes()
+
+    def write_half_then_fail(frame, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", write_half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        scoring.write_scores(scores, target)
+    assert target.read_bytes() == previous
+    assert [p.name for p in target.parent.iterdir()] == ["scores.parquet"]
+
+    fresh = tmp_path / "fresh" / "scores.parquet"
+    with pytest.raises(OSError, match="disk full"):
+        scoring.write_scores(scores, fresh)
+    assert not fresh.exists() and list(fresh.parent.iterdir()) == []
+
+
+def test_unknown_format_is_refused(scores, tmp_path):
+    with pytest.raises(ValueError, match="unknown score.format"):
+        scoring.write_scores(scores, tmp_path / "scores.xlsx", "xlsx")
+    assert not (tmp_path / "scores.xlsx").exists()
+
+
+def test_default_output_path_and_model_uris():
+    assert scoring.default_output_path(dt.date(2024, 6, 30)).as_posix() == "scores/as_of=2024-06-30/scores.parquet"
+    uris = scoring.model_uris({"churn_model_uri": "models:/a@champion", "repurchase_model_uri": "models:/b/3"}, "churnml")
+    assert uris == {"churn": "models:/a@champion", "repurchase": "models:/b/3"}
+    local = scoring.model_uris({"model_dir": "models", "churn_model_uri": "models:/a@champion"}, "shop")
+    assert local == {"churn": "models/shop-churn", "repurchase": "models/shop-repurchase"}
+
+
+def test_summary_counts_bands_and_first_reasons(scores):
+    summary = scoring.summarize(scores)
+    assert summary["rows"] == len(scores) == sum(summary["bands"].values())
+    assert summary["bands"]["high"] == int((scores["risk_band"] == "high").sum())
+    top_feature, top_count = next(iter(summary["top_reasons"].items()))
+    assert top_count == scores["reason_1_feature"].value_counts().max()
+    text = scoring.format_summary(summary, dt.date(2024, 12, 30), "scores/x.parquet")
+    assert f"scored {len(scores):,} customers" in text and top_feature in text and "scores/x.parquet" in text
+
+
+# --- tabulated trees ----------------------------------------------------------------------------
+
+
+def test_tabulated_trees_give_the_models_own_contributions_and_probabilities(models, inputs):
+    for target in ("churn", "repurchase"):
+        model, frame = models[target], inputs[target]
+        tables = scoring.verify_tables(model, frame, scoring.tabulate_model(model))
+        assert tables is not None
+        raw, contributions = scoring.tabulated_scores(tables, scoring.encode_for_trees(model, frame))
+        expected = model.contributions(frame)
+        np.testing.assert_allclose(contributions.T, expected[model.feature_names_in_], rtol=0, atol=1e-12)
+        assert tables.expected_value + tables.prior_offset == pytest.approx(expected[BIAS].iloc[0], abs=1e-12)
+        prior = model.prior_log_odds(frame)
+        if model.prior:
+            np.testing.assert_allclose(prior - tables.prior_offset, expected[PRIOR], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(raw + prior, model.raw_score(frame), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(scoring.probability_from_raw_score(model, raw + prior),
+                                   model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
+
+
+def test_scores_are_the_same_with_and_without_tabulated_trees(models, inputs, dataset):
+    fast = scoring.score_customers(inputs, models, dataset.last_date)
+    slow = scoring.score_customers(inputs, models, dataset.last_date, scoring.ScoringConfig(tabulate_trees=False))
+    numbers = [c for c in fast.columns if fast[c].dtype == float]
+    pd.testing.assert_frame_equal(fast[numbers], slow[numbers], rtol=1e-9, atol=1e-12)
+    texts = [c for c in fast.columns if c not in numbers]
+    pd.testing.assert_frame_equal(fast[texts], slow[texts])
+
+
+def synthetic_frame(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Numbers with zeros and gaps, and a category with gaps: every missing-value rule of LightGBM."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(n)],
+        "spend": np.where(rng.random(n) < 0.3, 0.0, rng.gamma(2.0, 50.0, n)),
+        "gap": np.where(rng.random(n) < 0.2, np.nan, rng.exponential(30.0, n)),
+        "visits": rng.poisson(2.0, n).astype(float),
+        "tier": pd.Series(rng.choice(["core", "basic", "dormant", None], n, p=[0.3, 0.3, 0.3, 0.1]), dtype="str"),
+    })
+    logit = 0.01 * frame["spend"] - 0.03 * frame["gap"].fillna(90) + 0.5 * (frame["tier"] == "core") - 0.2 * frame["visits"]
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return frame, label
+
+
+@pytest.mark.parametrize("zero_as_missing", [False, True])
+def test_tabulated_trees_follow_lightgbms_missing_value_rules(zero_as_missing):
+    frame, label = synthetic_frame()
+    estimator = LGBMClassifier(n_estimators=25, num_leaves=7, min_child_samples=10, n_jobs=1, verbose=-1,
+                               zero_as_missing=zero_as_missing, deterministic=True, force_row_wise=True, random_state=0)
+    model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
+    tables = scoring.tabulate_model(model)
+    assert tables is not None and tables.categorical.any()
+    assert (tables.missing_type == (1 if zero_as_missing else 2)).any()
+    fresh, _ = synthetic_frame(seed=1)
+    fresh.loc[fresh.index[:50], "tier"] = "unknown category"
+    raw, contributions = scoring.tabulated_scores(tables, scoring.encode_for_trees(model, fresh))
+    expected = model.contributions(fresh)
+    np.testing.assert_allclose(contributions.T, expected[model.feature_names_in_], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
+
+
+def test_large_trees_and_linear_models_use_the_models_own_methods():
+    frame, label = synthetic_frame()
+    large = ChurnModel(LGBMClassifier(n_estimators=5, num_leaves=31, min_child_samples=5, n_jobs=1, verbose=-1),
+                       calibration="none", early_stopping_rounds=0).fit(frame, label)
+    assert max(t["num_leaves"] for t in large.estimator_.booster_.dump_model()["tree_info"]) > 9
+    assert scoring.tabulate_model(large) is None
+    from sklearn.linear_model import LogisticRegression
+
+    linear = ChurnModel(LogisticRegression(max_iter=500), preprocessing="scaled", calibration="none").fit(frame, label)
+    assert scoring.tabulate_model(linear) is None
+    for model in (large, linear):
+        scores = scoring.model_scores(model, frame, n_reasons=2)
+        np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1])
+        assert scores.reasons.indices.shape == (len(frame), 2)
+
+
+def test_tables_that_disagree_with_the_model_are_not_used(models, inputs, monkeypatch, caplog):
+    model, frame = models["churn"], inputs["churn"]
+    tables = scoring.tabulate_model(model)
+    broken = scoring.replace(tables, expected_value=tables.expected_value + 0.01)
+    monkeypatch.setattr(scoring, "tabulate_model", lambda model, *args, **kwargs: broken)
+    with caplog.at_level("WARNING", logger="churnml.scoring"):
+        scores = scoring.model_scores(model, frame, n_reasons=3)
+    assert "tabulated trees differ from the model" in caplog.text
+    np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-15)

@@ -1,0 +1,184 @@
+"""The scoring stage, as a user runs it: models from the registry or an exported directory,
+a file per as_of, a tracked run, and nothing written when something is wrong."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from churnml import drift, scoring
+from churnml.baselines import BGNBD_FEATURE_COLUMNS
+from churnml.cli import run_score, run_train
+from churnml.datasets import load_data
+from churnml.modeling import FeatureMismatchError
+from churnml.simulate import write_shop
+from test_config import compose_resolved
+from test_scoring import train_small_models, with_edge_customers
+
+EXPERIMENT = "churnml-score-test"
+
+
+def scoring_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFrame:
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`churnml.stage` = 'score'",
+                              order_by=["attributes.start_time DESC"])
+
+
+def save_exported(model, directory: Path, name: str, version: str) -> Path:
+    """A model directory as ``churnml-train`` exports it (MLflow format plus churnml.json)."""
+    target = directory / name
+    # Explicit (empty) requirements: inferring them starts a subprocess that loads the model.
+    mlflow.sklearn.save_model(model, str(target), serialization_format="cloudpickle", pip_requirements=[])
+    (target / "churnml.json").write_text(json.dumps({"name": name, "version": version}))
+    return target
+
+
+@pytest.fixture(scope="module")
+def shop(small_shop, tmp_path_factory) -> dict[str, Path]:
+    """The small shop written as Parquet files, two exported models, and an MLflow store."""
+    root = tmp_path_factory.mktemp("score_stage")
+    tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
+    paths = write_shop(tables, root / "data")
+    files = {"kind": "files", **{name: {"path": str(path)} for name, path in paths.items()}}
+    models, latest = train_small_models(load_data(files, materialize=True))
+    for target, model in models.items():
+        # As a model trained before the train stage kept a drift reference.
+        unprofiled = copy.copy(model)
+        vars(unprofiled).pop("reference_profile_", None)
+        save_exported(unprofiled, root / "models", f"churnml-{target}", "7")
+    # The same models with the reference profile the train stage stores.
+    reference_inputs = scoring.model_inputs(latest.drop(columns=list(BGNBD_FEATURE_COLUMNS)), models)
+    for target, model in models.items():
+        frame = reference_inputs[target]
+        model.reference_profile_ = drift.profile(frame, model.feature_names_in_, score=model.predict_proba(frame)[:, 1])
+        save_exported(model, root / "profiled", f"churnml-{target}", "8")
+    return {"root": root, **paths}
+
+
+def settings_for(shop: dict[str, Path], *overrides: str, interactions: bool = True) -> dict:
+    root = shop["root"]
+    data = ["data=files", f"data.transactions.path={shop['transactions']}", f"data.customers.path={shop['customers']}"]
+    if interactions:
+        data.append(f"data.interactions.path={shop['interactions']}")
+    tracking = [f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db", f"mlflow.artifact_root={root}/artifacts",
+                f"mlflow.experiment={EXPERIMENT}"]
+    return compose_resolved("score", [*data, *tracking, f"score.model_dir={root}/models", *overrides])
+
+
+def test_scores_from_an_exported_directory_are_written_and_tracked(shop, tmp_path, capsys, caplog):
+    output = tmp_path / "scores.parquet"
+    with caplog.at_level(logging.WARNING, logger="churnml"):
+        path = run_score(settings_for(shop, f"score.output={output}"))
+    assert path == output
+    scores = pd.read_parquet(output)
+    assert list(scores.columns) == scoring.score_columns(3)
+    assert scores["customer_id"].is_monotonic_increasing and scores["customer_id"].is_unique
+    assert (scores["churn_model_name"] == "churnml-churn").all() and (scores["churn_model_version"] == "7").all()
+    assert "no reference profile" in caplog.text
+    printed = capsys.readouterr().out
+    assert f"scored {len(scores):,} customers" in printed and str(output) in printed and "risk bands: high" in printed
+
+    run = scoring_runs(f"sqlite:///{shop['root']}/mlflow.db").iloc[0]
+    assert run["tags.churnml.output"] == str(output)
+    assert run["params.churn_model_version"] == "7"
+    assert run["params.as_of"] == str(pd.Timestamp(scores["as_of"].iloc[0]).date())
+    assert run["metrics.rows"] == len(scores)
+    assert run["metrics.rows_high"] == (scores["risk_band"] == "high").sum()
+    assert run["metrics.mean_churn_probability"] == pytest.approx(scores["churn_probability"].mean())
+    assert not any(c.startswith("metrics.psi.") for c in run.index if pd.notna(run[c]))
+
+
+def test_rescoring_gives_a_byte_identical_file(shop, tmp_path):
+    first = run_score(settings_for(shop, f"score.output={tmp_path}/a/scores.parquet"))
+    second = run_score(settings_for(shop, f"score.output={tmp_path}/b/scores.parquet"))
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_default_output_is_under_scores_by_as_of(shop, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = run_score(settings_for(shop, "score.as_of=2024-06-30", "score.format=csv"))
+    assert path == Path("scores/as_of=2024-06-30/scores.csv")
+    scores = pd.read_csv(tmp_path / path)
+    assert (scores["as_of"] == "2024-06-30").all()
+
+
+def test_drift_is_tracked_for_models_with_a_reference_profile(shop, tmp_path, capsys):
+    run_score(settings_for(shop, f"score.model_dir={shop['root']}/profiled", f"score.output={tmp_path}/s.parquet"))
+    run = scoring_runs(f"sqlite:///{shop['root']}/mlflow.db").iloc[0]
+    assert run["params.churn_model_version"] == "8"
+    psi = {c.removeprefix("metrics.psi.churn."): run[c] for c in run.index if c.startswith("metrics.psi.churn.")}
+    assert "recency_days" in psi and "model_score" in psi and np.isfinite(list(psi.values())).all()
+    assert "metrics.psi.repurchase.model_score" in run.index
+    drifted = [name for name, value in psi.items() if value > 0.2]
+    printed = capsys.readouterr().out
+    assert "drift of the churn model's inputs (PSI > 0.2)" in printed
+    # The reference snapshot is months older than as_of: customers' ages have moved on.
+    assert "tenure_days" in drifted and "tenure_days" in printed
+    assert "churn:tenure_days=" in run["tags.churnml.drifted_features"]
+
+
+def test_as_of_outside_the_data_writes_nothing(shop, tmp_path):
+    output = tmp_path / "out" / "scores.parquet"
+    with pytest.raises(ValueError, match="after the last date in the data"):
+        run_score(settings_for(shop, "score.as_of=2030-01-01", f"score.output={output}"))
+    with pytest.raises(ValueError, match="before the first date in the data"):
+        run_score(settings_for(shop, "score.as_of=2001-01-01", f"score.output={output}"))
+    assert not output.parent.exists()
+
+
+def test_data_that_does_not_fit_the_models_writes_nothing(shop, tmp_path):
+    output = tmp_path / "out" / "scores.parquet"
+    with pytest.raises(FeatureMismatchError, match="interactions"):
+        run_score(settings_for(shop, f"score.output={output}", interactions=False))
+    assert not output.parent.exists()
+
+
+@pytest.mark.slow
+def test_train_both_targets_then_score_from_the_registry_and_the_export(tmp_path, monkeypatch):
+    import churnml.training
+
+    train_and_evaluate = churnml.training.train_and_evaluate
+
+    def with_reference_profile(*args, **kwargs):
+        # The hook the train stage is meant to run: profile the latest snapshot with the model.
+        outcome = train_and_evaluate(*args, **kwargs)
+        model = outcome.model
+        model.reference_profile_ = drift.profile(outcome.holdout_table, model.feature_names_in_,
+                                                 score=outcome.probabilities["model"])
+        return outcome
+
+    monkeypatch.setattr(churnml.training, "train_and_evaluate", with_reference_profile)
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    common = [f"data.n_customers=1500", f"data.directory={tmp_path}/data", f"mlflow.tracking_uri={tracking_uri}",
+              f"mlflow.artifact_root={tmp_path}/art", f"mlflow.experiment={EXPERIMENT}"]
+    for target in ("churn", "repurchase"):
+        run_train(compose_resolved("train", [
+            *common, f"target={target}", f"train.export_dir={tmp_path}/models", f"train.report_dir={tmp_path}/reports",
+            "model.n_estimators=60", "train.cv_folds=1", "train.max_snapshots=5"]))
+
+    from_registry = run_score(compose_resolved("score", [*common, f"score.output={tmp_path}/registry/scores.parquet"]))
+    client = MlflowClient(tracking_uri)
+    run = scoring_runs(tracking_uri).iloc[0]
+    for target in ("churn", "repurchase"):
+        version = client.get_model_version_by_alias(f"churnml-{target}", "champion")
+        assert version.tags["churnml.last_scoring_run"] == run["run_id"]
+        assert run[f"tags.churnml.{target}_model"] == f"churnml-{target}/{version.version}"
+        assert run[f"tags.churnml.{target}_model_run_id"] == version.run_id
+        assert run[f"params.{target}_model_uri"] == f"models:/churnml-{target}@champion"
+    assert run["metrics.psi.churn.model_score"] >= 0 and run["metrics.psi.churn.recency_days"] >= 0
+    scores = pd.read_parquet(from_registry)
+    assert len(scores) > 1000 and scores["reason_1"].notna().all()
+    assert run["metrics.rows"] == len(scores)
+
+    from_export = run_score(compose_resolved("score", [
+        *common, f"score.model_dir={tmp_path}/models", f"score.output={tmp_path}/export/scores.parquet"]))
+    # The exported directory holds the champion: the same models give the same file.
+    assert from_export.read_bytes() == from_registry.read_bytes()
