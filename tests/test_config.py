@@ -51,3 +51,12 @@ def test_files_data_needs_a_transactions_path():
 
     with pytest.raises(MissingMandatoryValue):
         compose_resolved("features", ["data=files"])
+
+
+def test_optuna_search_composes_with_the_optuna_sweeper():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["+hparams_search=lightgbm_optuna"], return_hydra_config=True)
+    sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    assert "optuna" in sweeper["_target_"].lower()
+    assert set(sweeper["params"]) == {"model.learning_rate", "model.num_leaves", "model.min_child_samples"}
+    assert cfg.train.objective.startswith("cv_")

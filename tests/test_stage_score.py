@@ -4,6 +4,7 @@ a file per as_of, a tracked run, and nothing written when something is wrong."""
 from __future__ import annotations
 
 import copy
+import copy
 import json
 import logging
 from pathlib import Path
@@ -14,14 +15,17 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from churnml import drift, scoring
-from churnml.baselines import BGNBD_FEATURE_COLUMNS
+from churnml import scoring
 from churnml.cli import run_score, run_train
 from churnml.datasets import load_data
 from churnml.modeling import FeatureMismatchError
 from churnml.simulate import write_shop
 from test_config import compose_resolved
 from test_scoring import train_small_models, with_edge_customers
+
+# Every test here runs the whole stage (models on disk, an MLflow store); test_scoring.py covers
+# the same behaviour function by function, fast.
+pytestmark = pytest.mark.slow
 
 EXPERIMENT = "churnml-score-test"
 
@@ -48,18 +52,15 @@ def shop(small_shop, tmp_path_factory) -> dict[str, Path]:
     tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
     paths = write_shop(tables, root / "data")
     files = {"kind": "files", **{name: {"path": str(path)} for name, path in paths.items()}}
-    models, latest = train_small_models(load_data(files, materialize=True))
+    models, _ = train_small_models(load_data(files, materialize=True))
     for target, model in models.items():
-        # As a model trained before the train stage kept a drift reference.
-        unprofiled = copy.copy(model)
-        vars(unprofiled).pop("reference_profile_", None)
-        save_exported(unprofiled, root / "models", f"churnml-{target}", "7")
-    # The same models with the reference profile the train stage stores.
-    reference_inputs = scoring.model_inputs(latest.drop(columns=list(BGNBD_FEATURE_COLUMNS)), models)
-    for target, model in models.items():
-        frame = reference_inputs[target]
-        model.reference_profile_ = drift.profile(frame, model.feature_names_in_, score=model.predict_proba(frame)[:, 1])
+        # Training keeps a reference profile with the model (training.fit_model).
+        assert "columns" in model.reference_profile_
         save_exported(model, root / "profiled", f"churnml-{target}", "8")
+        # A model from before reference profiles existed.
+        unprofiled = copy.deepcopy(model)
+        del unprofiled.reference_profile_
+        save_exported(unprofiled, root / "models", f"churnml-{target}", "7")
     return {"root": root, **paths}
 
 
@@ -141,21 +142,7 @@ def test_data_that_does_not_fit_the_models_writes_nothing(shop, tmp_path):
     assert not output.parent.exists()
 
 
-@pytest.mark.slow
-def test_train_both_targets_then_score_from_the_registry_and_the_export(tmp_path, monkeypatch):
-    import churnml.training
-
-    train_and_evaluate = churnml.training.train_and_evaluate
-
-    def with_reference_profile(*args, **kwargs):
-        # The hook the train stage is meant to run: profile the latest snapshot with the model.
-        outcome = train_and_evaluate(*args, **kwargs)
-        model = outcome.model
-        model.reference_profile_ = drift.profile(outcome.holdout_table, model.feature_names_in_,
-                                                 score=outcome.probabilities["model"])
-        return outcome
-
-    monkeypatch.setattr(churnml.training, "train_and_evaluate", with_reference_profile)
+def test_train_both_targets_then_score_from_the_registry_and_the_export(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     common = [f"data.n_customers=1500", f"data.directory={tmp_path}/data", f"mlflow.tracking_uri={tracking_uri}",
               f"mlflow.artifact_root={tmp_path}/art", f"mlflow.experiment={EXPERIMENT}"]

@@ -199,16 +199,18 @@ def run_score(settings: Mapping[str, Any]) -> Path:
     if fmt not in scoring.FORMATS:
         raise ValueError(f"unknown score.format '{fmt}': use one of {scoring.FORMATS}")
     config = scoring.ScoringConfig.from_dict(score)
+    dataset = load_data(settings["data"], engine=settings.get("engine", "duckdb"))
+    as_of = scoring.resolve_as_of(score.get("as_of"), dataset.first_date, dataset.last_date)
+
     mlflow_settings = settings["mlflow"]
     tracking.configure(mlflow_settings["tracking_uri"], mlflow_settings["experiment"], mlflow_settings.get("artifact_root"))
     uris = scoring.model_uris(score, mlflow_settings["registered_model_prefix"])
     models = {target: tracking.load_model(uri) for target, uri in uris.items()}
     identities = {target: scoring.ModelIdentity(*tracking.model_version_of(uri)) for target, uri in uris.items()}
-
-    dataset = load_data(settings["data"], engine=settings.get("engine", "duckdb"))
-    as_of = scoring.resolve_as_of(score.get("as_of"), dataset.first_date, dataset.last_date)
     feature_config = FeatureConfig.from_dict(settings["features"])
     features = scoring.feature_frame(dataset, as_of, feature_config)
+    # The features are in memory now: the engine's buffers (GBs for a million customers) can go.
+    dataset.con.disconnect()
     inputs = scoring.model_inputs(features, models)
     context = scoring.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
     scores = scoring.score_customers(inputs, models, as_of, config, context, identities)

@@ -21,6 +21,11 @@ writes the file. One output row per customer:
 - ``recommended_action``: the first playbook rule that matches tier, value segment, risk band
   and whether a purchase is overdue.
 - ``churn_model_name`` / ``churn_model_version`` and the same for the repurchase model.
+
+For LightGBM models with small trees (the default has 7 leaves) probabilities and exact
+contributions come from lookup tables built from the trees (see "Scores of one model" below):
+the same numbers as LightGBM's ``predict`` and ``pred_contrib``, checked on a sample of rows at
+every run, in a small fraction of the time.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import importlib.util
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -606,6 +612,8 @@ def tabulate_model(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) ->
     trees = dump["tree_info"]
     if any(tree.get("num_leaves", 1) - 1 > max_splits or _has_linear_leaves(tree["tree_structure"]) for tree in trees):
         return None
+    # Tables as wide as the largest tree needs, so that a tree's tables are a few kB.
+    max_splits = max((tree.get("num_leaves", 1) - 1 for tree in trees), default=0) or 1
     n_trees, n_patterns = len(trees), 1 << max_splits
     largest_category = max((int(c) for tree in trees for c in _category_lists(tree["tree_structure"])), default=0)
     words = largest_category // 64 + 1
@@ -693,7 +701,8 @@ def _tabulated_kernel() -> Callable[..., None]:
         return _KERNEL
     import numba
 
-    @numba.njit(nogil=True, parallel=True, cache=False)
+    # cache: the compiled loop is kept in __pycache__, which saves the next run a few seconds.
+    @numba.njit(nogil=True, parallel=True, cache=True)
     def kernel(features, n_splits, split_feature, threshold, categorical, missing_type, default_left,
                category_mask, n_used, used_features, shap, output, contributions, raw, with_contributions, block):
         n_rows = features.shape[1]
@@ -883,13 +892,22 @@ def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, ba
     """A model's probabilities (and top contributions when ``n_reasons``), the fast way when the
     model's trees can be tabulated and the tables agree with the model, else the model's own way.
     """
+    started = time.perf_counter()
     # numba compiles the table lookups; it comes with shap, but the slow path needs nothing.
     if tabulate and len(inputs) and importlib.util.find_spec("numba") is not None:
         tables = tabulate_model(model)
         verified = verify_tables(model, inputs, tables) if tables is not None else None
         if verified is not None:
-            return score_with_tables(model, inputs, verified, n_reasons, batch_size, threads)
-    return score_with_model(model, inputs, n_reasons, batch_size)
+            scores = score_with_tables(model, inputs, verified, n_reasons, batch_size, threads)
+            log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
+                     len(verified.n_splits), time.perf_counter() - started)
+            return scores
+        if tables is None:
+            log.info("%s model: trees too large (or not LightGBM) to tabulate; using its own methods", model.target)
+    scores = score_with_model(model, inputs, n_reasons, batch_size)
+    log.info("%s model: %s rows through its own methods in %.1f s", model.target, f"{len(inputs):,}",
+             time.perf_counter() - started)
+    return scores
 
 
 # A phrase renders the rows where the feature is present; ``missing`` is said where it is not.

@@ -105,8 +105,11 @@ def log_training(
     from mlflow.models import infer_signature
 
     model: ChurnModel = outcome.model
-    example = outcome.holdout_table[model.feature_names_in_].head(5)
-    signature = infer_signature(_signature_frame(example), model.predict_proba(example))
+    example = outcome.holdout_table.head(5)
+    # The example's prior comes from the whole holdout population, as when it was scored.
+    example_output = model.with_population_prior(outcome.holdout_table).predict_proba(example)
+    example = example[model.feature_names_in_]
+    signature = infer_signature(_signature_frame(example), example_output)
     with mlflow.start_run(run_name=run_name) as run:
         _log_outcome(outcome, settings, fingerprint, stage="train")
         info = mlflow.sklearn.log_model(
