@@ -211,6 +211,12 @@ def run_score(settings: Mapping[str, Any]) -> Path:
     features = scoring.feature_frame(dataset, as_of, feature_config)
     # The features are in memory now: the engine's buffers (GBs for a million customers) can go.
     dataset.con.disconnect()
+    # One BG/NBD fit on the scored population serves both models' priors.
+    if any(getattr(m, "prior", None) for m in models.values()):
+        from churnml.modeling import fit_population_priors
+
+        priors = fit_population_priors(features)
+        models = {target: model.with_population_prior(features, priors) for target, model in models.items()}
     inputs = scoring.model_inputs(features, models)
     context = scoring.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
     scores = scoring.score_customers(inputs, models, as_of, config, context, identities)

@@ -189,9 +189,11 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             prior[rows] = _logit(np.clip(bgnbd_probability(fitted, inputs, self.horizon_days, self.target), 1e-6, 1 - 1e-6))
         return prior
 
-    def with_population_prior(self, population: pd.DataFrame) -> "ChurnModel":
+    def with_population_prior(self, population: pd.DataFrame, priors: dict | None = None) -> "ChurnModel":
         """A copy whose BG/NBD prior is fitted once per cutoff on ``population`` and then reused, so
-        that scoring the population in pieces (Spark partitions) gives the prior of scoring it whole.
+        that scoring the population in pieces (a sample, Spark partitions) gives the prior of
+        scoring it whole. ``priors`` from :func:`fit_population_priors` shares one fit between
+        models (BG/NBD does not depend on the target).
 
         ``population`` needs ``cutoff`` and the BG/NBD input columns only.
         """
@@ -199,10 +201,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
         model = copy.copy(self)
         if self.prior:
-            model.population_priors_ = {
-                _cutoff_key(cutoff): _fit_prior(population.iloc[rows], cutoff)
-                for cutoff, rows in _rows_by_cutoff(population).items()
-            }
+            model.population_priors_ = priors if priors is not None else fit_population_priors(population)
         return model
 
     # --- prediction ---------------------------------------------------------------------------
@@ -297,6 +296,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             for name in self.categories_:
                 prepared[name] = prepared[name].astype(object).where(prepared[name].notna(), "missing")
         return prepared
+
+
+def fit_population_priors(population: pd.DataFrame) -> dict[str | None, Any]:
+    """BG/NBD fitted on each cutoff's customers (None where it cannot be), keyed by cutoff."""
+    return {_cutoff_key(cutoff): _fit_prior(population.iloc[rows], cutoff)
+            for cutoff, rows in _rows_by_cutoff(population).items()}
 
 
 def _rows_by_cutoff(X: pd.DataFrame) -> dict[Any, np.ndarray]:
