@@ -169,7 +169,7 @@ def _load_table(
     checks = _run_checks(both, spec, future_limit)
     if checks["n_rows"] == 0:
         raise DataValidationError([Problem(label, None, "has no rows")])
-    problems = _find_problems(both, spec, checks, label, options)
+    problems = _find_problems(both, spec, checks, label, options, future_limit)
     if problems:
         raise DataValidationError(problems)
 
@@ -373,7 +373,8 @@ def _unparsed(raw: ir.Value, typed: ir.Value) -> ir.BooleanValue:
 
 
 def _find_problems(
-    both: ir.Table, spec: TableSpec, checks: dict[str, Any], label: str, options: LoadOptions
+    both: ir.Table, spec: TableSpec, checks: dict[str, Any], label: str, options: LoadOptions,
+    future_limit: dt.datetime,
 ) -> list[Problem]:
     n_rows = checks["n_rows"]
     found: list[tuple[str, str, int, ir.BooleanValue]] = []
@@ -391,21 +392,16 @@ def _find_problems(
         if n_aware and n_aware < n_rows - checks.get(f"null_{col}", 0):
             found.append((col, "mixes time-zone-aware and naive timestamps; use one kind", n_aware, raw.re_search(TZ_OFFSET_PATTERN)))
         if checks.get(f"future_{col}"):
-            found.append((col, f"lies in the future (after {options.max_future_days:g} day(s) from now)", checks[f"future_{col}"], typed > _future_limit(options)))
+            found.append((col, f"lies in the future (after {options.max_future_days:g} day(s) from now)", checks[f"future_{col}"], typed > future_limit))
     return [
         Problem(label, col, message, n_bad, n_rows, _examples(both, col, predicate))
         for col, message, n_bad, predicate in found
     ]
 
 
-def _future_limit(options: LoadOptions) -> dt.datetime:
-    now = options.now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    return now + dt.timedelta(days=options.max_future_days)
-
-
 def _examples(both: ir.Table, col: str, predicate: ir.BooleanValue) -> tuple[str, ...]:
     numbered = both.mutate(__row=ibis.row_number() + 1)
-    rows = numbered.filter(predicate.resolve(numbered) if hasattr(predicate, "resolve") else predicate)
+    rows = numbered.filter(predicate)
     sample = rows.select("__row", RAW_PREFIX + col).order_by("__row").limit(N_EXAMPLES).to_pandas()
     return tuple(f"row {int(r)}: {_shown(v)}" for r, v in zip(sample["__row"], sample[RAW_PREFIX + col]))
 

@@ -85,17 +85,21 @@ def split_by_cutoff(table: pd.DataFrame, n_latest: int) -> tuple[pd.DataFrame, p
     return table[~later], table[later]
 
 
-def fit_model(template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1) -> ChurnModel:
+def fit_model(
+    template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1, keep_reference: bool = True
+) -> ChurnModel:
     """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones.
 
-    The latest snapshot's features and scores are kept with the model (``reference_profile_``)
-    as the reference for drift when it scores new data.
+    With ``keep_reference``, the latest snapshot's features and scores are kept with the model
+    (``reference_profile_``) as the reference for drift when it scores new data.
     """
     from churnml import drift
 
     fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
     model = clone(template)
     model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]))
+    if not keep_reference:
+        return model
     latest = table[table["cutoff"] == table["cutoff"].max()]
     model.reference_profile_ = drift.profile(latest, model.feature_names_in_, score=model.predict_proba(latest)[:, 1])
     return model
@@ -136,7 +140,8 @@ def time_cv(
                             desc="time-based CV", unit="fold", disable=not progress):
         known = table["cutoff"] + pd.Timedelta(days=horizon_days) <= pd.Timestamp(fold_cutoff)
         evaluated = table[table["cutoff"] == pd.Timestamp(fold_cutoff)]
-        model = fit_model(template, table[known], calibration_snapshots)
+        # A fold's model is only evaluated, never scores new data: no drift reference.
+        model = fit_model(template, table[known], calibration_snapshots, keep_reference=False)
         metrics = evaluation.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
     if not rows:
