@@ -259,6 +259,19 @@ def test_value_segment_splits_at_the_medians():
                                  "high_value_high_potential", "high_value_low_potential"]
 
 
+def test_value_segment_of_a_piece_uses_the_populations_medians():
+    ltv = np.array([0.0, 0.0, 0.0, 100.0, 500.0, 40.0])
+    repurchase = np.array([0.9, 0.1, 0.5, 0.8, 0.2, 0.6])
+    population = scoring.value_thresholds(ltv, repurchase)
+    assert (population.ltv, population.repurchase_probability) == (20.0, 0.55)
+    whole = scoring.scoring_value_segment(ltv, repurchase)
+    pieces = np.concatenate([scoring.scoring_value_segment(ltv[i:i + 2], repurchase[i:i + 2], population)
+                             for i in range(0, len(ltv), 2)])
+    assert pieces.tolist() == whole.tolist()
+    # Without the population's medians a piece splits at its own.
+    assert scoring.scoring_value_segment(ltv[3:5], repurchase[3:5]).tolist() != whole[3:5].tolist()
+
+
 def test_playbook_first_matching_rule_wins():
     rows = pd.DataFrame([
         ("core", "high_value_high_potential", "high", 10.0),     # high value at high risk

@@ -310,19 +310,42 @@ def risk_band(churn_probability: pd.Series | np.ndarray, bands: RiskBands = Risk
     return np.where(p >= bands.high, "high", np.where(p >= bands.medium, "medium", "low")).astype(object)
 
 
-def scoring_value_segment(ltv: pd.Series | np.ndarray, repurchase_probability: pd.Series | np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class ValueThresholds:
+    """The medians that split value (LTV) and potential (repurchase probability)."""
+
+    ltv: float
+    repurchase_probability: float
+
+
+def value_thresholds(ltv: pd.Series | np.ndarray, repurchase_probability: pd.Series | np.ndarray) -> ValueThresholds:
+    """Median LTV (missing counts as 0) and median repurchase probability of the customers scored."""
+    value = np.nan_to_num(np.asarray(ltv, dtype=float), nan=0.0)
+    potential = np.asarray(repurchase_probability, dtype=float)
+    if value.size == 0:
+        return ValueThresholds(np.nan, np.nan)
+    return ValueThresholds(float(np.median(value)), float(np.median(potential)))
+
+
+def scoring_value_segment(
+    ltv: pd.Series | np.ndarray,
+    repurchase_probability: pd.Series | np.ndarray,
+    thresholds: ValueThresholds | None = None,
+) -> np.ndarray:
     """Value x potential at scoring time.
 
     Value is high when LTV is above the median LTV of the customers scored, potential is high when
     the repurchase probability is above the median repurchase probability. "Above", not "at
-    least": when most customers have no LTV the median is 0, and 0 is not high value.
+    least": when most customers have no LTV the median is 0, and 0 is not high value. Scoring in
+    pieces (one Spark partition at a time) passes the whole population's ``thresholds``.
     """
     value = np.nan_to_num(np.asarray(ltv, dtype=float), nan=0.0)
     potential = np.asarray(repurchase_probability, dtype=float)
     if value.size == 0:
         return np.array([], dtype=object)
-    high_value = value > np.median(value)
-    high_potential = potential > np.median(potential)
+    thresholds = thresholds or value_thresholds(value, potential)
+    high_value = value > thresholds.ltv
+    high_potential = potential > thresholds.repurchase_probability
     return np.select(
         [high_value & high_potential, high_value, high_potential],
         list(VALUE_SEGMENTS[:3]),
@@ -1246,6 +1269,7 @@ def score_customers(
     config: ScoringConfig = ScoringConfig(),
     context: ReasonContext | None = None,
     identities: Mapping[str, ModelIdentity] | None = None,
+    thresholds: ValueThresholds | None = None,
 ) -> pd.DataFrame:
     """One row per customer: probabilities, band, reasons, tier, segment, LTV, action, models.
 
@@ -1265,6 +1289,9 @@ def score_customers(
         horizon.
     identities : mapping of str to ModelIdentity, optional
         Registered name and version of each model; default: the target and ``"unknown"``.
+    thresholds : ValueThresholds, optional
+        The medians that split the value segments; default: those of the customers in ``inputs``
+        (pass the whole population's when ``inputs`` is one piece of it).
 
     Returns
     -------
@@ -1291,7 +1318,7 @@ def score_customers(
 
     bands = risk_band(churn_probability, config.risk_bands)
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    segments = scoring_value_segment(ltv, repurchase_probability)
+    segments = scoring_value_segment(ltv, repurchase_probability, thresholds)
     playbook_rows = pd.DataFrame({
         "tier": churn_inputs["tier"].to_numpy(dtype=object),
         "value_segment": segments,
