@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnml import features
 from churnml.features import FeatureConfig, build_features
 from churnml.segments import SegmentConfig, lifetime_value, loyalty_tier, purchases_per_year
 
@@ -80,6 +81,33 @@ def test_breadth_by_hand(tiny_features):
     assert tiny_features.loc["A", "n_categories"] == 2
     assert tiny_features.loc["A", "n_channels"] == 2
     assert tiny_features.loc["B", "n_categories"] == 1
+
+
+def test_breadth_counts_the_same_with_value_flags_and_with_distinct(tiny_transactions):
+    frame = tiny_transactions.copy()
+    frame.loc[len(frame)] = ("C", pd.Timestamp("2024-06-12"), -5.0, "c2r", -1, "garden", "store")  # a refund: not bought
+    frame.loc[len(frame)] = ("B", pd.Timestamp("2024-01-05"), 10.0, "b5", 1, None, None)  # unknown category
+    dataset = frame_dataset(frame)
+    values = {c: features.breadth_values(dataset.transactions, c) for c in ("category", "channel")}
+    # Values bought only after the cutoff are listed; they count nowhere at the cutoff.
+    assert values == {"category": ["books", "electronics", "grocery", "home", "toys"], "channel": ["app", "store", "web"]}
+    assert features.breadth_values(dataset.transactions, "category", limit=4) is None
+    cutoff = dt.date.fromisoformat(CUTOFF)
+    by_flags = features.line_features(dataset.transactions, cutoff, values).to_pandas()
+    by_distinct = features.line_features(dataset.transactions, cutoff, {"category": None, "channel": None}).to_pandas()
+    mixed = features.line_features(dataset.transactions, cutoff, {"category": values["category"], "channel": None}).to_pandas()
+    expected = pd.DataFrame({"customer_id": ["A", "B", "C"], "n_categories": [2, 1, 1], "n_channels": [2, 1, 1]})
+    for table in (by_flags, by_distinct, mixed):
+        table = table.sort_values("customer_id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(table[expected.columns], expected, check_dtype=False)
+
+
+def test_a_customer_with_refunds_only_bought_in_no_category(tiny_transactions):
+    frame = pd.concat([tiny_transactions, pd.DataFrame({
+        "customer_id": ["E"], "ts": pd.to_datetime(["2024-06-02"]), "amount": [-20.0], "order_id": ["e1"],
+        "quantity": [-1], "category": ["toys"], "channel": ["web"]})], ignore_index=True)
+    e = features_at(frame_dataset(frame)).loc["E"]
+    assert (e.frequency, e.n_categories, e.n_channels) == (0, 0, 0)
 
 
 def test_interactions_by_hand(tiny_features):
