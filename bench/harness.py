@@ -89,7 +89,9 @@ def demo_data(n_customers: int, seed: int = 42) -> Path:
     """The demo shop of ``n_customers`` written under data/bench/, simulated once and reused."""
     directory = ROOT / "data" / "bench" / f"n={n_customers}_seed={seed}"
     if not (directory / "transactions.parquet").exists():
-        from churnml.simulate import simulate_shop, write_shop
-
-        write_shop(simulate_shop(n_customers=n_customers, seed=seed), directory)
+        # In a child process: a measured process started from this one would otherwise report
+        # the simulation's memory as its own peak (the peak survives fork and exec).
+        code = (f"from churnml.simulate import simulate_shop, write_shop; "
+                f"write_shop(simulate_shop(n_customers={n_customers}, seed={seed}), {str(directory)!r})")
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     return directory
