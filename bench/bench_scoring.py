@@ -5,7 +5,8 @@ configuration on a 2% sample of the same shop's customers (6 training snapshots 
 to keep the set-up short; the size of the models comes from the model configuration). The timed
 work is what
 ``churnml-score`` does between loading the models and tracking the run: load and validate the
-data, build the features at the last date, add the models' extra inputs, predict both
+data, build the features at the last date, fit the BG/NBD prior once for both models, add the
+models' extra inputs, predict both
 probabilities, compute every customer's exact contributions and reasons, bands, segments and
 actions, and write the Parquet file atomically.
 
@@ -34,6 +35,7 @@ SETUP = """
     from churnml.cli import build_model, training_plan
     from churnml.datasets import load_data
     from churnml.features import FeatureConfig
+    from churnml.modeling import fit_population_priors
     from churnml.snapshots import snapshot_table, training_cutoffs
     from churnml.training import extra_feature_builder, fit_model
 
@@ -85,9 +87,13 @@ WORK = """
     features = scoring.feature_frame(dataset, as_of, feature_config)
     dataset.con.disconnect()
     lap("load + features")
-    inputs = scoring.model_inputs(features, models)
+    # As churnml-score does: one BG/NBD fit on the scored population serves both models' priors.
+    priors = fit_population_priors(features)
+    scored = {target: model.with_population_prior(features, priors) for target, model in models.items()}
+    lap("BG/NBD prior")
+    inputs = scoring.model_inputs(features, scored)
     lap("model inputs")
-    scores = scoring.score_customers(inputs, models, as_of, config, context)
+    scores = scoring.score_customers(inputs, scored, as_of, config, context)
     lap("probabilities + reasons + actions")
     scoring.write_scores(scores, output)
     lap("write")

@@ -459,6 +459,25 @@ def test_tabulated_trees_follow_lightgbms_missing_value_rules(zero_as_missing):
     np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
 
 
+def test_a_model_is_tabulated_once_and_again_when_refitted():
+    import pickle
+
+    frame, label = synthetic_frame()
+    estimator = LGBMClassifier(n_estimators=10, num_leaves=7, min_child_samples=10, n_jobs=1, verbose=-1,
+                               deterministic=True, force_row_wise=True, random_state=0)
+    model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
+    tables = scoring.tabulate_model(model)
+    assert scoring.tabulate_model(model) is tables
+    shipped = pickle.loads(pickle.dumps(model))
+    assert scoring.tabulate_model(shipped).output.tobytes() == tables.output.tobytes()
+    assert shipped._tree_tables[1] is shipped.estimator_.booster_
+    model.fit(frame, 1 - label)
+    refitted = scoring.tabulate_model(model)
+    assert refitted is not tables
+    np.testing.assert_allclose(scoring.tabulated_scores(refitted, scoring.encode_for_trees(model, frame))[0],
+                               model.raw_score(frame), rtol=0, atol=1e-12)
+
+
 def test_large_trees_and_linear_models_use_the_models_own_methods():
     frame, label = synthetic_frame()
     large = ChurnModel(LGBMClassifier(n_estimators=5, num_leaves=31, min_child_samples=5, n_jobs=1, verbose=-1),

@@ -625,7 +625,22 @@ def tabulate_model(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) ->
 
     Only LightGBM binary models with native preprocessing and trees of at most ``max_splits``
     splits (``num_leaves <= max_splits + 1``) qualify: the tables grow as 4 ** splits.
+
+    The tables are kept on the model (``_tree_tables``, with the booster they came from), so a
+    model is tabulated once: one tabulated before it is shipped to Spark's executors arrives
+    with its tables.
     """
+    booster = getattr(getattr(model, "estimator_", None), "booster_", None)
+    cached = getattr(model, "_tree_tables", None)
+    # Keyed by the booster itself: a refitted model has a new one (and pickling keeps the pair).
+    if cached is not None and cached[0] == max_splits and cached[1] is booster:
+        return cached[2]
+    tables = _tabulated_trees(model, max_splits)
+    model._tree_tables = (max_splits, booster, tables)
+    return tables
+
+
+def _tabulated_trees(model: ChurnModel, max_splits: int) -> TreeTables | None:
     estimator = getattr(model, "estimator_", None)
     if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
         return None
@@ -952,9 +967,17 @@ def _text(values: pd.Series) -> pd.Series:
     return values.astype(object).astype(str)
 
 
+def _formatted(values: pd.Series, format_one: Callable[[float], str]) -> pd.Series:
+    """``format_one`` applied to each value; each distinct value is formatted once (a million
+    customers have a few thousand distinct day counts)."""
+    distinct, position = np.unique(values.to_numpy(dtype=float), return_inverse=True)
+    texts = np.array([format_one(v) for v in distinct], dtype=object)
+    return pd.Series(texts[position.reshape(-1)], index=values.index, dtype=object)
+
+
 def _whole(values: pd.Series) -> pd.Series:
     """Whole numbers as text: 124, 1,250."""
-    return pd.Series([f"{v:,.0f}" for v in values.to_numpy(dtype=float)], index=values.index, dtype=object)
+    return _formatted(values, "{:,.0f}".format)
 
 
 def _decimal(values: pd.Series) -> pd.Series:
@@ -964,17 +987,16 @@ def _decimal(values: pd.Series) -> pd.Series:
             return "0"
         return f"{v:.2f}" if abs(v) < 0.1 else f"{v:,.1f}"
 
-    return pd.Series([shown(v) for v in values.to_numpy(dtype=float)], index=values.index, dtype=object)
+    return _formatted(values, shown)
 
 
 def _money(values: pd.Series) -> pd.Series:
     """Amounts: cents below 100, whole units above."""
-    return pd.Series([f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}" for v in values.to_numpy(dtype=float)],
-                     index=values.index, dtype=object)
+    return _formatted(values, lambda v: f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}")
 
 
 def _percent(values: pd.Series) -> pd.Series:
-    return pd.Series([f"{v:.0%}" for v in values.to_numpy(dtype=float)], index=values.index, dtype=object)
+    return _formatted(values, "{:.0%}".format)
 
 
 def _plural(values: pd.Series, word: str, plural: str | None = None) -> pd.Series:
