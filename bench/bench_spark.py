@@ -1,9 +1,18 @@
-"""Features on a local Spark session against the same features on DuckDB, on the demo shop.
+"""Features and batch scoring on a local Spark session against the same work on DuckDB, on the
+demo shop.
 
-Each engine loads, validates and cleans transactions, interactions and customers, builds the
-feature table at the last date and writes it to Parquet (what ``churnml-features`` does), in its
-own process on the same machine, one after the other. Spark runs as ``local[2]``: this shows
-what Spark's machinery costs on one machine, not what a cluster gains.
+Features: each engine loads, validates and cleans transactions, interactions and customers, builds
+the feature table at the last date and writes it to Parquet (what ``churnml-features`` does).
+
+Scoring: each engine runs what ``churnml-score`` does between loading the models and tracking the
+run (load, features, BG/NBD prior, probabilities, exact reasons, segments, actions, drift, the
+write and the summary), with the same two models: the default model configuration trained
+beforehand, untimed, on 1 customer in 50 (6 training snapshots). DuckDB scores the whole table in
+memory; Spark keeps it in Spark and scores it partition by partition (``mapInPandas``). The two
+outputs are compared afterwards: they must hold the same rows.
+
+Each measurement runs in its own process on the same machine, one after the other. Spark runs as
+``local[2]``: this shows what Spark's machinery costs on one machine, not what a cluster gains.
 
 Target (informational, always met): where each engine pays off. DuckDB is the choice while the
 data fit one machine's disk; Spark's cost per row buys spreading the same work over a cluster.
@@ -15,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness import main, demo_data, measure, print_table
+from harness import ROOT, demo_data, main, measure, print_table
 
 SPARK_DRIVER_MEMORY = "4g"
 
@@ -52,24 +61,114 @@ _CONNECT_SPARK = (
 
 
 def children_peak_gib() -> float | None:
-    """Peak resident memory of this process's running children, in GiB; None off Linux.
+    """Sum of the peak resident memory of this process's running descendants, in GiB; None off Linux.
 
-    The Spark JVM (driver and, in local mode, the executors) is a child of the Python process,
-    so its memory does not show in the Python process's own peak. ``ru_maxrss`` of children
-    only counts children that have exited; ``VmHWM`` in ``/proc`` is the peak of a live one.
+    The Spark JVM (driver and, in local mode, the executors) is a child of the Python process, and
+    the Python workers that run ``mapInPandas`` are children of the JVM, so their memory does not
+    show in the Python process's own peak. ``ru_maxrss`` of children only counts children that
+    have exited; ``VmHWM`` in ``/proc`` is the peak of a live one. Peaks that were not reached at
+    the same time add up, so this is an upper bound.
     """
     proc = Path("/proc")
     if not proc.is_dir():
         return None
-    total_kib = 0
+    parents: dict[int, int] = {}
+    peaks_kib: dict[int, int] = {}
     for status in proc.glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
         except OSError:  # the process ended while we looked
             continue
-        if int(fields.get("PPid", "0")) == os.getpid() and "VmHWM" in fields:
-            total_kib += int(fields["VmHWM"].split()[0])
-    return total_kib / 2**20
+        pid = int(status.parent.name)
+        parents[pid] = int(fields.get("PPid", "0"))
+        if "VmHWM" in fields:
+            peaks_kib[pid] = int(fields["VmHWM"].split()[0])
+
+    def descends_from_us(pid: int) -> bool:
+        seen = set()
+        while pid in parents and pid not in seen:
+            seen.add(pid)
+            pid = parents[pid]
+            if pid == os.getpid():
+                return True
+        return False
+
+    return sum(kib for pid, kib in peaks_kib.items() if descends_from_us(pid)) / 2**20
+
+
+SAMPLE_MODULUS = 50  # one customer in 50 trains the models
+MAX_SNAPSHOTS = 6
+
+_TRAIN_SETUP = """
+    import pickle
+    import duckdb
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from churnml.cli import build_model, training_plan
+    from churnml.datasets import load_data
+    from churnml.features import FeatureConfig
+    from churnml.snapshots import snapshot_table, training_cutoffs
+    from churnml.training import extra_feature_builder, fit_model
+    TABLES = ("transactions", "interactions", "customers")
+    con = duckdb.connect()
+    for t in TABLES:
+        con.execute(f"COPY (SELECT * FROM read_parquet('{directory}/{{t}}.parquet') "
+                    f"WHERE hash(customer_id) % {modulus} = 0) TO '{scratch}/sample-{{t}}.parquet' (FORMAT parquet)")
+    sample = {{"kind": "files", **{{t: {{"path": f"{scratch}/sample-{{t}}.parquet"}} for t in TABLES}}}}
+"""
+
+_TRAIN_WORK = """
+    def train(target):
+        with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
+            settings = OmegaConf.to_container(compose("train", overrides=[f"target={{target}}"]), resolve=True)
+        plan = training_plan(settings)
+        dataset = load_data(sample, materialize=True)
+        holdout = plan.resolve_holdout(dataset)
+        cutoffs = training_cutoffs(holdout, plan.horizon_days, dataset.first_date, plan.step_days,
+                                   {max_snapshots}, plan.min_snapshots, plan.min_history_days)
+        table = snapshot_table(dataset, cutoffs, plan.target, plan.horizon_days, FeatureConfig(),
+                               extra_feature_builder(plan), progress=False)
+        return fit_model(build_model(settings["model"], plan.target, plan.horizon_days), table, plan.calibration_snapshots)
+
+    models = {{target: train(target) for target in ("churn", "repurchase")}}
+    with open({models_path!r}, "wb") as handle:
+        pickle.dump(models, handle)
+    info = {{"trees": {{t: m.estimator_.booster_.num_trees() for t, m in models.items()}}}}
+"""
+
+_SCORE_SETUP = """
+    import os
+    import pickle
+    import time
+    from churnml import scoring
+    from churnml.cli import reference_profiles, score_with_duckdb, score_with_spark
+    from churnml.datasets import load_data
+    from churnml.features import FeatureConfig
+    settings = {{"kind": "files", **{{t: {{"path": f"{directory}/{{t}}.parquet"}} for t in ("transactions", "interactions", "customers")}}}}
+    with open({models_path!r}, "rb") as handle:
+        models = pickle.load(handle)
+    identities = {{t: scoring.ModelIdentity(f"churnml-{{t}}", "bench") for t in models}}
+    feature_config = FeatureConfig()
+    config = scoring.ScoringConfig()
+    context = scoring.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
+    profiles = reference_profiles(models, identities)
+    output = os.path.join({scratch!r}, "{name}", "scores.parquet")
+    started = time.perf_counter()
+    {connect}
+    session_seconds = time.perf_counter() - started
+"""
+
+_SCORE_WORK = """
+    from bench_spark import children_peak_gib
+    dataset = load_data(settings, con=con)
+    as_of = scoring.resolve_as_of(None, dataset.first_date, dataset.last_date)
+    score = score_with_spark if con.name == "pyspark" else score_with_duckdb
+    path, summary, psi = score(dataset, as_of, feature_config, models, config, context, identities, profiles,
+                               output, "parquet")
+    info = {"rows": summary["rows"], "bands": summary["bands"], "session_seconds": session_seconds,
+            "psi": {t: values.dropna().to_dict() for t, values in psi.items()}, "output": output,
+            "transactions": dataset.reports["transactions"].rows_read, "children_peak_gib": children_peak_gib()}
+"""
 
 
 def _measure_engine(name: str, directory: Path, connect_code: str, repeat: int):
@@ -80,37 +179,108 @@ def _measure_engine(name: str, directory: Path, connect_code: str, repeat: int):
         return measure(name, setup, _WORK, repeat=repeat)
 
 
-def run(n_customers: int = 1_000_000, repeat: int = 1) -> bool:
-    directory = demo_data(n_customers)
-    duckdb = _measure_engine("DuckDB (default engine)", directory, _CONNECT_DUCKDB, repeat)
-    spark = _measure_engine(
-        f"Spark local[2], driver memory {SPARK_DRIVER_MEMORY}", directory,
-        _CONNECT_SPARK.format(memory=SPARK_DRIVER_MEMORY), repeat,
-    )
+def _engine_rows(measurements, reference) -> list[dict]:
     rows = []
-    for m in (duckdb, spark):
+    for m in measurements:
         jvm = m.info.get("children_peak_gib")
         rows.append({
             "engine": m.name,
             "seconds": m.seconds,
-            "x DuckDB": m.seconds / duckdb.seconds,
+            "x DuckDB": m.seconds / reference.seconds,
             "Python peak GiB": m.peak_gib,
-            "JVM peak GiB": jvm if jvm else None,
+            "JVM + workers peak GiB": jvm if jvm else None,
             "total peak GiB": m.peak_gib + (jvm or 0.0),
             "output rows": m.info.get("rows"),
         })
+    return rows
+
+
+ENGINE_COLUMNS = ["engine", "seconds", "x DuckDB", "Python peak GiB", "JVM + workers peak GiB", "total peak GiB", "output rows"]
+SPARK_LABEL = f"Spark local[2], driver memory {SPARK_DRIVER_MEMORY}"
+
+
+def compare_features(n_customers: int, directory: Path, repeat: int) -> float:
+    """The feature build on both engines; Spark's time over DuckDB's."""
+    duckdb = _measure_engine("DuckDB (default engine)", directory, _CONNECT_DUCKDB, repeat)
+    spark = _measure_engine(SPARK_LABEL, directory, _CONNECT_SPARK.format(memory=SPARK_DRIVER_MEMORY), repeat)
     print_table(
         f"load + validate + features + write Parquet, demo shop of {n_customers:,} customers "
         f"({duckdb.info['transactions']:,} transaction lines, all three tables)",
-        rows, ["engine", "seconds", "x DuckDB", "Python peak GiB", "JVM peak GiB", "total peak GiB", "output rows"],
+        _engine_rows([duckdb, spark], duckdb), ENGINE_COLUMNS,
     )
     print(f"Spark session start-up, not included above: {spark.info['session_seconds']:.1f} s. "
-          "JVM peak is the resident high-water mark of the Spark JVM (driver and local executors), "
-          "which the Python process's own peak does not include.")
+          "JVM + workers peak is the sum of the resident high-water marks of the Spark JVM (driver and local "
+          "executors) and its Python workers, which the Python process's own peak does not include.")
     if duckdb.info["rows"] != spark.info["rows"]:
         print(f"warning: the engines wrote different row counts ({duckdb.info['rows']:,} vs {spark.info['rows']:,})")
-    print(f"target (informational): where each pays off - on this machine Spark takes {spark.seconds / duckdb.seconds:.1f}x "
-          "DuckDB's time; DuckDB while the data fit one machine, Spark when they outgrow it and a cluster is at hand")
+    return spark.seconds / duckdb.seconds
+
+
+def score_differences(duckdb_output: Path, spark_output: Path) -> dict[str, float]:
+    """How far Spark's scores are from DuckDB's: the largest differences of probabilities,
+    contributions and LTV, and the rows whose band, reasons, tier, segment or action differ."""
+    import numpy as np
+    import pandas as pd
+
+    expected, actual = pd.read_parquet(duckdb_output), pd.read_parquet(spark_output)
+    if len(expected) != len(actual) or not expected["customer_id"].equals(actual["customer_id"]):
+        return {"rows": len(actual) - len(expected), "same customers": 0}
+    numbers = [c for c in expected.columns if pd.api.types.is_float_dtype(expected[c])]
+    differences = {c: float(np.nanmax(np.abs(expected[c].to_numpy(dtype=float) - actual[c].to_numpy(dtype=float)),
+                                      initial=0.0)) for c in numbers}
+    text = [c for c in expected.columns if c not in numbers]
+    differing = ~((expected[text] == actual[text]) | (expected[text].isna() & actual[text].isna()))
+    contributions = [v for c, v in differences.items() if c.endswith("_contribution")]
+    return {"largest probability difference": max(differences["churn_probability"], differences["repurchase_probability"]),
+            "largest contribution difference": max(contributions, default=0.0),
+            # LTV is rounded to cents: a last-bit difference in a sum can move it by one.
+            "largest LTV difference": differences["ltv"],
+            "rows with another label": int(differing.any(axis=1).sum())}
+
+
+def psi_difference(expected: dict, actual: dict) -> float:
+    """Largest difference between two engines' PSI values (inf when they name other features)."""
+    pairs = [(expected[t].get(name), actual.get(t, {}).get(name)) for t in expected for name in expected[t]]
+    if any(b is None for _, b in pairs) or sum(map(len, expected.values())) != sum(map(len, actual.values())):
+        return float("inf")
+    return max((abs(a - b) for a, b in pairs), default=0.0)
+
+
+def compare_scoring(n_customers: int, directory: Path, repeat: int) -> float:
+    """Batch scoring on both engines with the same models; Spark's time over DuckDB's."""
+    with tempfile.TemporaryDirectory(prefix="bench_spark_scoring_") as scratch:
+        models_path = f"{scratch}/models.pickle"
+        trained = measure("train the models (untimed set-up)",
+                          _TRAIN_SETUP.format(directory=str(directory), modulus=SAMPLE_MODULUS, scratch=scratch),
+                          _TRAIN_WORK.format(conf=str(ROOT / "conf"), max_snapshots=MAX_SNAPSHOTS, models_path=models_path))
+
+        def score(name: str, label: str, connect_code: str):
+            setup = _SCORE_SETUP.format(directory=str(directory), models_path=models_path, scratch=scratch, name=name,
+                                        connect=connect_code)
+            return measure(label, setup, _SCORE_WORK, repeat=repeat)
+
+        duckdb = score("duckdb", "DuckDB (default engine)", _CONNECT_DUCKDB)
+        spark = score("spark", SPARK_LABEL, _CONNECT_SPARK.format(memory=SPARK_DRIVER_MEMORY))
+        print_table(
+            f"score every customer (load, features, both models, exact reasons, drift, write), demo shop of "
+            f"{n_customers:,} customers; models trained on 1 in {SAMPLE_MODULUS} customers in "
+            f"{trained.seconds:.0f} s, not timed (trees {trained.info['trees']})",
+            _engine_rows([duckdb, spark], duckdb), ENGINE_COLUMNS,
+        )
+        print(f"Spark session start-up, not included above: {spark.info['session_seconds']:.1f} s.")
+        differences = score_differences(Path(duckdb.info["output"]), Path(spark.info["output"]))
+        differences["largest PSI difference"] = psi_difference(duckdb.info["psi"], spark.info["psi"])
+        print("Spark against DuckDB: " + ", ".join(f"{k} {v:g}" for k, v in differences.items()))
+    return spark.seconds / duckdb.seconds
+
+
+def run(n_customers: int = 1_000_000, repeat: int = 1) -> bool:
+    directory = demo_data(n_customers)
+    features_ratio = compare_features(n_customers, directory, repeat)
+    scoring_ratio = compare_scoring(n_customers, directory, repeat)
+    print(f"target (informational): where each pays off - on this machine Spark takes {features_ratio:.1f}x DuckDB's "
+          f"time for the features and {scoring_ratio:.1f}x for scoring; DuckDB while the data fit one machine, Spark "
+          "when they outgrow it and a cluster is at hand")
     return True
 
 

@@ -1,21 +1,30 @@
-"""The same features on Spark as on DuckDB: the demo shop at two cutoffs, and the loader's checks.
+"""The same features and scores on Spark as on DuckDB: the demo shop at two cutoffs, the loader's
+checks, and the scoring stage run on both engines with the same models.
 
 One local Spark session serves the whole module. Without pyspark these tests fail rather than
-skip: running the features on Spark is part of what churnml promises.
+skip: running the features and the scoring on Spark is part of what churnml promises.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 
+from churnml.cli import run_score
+from churnml.datasets import load_data
 from churnml.features import build_features
 from churnml.io import Dataset, TableSource, connect, load_dataset
 from churnml.schema import DataValidationError
+from churnml.simulate import write_shop
+from test_config import compose_resolved
+from test_scoring import train_small_models, with_edge_customers
+from test_stage_score import save_exported
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -175,3 +184,112 @@ def test_aware_parquet_timestamps_are_recognised_on_spark(tmp_path, spark):
     times = sorted(loaded.transactions.to_pandas()["ts"])
     assert times == [pd.Timestamp("2024-01-01 08:00:00"), pd.Timestamp("2024-01-03 04:30:00")]
     assert loaded.last_date == dt.date(2024, 1, 3)
+
+
+# --- scoring ---------------------------------------------------------------------------------------
+
+SCORE_EXPERIMENT = "churnml-spark-score-test"
+
+
+def latest_scoring_run(tracking_uri: str) -> pd.Series:
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(experiment_names=[SCORE_EXPERIMENT], filter_string="tags.`churnml.stage` = 'score'",
+                              order_by=["attributes.start_time DESC"])
+    return runs.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def scored(spark, small_shop, tmp_path_factory) -> dict:
+    """The small shop (plus a single-purchase and a refund-only customer) scored by the stage on
+    DuckDB and on Spark with the same exported models: boosted from BG/NBD, with BG/NBD features
+    and drift profiles, so every population-wide step is exercised."""
+    root = tmp_path_factory.mktemp("spark_scoring")
+    tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
+    paths = write_shop(tables, root / "data")
+    models, _ = train_small_models(load_data({"kind": "files", **{n: {"path": str(p)} for n, p in paths.items()}},
+                                             materialize=True))
+    for target, model in models.items():
+        save_exported(model, root / "models", f"churnml-{target}", "5")
+    tracking_uri = f"sqlite:///{root}/mlflow.db"
+    common = ["data=files", *(f"data.{name}.path={path}" for name, path in paths.items()),
+              f"mlflow.tracking_uri={tracking_uri}", f"mlflow.artifact_root={root}/artifacts",
+              f"mlflow.experiment={SCORE_EXPERIMENT}", f"score.model_dir={root}/models"]
+    on_duckdb = run_score(compose_resolved("score", [*common, f"score.output={root}/duckdb/scores.parquet"]))
+    duckdb_run = latest_scoring_run(tracking_uri)
+    with pytest.MonkeyPatch.context() as patch:
+        # The default output, scores/as_of=..., is relative to the working directory.
+        patch.chdir(root)
+        on_spark = run_score(compose_resolved("score", [*common, "engine=spark"]))
+    spark_run = latest_scoring_run(tracking_uri)
+    assert spark_run["run_id"] != duckdb_run["run_id"]
+    return {"root": root, "duckdb": on_duckdb, "spark": on_spark, "duckdb_run": duckdb_run, "spark_run": spark_run}
+
+
+def test_spark_scores_every_customer_as_duckdb_does(scored):
+    expected = pd.read_parquet(scored["duckdb"])
+    actual = pd.read_parquet(scored["root"] / scored["spark"])
+    assert len(expected) > 1000
+    assert {"high", "low"} <= set(expected["risk_band"]) and expected["value_segment"].nunique() == 4
+    assert expected["recommended_action"].nunique() >= 4
+    # Part files are written in customer order.
+    assert actual["customer_id"].is_monotonic_increasing
+    # LTV is rounded to cents: a last-bit difference between the engines' sums may move it by one.
+    np.testing.assert_allclose(actual.pop("ltv"), expected.pop("ltv"), rtol=0, atol=0.01 + 1e-9, equal_nan=True)
+    # Probabilities and contributions within a relative 1e-9; bands, reasons, tiers, segments and
+    # actions identical.
+    assert_same_features(expected, actual)
+
+
+def test_spark_summary_and_drift_are_tracked_as_on_duckdb(scored):
+    duckdb_run, spark_run = scored["duckdb_run"], scored["spark_run"]
+    summaries = [mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/scoring/summary.json") for run in (duckdb_run, spark_run)]
+    expected, actual = summaries
+    for mean in ("mean_churn_probability", "mean_repurchase_probability"):
+        assert actual.pop(mean) == pytest.approx(expected.pop(mean), rel=1e-12)
+    assert actual == expected
+    psi = sorted(c for c in duckdb_run.index if c.startswith("metrics.psi.") and pd.notna(duckdb_run[c]))
+    assert "metrics.psi.churn.model_score" in psi and "metrics.psi.repurchase.bgnbd_p_alive" in psi
+    for column in psi:
+        assert spark_run[column] == pytest.approx(duckdb_run[column], rel=1e-9, abs=1e-12), column
+    assert spark_run["tags.churnml.drifted_features"] == duckdb_run["tags.churnml.drifted_features"]
+    assert spark_run["metrics.rows"] == duckdb_run["metrics.rows"]
+
+
+def test_spark_writes_a_partition_of_the_scores_dataset(scored, spark):
+    from churnml.spark import existing_session
+
+    as_of = pd.read_parquet(scored["duckdb"], columns=["as_of"])["as_of"].iloc[0]
+    assert scored["spark"] == Path(f"scores/as_of={as_of}")
+    scores_root = scored["root"] / "scores"
+    # Nothing beside the partition: the temporary directory was renamed into place.
+    assert [p.name for p in scores_root.iterdir()] == [f"as_of={as_of}"]
+    assert any(p.name.startswith("part-") for p in (scores_root / f"as_of={as_of}").iterdir())
+    assert scored["spark_run"]["tags.churnml.output"] == f"scores/as_of={as_of}"
+    dataset = existing_session().read.parquet(str(scores_root))
+    by_date = dataset.groupBy("as_of").count().collect()
+    assert [(str(row["as_of"]), row["count"]) for row in by_date] == [(str(as_of), scored["spark_run"]["metrics.rows"])]
+
+
+def test_a_rerun_replaces_the_directory_and_a_failed_one_leaves_it_untouched(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from churnml.spark import existing_session, write_atomic
+
+    session = existing_session()
+    target = tmp_path / "scores" / "as_of=2024-06-30"
+    write_atomic(session.range(10), str(target))
+    written = write_atomic(session.range(3), str(target))
+    assert written == f"file:{target}"
+    assert sorted(pd.read_parquet(target)["id"]) == [0, 1, 2]
+
+    failing = session.range(100).select(F.when(F.col("id") < 50, F.col("id")).otherwise(F.raise_error("boom")).alias("id"))
+    with pytest.raises(Exception, match="boom"):
+        write_atomic(failing, str(target))
+    assert sorted(pd.read_parquet(target)["id"]) == [0, 1, 2]
+    assert os.listdir(target.parent) == [target.name]
+
+    fresh = tmp_path / "fresh" / "as_of=2024-06-30"
+    with pytest.raises(Exception, match="boom"):
+        write_atomic(failing, str(fresh))
+    assert not fresh.exists()
+    assert not fresh.parent.exists() or os.listdir(fresh.parent) == []

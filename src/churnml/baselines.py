@@ -265,12 +265,33 @@ def bgnbd_probability(
 
 
 def _bgnbd_snapshot_features(features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
-    inputs = bgnbd_inputs(features)
     try:
-        model = fit_bgnbd(inputs)
+        model = fit_bgnbd(bgnbd_inputs(features))
     except BGNBDFitError as error:
         log.warning("BG/NBD features are missing for %s rows: %s", len(features), error)
         return pd.DataFrame(np.nan, index=features.index, columns=list(BGNBD_FEATURE_COLUMNS))
+    return fitted_bgnbd_features(model, features, horizon_days)
+
+
+def fitted_bgnbd_features(model: "lifetimes.BetaGeoFitter", features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """:func:`bgnbd_features` from a model fitted beforehand, for a table scored in pieces (Spark
+    partitions) whose BG/NBD must be the whole population's.
+
+    Parameters
+    ----------
+    model : lifetimes.BetaGeoFitter
+        Fitted on the whole table at the same cutoff (see :func:`fit_bgnbd`).
+    features : pandas.DataFrame
+        Rows at that cutoff (see :func:`bgnbd_inputs` for the columns used).
+    horizon_days : int
+        Horizon for the expected number of purchases, in days.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``bgnbd_p_alive`` and ``bgnbd_expected_purchases``, index aligned with ``features``.
+    """
+    inputs = bgnbd_inputs(features)
     x, t_x, T = _input_arrays(inputs)
     with _quiet_lifetimes():
         expected = np.asarray(

@@ -184,30 +184,25 @@ def evaluate_app(cfg: DictConfig) -> None:
     run_evaluate(settings_from(cfg))
 
 
-def run_score(settings: Mapping[str, Any]) -> Path:
-    """Score every customer with history at ``score.as_of``, write one row each, track the run.
+def reference_profiles(models: Mapping[str, Any], identities: Mapping[str, Any]) -> dict[str, dict]:
+    """The drift reference of each model that has one; a warning names those that have none."""
+    profiles = {}
+    for target, model in models.items():
+        reference = getattr(model, "reference_profile_", None)
+        if reference is None:
+            log.warning("the %s model %s v%s has no reference profile (reference_profile_): no drift check",
+                        target, identities[target].name, identities[target].version)
+            continue
+        profiles[target] = reference
+    return profiles
 
-    Nothing is written when the date is outside the data or the models do not fit the feature
-    table; the file is renamed into place only once complete.
-    """
-    from churnml import drift, scoring, tracking
-    from churnml.datasets import data_sources, load_data
-    from churnml.features import FeatureConfig
 
-    score = settings["score"]
-    fmt = score.get("format") or "parquet"
-    if fmt not in scoring.FORMATS:
-        raise ValueError(f"unknown score.format '{fmt}': use one of {scoring.FORMATS}")
-    config = scoring.ScoringConfig.from_dict(score)
-    dataset = load_data(settings["data"], engine=settings.get("engine", "duckdb"))
-    as_of = scoring.resolve_as_of(score.get("as_of"), dataset.first_date, dataset.last_date)
+def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
+                      context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
+                      fmt: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Score the whole feature table in memory and write one file; return its path, the summary and the drift."""
+    from churnml import drift, scoring
 
-    mlflow_settings = settings["mlflow"]
-    tracking.configure(mlflow_settings["tracking_uri"], mlflow_settings["experiment"], mlflow_settings.get("artifact_root"))
-    uris = scoring.model_uris(score, mlflow_settings["registered_model_prefix"])
-    models = {target: tracking.load_model(uri) for target, uri in uris.items()}
-    identities = {target: scoring.ModelIdentity(*tracking.model_version_of(uri)) for target, uri in uris.items()}
-    feature_config = FeatureConfig.from_dict(settings["features"])
     features = scoring.feature_frame(dataset, as_of, feature_config)
     # The features are in memory now: the engine's buffers (GBs for a million customers) can go.
     dataset.con.disconnect()
@@ -218,22 +213,72 @@ def run_score(settings: Mapping[str, Any]) -> Path:
         priors = fit_population_priors(features)
         models = {target: model.with_population_prior(features, priors) for target, model in models.items()}
     inputs = scoring.model_inputs(features, models)
-    context = scoring.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
     scores = scoring.score_customers(inputs, models, as_of, config, context, identities)
+    psi = {target: drift.psi(profile, inputs[target], score=scores[f"{target}_probability"].to_numpy())
+           for target, profile in profiles.items()}
+    path = scoring.write_scores(scores, output, fmt)
+    return path, scoring.summarize(scores), psi
 
-    psi = {}
-    for target, model in models.items():
-        reference = getattr(model, "reference_profile_", None)
-        if reference is None:
-            log.warning("the %s model %s v%s has no reference profile (reference_profile_): no drift check",
-                        target, identities[target].name, identities[target].version)
-            continue
-        psi[target] = drift.psi(reference, inputs[target], score=scores[f"{target}_probability"].to_numpy())
+
+def score_with_spark(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
+                     context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
+                     fmt: str) -> tuple[Path | str, dict[str, Any], dict[str, Any]]:
+    """Score the feature table where it is, on Spark, and write a directory of part files; return
+    its path, the summary and the drift."""
+    from churnml import spark_scoring
+    from churnml.features import build_features
+
+    table = build_features(dataset, as_of, feature_config)
+    setup = spark_scoring.ScoringSetup(as_of, models, config, context, identities)
+    # The session may be shared (a notebook's, a test's): it is left running.
+    scored = spark_scoring.score_on_spark(dataset.con, table, setup, profiles, str(output), fmt)
+    path = output if "://" in str(output) else Path(output)
+    return path, scored.summary, scored.psi
+
+
+def default_score_output(as_of: Any, fmt: str, engine: str) -> Path:
+    """``scores/as_of=YYYY-MM-DD/scores.<fmt>``; on Spark the directory ``scores/as_of=YYYY-MM-DD``
+    of part files, a partition of the dataset ``scores/``."""
+    from churnml.scoring import default_output_path
+
+    path = default_output_path(as_of, fmt)
+    return path.parent if engine == "spark" else path
+
+
+def run_score(settings: Mapping[str, Any]) -> Path | str:
+    """Score every customer with history at ``score.as_of``, write one row each, track the run.
+
+    Nothing is written when the date is outside the data or the models do not fit the feature
+    table; the output is renamed into place only once complete. ``engine=spark`` scores on
+    Spark and writes a directory of part files (see :mod:`churnml.spark_scoring`).
+    """
+    from churnml import drift, scoring, tracking
+    from churnml.datasets import data_sources, load_data
+    from churnml.features import FeatureConfig
+
+    score = settings["score"]
+    engine = settings.get("engine", "duckdb")
+    fmt = score.get("format") or "parquet"
+    if fmt not in scoring.FORMATS:
+        raise ValueError(f"unknown score.format '{fmt}': use one of {scoring.FORMATS}")
+    config = scoring.ScoringConfig.from_dict(score)
+    dataset = load_data(settings["data"], con=engine_connection(settings))
+    as_of = scoring.resolve_as_of(score.get("as_of"), dataset.first_date, dataset.last_date)
+
+    mlflow_settings = settings["mlflow"]
+    tracking.configure(mlflow_settings["tracking_uri"], mlflow_settings["experiment"], mlflow_settings.get("artifact_root"))
+    uris = scoring.model_uris(score, mlflow_settings["registered_model_prefix"])
+    models = {target: tracking.load_model(uri) for target, uri in uris.items()}
+    identities = {target: scoring.ModelIdentity(*tracking.model_version_of(uri)) for target, uri in uris.items()}
+    feature_config = FeatureConfig.from_dict(settings["features"])
+    context = scoring.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
+    profiles = reference_profiles(models, identities)
+    output = score.get("output") or default_score_output(as_of, fmt, engine)
+    score_on_engine = score_with_spark if engine == "spark" else score_with_duckdb
+    path, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
+                                         profiles, output, fmt)
     threshold = float(score.get("drift_threshold", 0.2))
 
-    output = score.get("output") or scoring.default_output_path(as_of, fmt)
-    path = scoring.write_scores(scores, output, fmt)
-    summary = scoring.summarize(scores)
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
     scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}
     logged_settings = {**settings, "score": {**score, "as_of": str(as_of), "output": str(path)}}

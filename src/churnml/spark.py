@@ -1,11 +1,12 @@
 """A Spark session for the feature expressions: a local one by default, or the one already there.
 
 The same Ibis expressions that run on DuckDB run here; this module decides how the session is
-started and holds the few Spark-specific steps the loader needs. Timestamps are compared in
-UTC, as everywhere in churnml. A session started here on the local machine gets few shuffle
-partitions and no web UI, so that a laptop or a CI runner is not swamped by hundreds of tiny
-tasks; a master chosen by ``spark-submit`` or the environment, and an existing session (a
-notebook's, a ``pyspark`` shell's), keep their own settings.
+started and holds the few Spark-specific steps the loader and the scoring need. Timestamps are
+compared in UTC, as everywhere in churnml. A session started here on the local machine gets few
+shuffle partitions, no web UI and Python workers running this interpreter, so that a laptop or a
+CI runner is not swamped by hundreds of tiny tasks and the scoring code finds its packages; a
+master chosen by ``spark-submit`` or the environment, and an existing session (a notebook's, a
+``pyspark`` shell's), keep their own settings.
 
 Options (keyword arguments of :func:`connect_spark`, e.g. from Hydra config):
 
@@ -22,6 +23,7 @@ Options whose value is None are ignored, so a config file can list them all.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Mapping
 
 LOCAL_MASTER = "local[2]"
@@ -133,10 +135,15 @@ def spark_session(**options: Any) -> Any:
     session = existing_session()
     if session is None:
         master = configured_master(options)
+        local = (master or "").startswith("local")
+        if local:
+            # Local Python workers run the scoring code: they need this interpreter (and its
+            # packages), not whatever `python3` is first on the PATH. A user's choice is kept.
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = SparkSession.builder.appName(str(options.get("app_name", APP_NAME)))
         if master is not None:
             builder = builder.master(master)
-        for key, value in spark_settings(options, local=(master or "").startswith("local")).items():
+        for key, value in spark_settings(options, local=local).items():
             builder = builder.config(key, value)
         session = builder.getOrCreate()
     session.sparkContext.setLogLevel(str(options.get("log_level", LOG_LEVEL)))
@@ -249,3 +256,98 @@ def with_utc_timestamps(con: Any, table: Any) -> Any:
 
     instants = instant_columns(con, table)
     return table.cast({c: idt.Timestamp(timezone="UTC") for c in instants}) if instants else table
+
+
+def spark_frame(con: Any, expr: Any) -> Any:
+    """The Spark DataFrame of an Ibis table expression, to hand it to Spark's own API.
+
+    Parameters
+    ----------
+    con
+        The Ibis PySpark connection the expression belongs to; in-memory frames it refers to
+        are registered with Spark first.
+    expr
+        The table expression.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        Lazy: nothing is computed until an action runs.
+    """
+    from ibis.util import gen_name
+
+    name = gen_name("churnml_frame")
+    con.create_view(name, expr)
+    return con.raw_sql(f"SELECT * FROM `{name}`")
+
+
+def write_atomic(frame: Any, path: str, fmt: str = "parquet", options: Mapping[str, Any] | None = None) -> str:
+    """Write a DataFrame as a directory of part files beside ``path``, then rename it into place.
+
+    Paths go through Hadoop's FileSystem, so a local path, ``hdfs://`` or ``s3a://`` all work.
+    The rename is atomic on a local disk and on HDFS: a failed run leaves nothing at ``path``
+    and a rerun replaces the previous directory. Object stores have no rename (it is a copy),
+    so there a crash while moving can leave a partial directory.
+
+    Parameters
+    ----------
+    frame
+        The pyspark DataFrame.
+    path
+        The directory to write.
+    fmt
+        A Spark data source: ``parquet``, ``csv``...
+    options
+        Options of the data source, e.g. ``{"compression": "zstd"}``.
+
+    Returns
+    -------
+    str
+        The fully qualified path written (``file:/...``, ``hdfs://...``).
+    """
+    session = frame.sparkSession
+    filesystem, target = _filesystem_path(session, path)
+    if filesystem.getUri().getScheme() == "file" and not target.isAbsolute():
+        # The JVM resolves a relative path against the directory it started in, not Python's.
+        target = session._jvm.org.apache.hadoop.fs.Path(os.path.abspath(path))
+    target = filesystem.makeQualified(target)
+    temporary = _sibling(session, target, f".{target.getName()}.{os.getpid()}.tmp")
+    try:
+        # overwrite: only a leftover of a killed run with the same process id can be there.
+        frame.write.mode("overwrite").format(fmt).options(**dict(options or {})).save(temporary.toString())
+        _replace(filesystem, temporary, target, _sibling(session, target, f".{target.getName()}.{os.getpid()}.old"))
+    except BaseException:
+        filesystem.delete(temporary, True)
+        raise
+    return target.toString()
+
+
+def _filesystem_path(session: Any, path: str) -> tuple[Any, Any]:
+    hadoop_path = session._jvm.org.apache.hadoop.fs.Path(str(path))
+    return hadoop_path.getFileSystem(session._jsc.hadoopConfiguration()), hadoop_path
+
+
+def _sibling(session: Any, path: Any, name: str) -> Any:
+    return session._jvm.org.apache.hadoop.fs.Path(path.getParent(), name)
+
+
+def _replace(filesystem: Any, new: Any, target: Any, previous: Any) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and removed after."""
+    had_target = filesystem.exists(target)
+    if had_target:
+        filesystem.delete(previous, True)
+        _rename(filesystem, target, previous)
+    try:
+        _rename(filesystem, new, target)
+    except BaseException:
+        if had_target:
+            _rename(filesystem, previous, target)
+        raise
+    if had_target:
+        filesystem.delete(previous, True)
+
+
+def _rename(filesystem: Any, source: Any, destination: Any) -> None:
+    # Hadoop reports a failed rename by returning False, not by raising.
+    if not filesystem.rename(source, destination):
+        raise OSError(f"could not rename {source.toString()} to {destination.toString()}")

@@ -1,0 +1,463 @@
+"""Batch scoring on Spark: the feature table stays in Spark and executors score it in pieces.
+
+``churnml-score engine=spark`` builds the feature table with the same Ibis expressions as on
+DuckDB, sorted by customer and cached by Spark, and gives every customer the row that scoring the
+whole table on one machine gives (:func:`churnml.scoring.score_customers`). Two things in a row
+depend on the whole population, so they are settled on the driver before any row is scored:
+
+- the BG/NBD fit that the models' prior and their BG/NBD features come from: the driver collects
+  the five BG/NBD inputs of every customer and fits BG/NBD once;
+- the medians of LTV and of the repurchase probability that split the value segments: a first
+  pass (``mapInPandas``) computes every repurchase probability on the executors, and the driver
+  collects them with the LTVs and takes the exact medians.
+
+Then the executors score their partitions, each partition as one piece, and Spark writes the rows
+as a directory of part files, renamed into place when complete. The summary and the drift come
+from Spark as well: counts and sums grouped by band, action and first reason, and the model
+inputs and scores counted into the bins of each model's reference profile, which gives the
+population stability index :func:`churnml.drift.psi` gives on the whole table.
+
+Memory: the driver holds under 100 bytes per customer (the BG/NBD inputs and the two columns of
+the medians) and BG/NBD's fit; an executor holds one partition's features and contributions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from churnml import drift
+from churnml.baselines import BGNBD_FEATURE_COLUMNS, BGNBDFitError, bgnbd_inputs, fit_bgnbd, fitted_bgnbd_features
+from churnml.modeling import ChurnModel, fit_population_priors
+from churnml.scoring import (
+    RISK_BANDS,
+    ModelIdentity,
+    ReasonContext,
+    ScoringConfig,
+    ValueThresholds,
+    model_scores,
+    score_columns,
+    score_customers,
+    tabulate_model,
+    value_thresholds,
+)
+
+log = logging.getLogger(__name__)
+
+# The feature columns baselines.bgnbd_inputs reads.
+BGNBD_INPUT_COLUMNS = ("frequency", "repeat_orders", "purchase_span_days", "purchase_age_days", "tenure_days")
+# Rows checked against the models on the driver, so that a feature table that does not fit them
+# fails in seconds rather than in the middle of a pass.
+CHECKED_ROWS = 1000
+WRITE_OPTIONS = {"parquet": {"compression": "zstd"}, "csv": {"header": "true"}}
+BIN_COUNT_SCHEMA = "target string, column string, bin int, count long"
+
+
+@dataclass(frozen=True)
+class ScoringSetup:
+    """What an executor needs to score a piece of the feature table as if it scored it whole.
+
+    Pickled into every task.
+
+    Attributes
+    ----------
+    as_of : datetime.date
+    models : mapping of str to ChurnModel
+        ``churn`` and ``repurchase``; once fitted, with the population's BG/NBD prior.
+    config : ScoringConfig
+    context : ReasonContext, optional
+    identities : mapping of str to ModelIdentity, optional
+    schema : ibis.Schema, optional
+        The feature table's Ibis schema: each piece gets the pandas types the whole table gets
+        from ``Table.to_pandas``.
+    bgnbd_model : lifetimes.BetaGeoFitter, optional
+        BG/NBD fitted on the whole population, for models with BG/NBD features; None when it
+        cannot be fitted (those features are then missing, as on one machine).
+    thresholds : ValueThresholds, optional
+        The population's medians; None before they are known.
+    """
+
+    as_of: dt.date
+    models: Mapping[str, ChurnModel]
+    config: ScoringConfig = ScoringConfig()
+    context: ReasonContext | None = None
+    identities: Mapping[str, ModelIdentity] | None = None
+    schema: Any = None
+    bgnbd_model: Any = None
+    thresholds: ValueThresholds | None = None
+
+
+@dataclass(frozen=True)
+class SparkScoring:
+    """Outcome of :func:`score_on_spark`: where the rows are, their summary and the drift."""
+
+    path: str
+    summary: dict[str, Any]
+    psi: dict[str, pd.Series]
+
+
+# --------------------------------------------------------------------------------------------
+# One piece (runs on the executors)
+# --------------------------------------------------------------------------------------------
+
+
+def piece_features(setup: ScoringSetup, piece: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the feature table typed, dated and sorted as :func:`churnml.scoring.feature_frame`
+    gives the whole table."""
+    from ibis.backends.pyspark.converter import PySparkPandasData
+
+    frame = PySparkPandasData.convert_table(piece, setup.schema)
+    frame["cutoff"] = pd.Timestamp(setup.as_of)
+    if not frame["customer_id"].is_monotonic_increasing:
+        frame = frame.sort_values("customer_id", kind="stable", ignore_index=True)
+    return frame.reset_index(drop=True)
+
+
+def population_bgnbd_features(bgnbd_model: Any, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    """BG/NBD P(alive) and expected purchases from the population's fit (missing without one)."""
+    if bgnbd_model is None:
+        return pd.DataFrame(np.nan, index=features.index, columns=list(BGNBD_FEATURE_COLUMNS))
+    return fitted_bgnbd_features(bgnbd_model, features, horizon_days)
+
+
+def piece_inputs(setup: ScoringSetup, features: pd.DataFrame, targets: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`churnml.scoring.model_inputs` of a piece, with BG/NBD fitted on the population
+    rather than on the piece.
+
+    Raises
+    ------
+    ValueError
+        If a model predicts another target than the one it is given for.
+    FeatureMismatchError
+        If the table lacks a model feature or holds one with another type.
+    """
+    extras_by_horizon: dict[int, pd.DataFrame] = {}
+    inputs: dict[str, pd.DataFrame] = {}
+    for target in targets or list(setup.models):
+        model = setup.models[target]
+        if getattr(model, "target", target) != target:
+            raise ValueError(f"the {target} model predicts '{model.target}'; check the model URIs")
+        frame = features
+        if set(BGNBD_FEATURE_COLUMNS) & set(model.feature_names_in_):
+            horizon = int(model.horizon_days)
+            if horizon not in extras_by_horizon:
+                extras_by_horizon[horizon] = population_bgnbd_features(setup.bgnbd_model, features, horizon)
+            frame = features.assign(**{c: extras_by_horizon[horizon][c] for c in BGNBD_FEATURE_COLUMNS})
+        model.check_features(frame)
+        inputs[target] = frame
+    return inputs
+
+
+def whole_partition(batches: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
+    """A partition's Arrow batches as one piece, or None when it is empty.
+
+    One piece per partition: the tree tables are checked against the model once per piece (on
+    256 rows, with the model's own slow contributions), which would cost more than the scoring
+    itself once per batch of 10,000 rows.
+    """
+    frames = [batch for batch in batches if len(batch)]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def repurchase_probabilities(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas``: the LTV and repurchase probability of every customer in a partition,
+    computed as :func:`churnml.scoring.score_customers` computes them."""
+    piece = whole_partition(batches)
+    if piece is None:
+        return
+    features = piece_features(setup, piece)
+    inputs = piece_inputs(setup, features, ["repurchase"])["repurchase"]
+    config = setup.config
+    scores = model_scores(setup.models["repurchase"], inputs, 0, config.batch_size, config.tabulate_trees, config.threads)
+    ltv = pd.to_numeric(features["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    yield pd.DataFrame({"ltv": ltv, "repurchase_probability": scores.probability})
+
+
+def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas``: the score rows of a partition, sorted by customer."""
+    piece = whole_partition(batches)
+    if piece is None:
+        return
+    inputs = piece_inputs(setup, piece_features(setup, piece))
+    yield score_customers(inputs, setup.models, setup.as_of, setup.config, setup.context, setup.identities,
+                          setup.thresholds)
+
+
+# --------------------------------------------------------------------------------------------
+# Drift as bin counts
+# --------------------------------------------------------------------------------------------
+
+
+def bin_counts(reference: Mapping[str, Any], values: pd.Series | np.ndarray) -> np.ndarray:
+    """Rows of ``values`` in each bin of a column's reference profile, binned as
+    :func:`churnml.drift.column_psi` bins them.
+
+    Returns
+    -------
+    numpy.ndarray
+        Numbers: one count per quantile bin, then the missing values. Text and flags: one count
+        per reference category, then the other categories, then the missing values.
+    """
+    if reference["kind"] == drift.NUMERIC:
+        numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        missing = np.isnan(numbers)
+        edges = np.asarray(reference["edges"], dtype=float)
+        counts = np.bincount(np.searchsorted(edges, numbers[~missing], side="left"), minlength=len(edges) + 1)
+        return np.append(counts, missing.sum()).astype(np.int64)
+    series = pd.Series(values)
+    text = series.astype("string").astype(object).where(series.notna(), None)
+    known = [c for c in reference["shares"] if c != drift.OTHER]
+    counts = text.value_counts(dropna=True)
+    others = int(counts[~counts.index.isin(known)].sum())
+    return np.array([int(counts.get(c, 0)) for c in known] + [others, int(text.isna().sum())], dtype=np.int64)
+
+
+def psi_from_counts(reference: Mapping[str, Any], counts: np.ndarray, floor: float = drift.SHARE_FLOOR) -> float:
+    """:func:`churnml.drift.column_psi` from the column's :func:`bin_counts` (NaN without rows)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n_rows = int(counts.sum())
+    if n_rows == 0:
+        return float("nan")
+    if reference["kind"] == drift.NUMERIC:
+        expected = np.append(np.asarray(reference["proportions"], dtype=float), reference["missing"])
+    else:
+        shares = reference["shares"]
+        expected = np.array([float(shares[c]) for c in shares if c != drift.OTHER]
+                            + [float(shares.get(drift.OTHER, 0.0)), float(reference["missing"])])
+    return drift.population_stability(expected, counts / n_rows, floor)
+
+
+def psi_from_bin_counts(profile: Mapping[str, Any], counts: Mapping[str, np.ndarray]) -> pd.Series:
+    """:func:`churnml.drift.psi` from the summed bin counts of each column (and of ``model_score``)."""
+    values = {name: psi_from_counts(reference, counts[name]) if name in counts else float("nan")
+              for name, reference in profile["columns"].items()}
+    if "score" in profile and drift.SCORE in counts:
+        values[drift.SCORE] = psi_from_counts(profile["score"], counts[drift.SCORE])
+    return pd.Series(values, dtype=float, name="psi")
+
+
+def count_rows(target: str, counts: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    """Bin counts as rows of :data:`BIN_COUNT_SCHEMA`."""
+    rows = [(target, column, b, int(n)) for column, array in counts.items() for b, n in enumerate(array)]
+    return pd.DataFrame(rows, columns=["target", "column", "bin", "count"]).astype({"bin": "int32", "count": "int64"})
+
+
+def input_bin_counts(setup: ScoringSetup, profiles: Mapping[str, Mapping[str, Any]],
+                     batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas``: the bin counts of each model's inputs in a partition."""
+    piece = whole_partition(batches)
+    if piece is None:
+        return
+    inputs = piece_inputs(setup, piece_features(setup, piece), list(profiles))
+    for target, profile in profiles.items():
+        frame = inputs[target]
+        yield count_rows(target, {name: bin_counts(reference, frame[name])
+                                  for name, reference in profile["columns"].items() if name in frame.columns})
+
+
+def score_bin_counts(profiles: Mapping[str, Mapping[str, Any]], batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` over written scores: the bin counts of each model's probability."""
+    for batch in batches:
+        for target, profile in profiles.items():
+            if "score" in profile:
+                yield count_rows(target, {drift.SCORE: bin_counts(profile["score"], batch[f"{target}_probability"])})
+
+
+def summed_counts(rows: Any) -> dict[str, dict[str, np.ndarray]]:
+    """Bin counts summed over partitions: ``{target: {column: counts}}``."""
+    from pyspark.sql import functions as F
+
+    totals = rows.groupBy("target", "column", "bin").agg(F.sum("count").alias("count")).toPandas()
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for (target, column), group in totals.groupby(["target", "column"], sort=False):
+        counts = np.zeros(int(group["bin"].max()) + 1, dtype=np.int64)
+        counts[group["bin"].to_numpy(dtype=int)] = group["count"].to_numpy(dtype=np.int64)
+        result.setdefault(str(target), {})[str(column)] = counts
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+
+def summary_of_groups(groups: pd.DataFrame, n_top_reasons: int = 5) -> dict[str, Any]:
+    """:func:`churnml.scoring.summarize` from row counts and probability sums grouped by
+    ``risk_band``, ``recommended_action`` and ``reason_1_feature`` (columns ``rows``,
+    ``churn_probability_sum``, ``repurchase_probability_sum``)."""
+    rows = int(groups["rows"].sum())
+    bands = groups.groupby("risk_band")["rows"].sum()
+    # By count, ties by name, as summarize orders them.
+    actions = groups.groupby("recommended_action")["rows"].sum().sort_values(ascending=False, kind="stable")
+    reasons = groups.dropna(subset=["reason_1_feature"]).groupby("reason_1_feature")["rows"].sum()
+    reasons = reasons.sort_values(ascending=False, kind="stable")
+
+    def mean(column: str) -> float:
+        return float(groups[column].sum()) / rows if rows else float("nan")
+
+    return {
+        "rows": rows,
+        "bands": {band: int(bands.get(band, 0)) for band in RISK_BANDS},
+        "mean_churn_probability": mean("churn_probability_sum"),
+        "mean_repurchase_probability": mean("repurchase_probability_sum"),
+        "actions": {str(k): int(v) for k, v in actions.items()},
+        "top_reasons": {str(k): int(v) for k, v in reasons.head(n_top_reasons).items()},
+    }
+
+
+def summarize_scores(scores: Any, n_top_reasons: int = 5) -> dict[str, Any]:
+    """:func:`churnml.scoring.summarize` of a Spark DataFrame of scores, aggregated by Spark."""
+    from pyspark.sql import functions as F
+
+    groups = scores.groupBy("risk_band", "recommended_action", "reason_1_feature").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum("churn_probability").alias("churn_probability_sum"),
+        F.sum("repurchase_probability").alias("repurchase_probability_sum"),
+    ).toPandas()
+    return summary_of_groups(groups, n_top_reasons)
+
+
+# --------------------------------------------------------------------------------------------
+# The passes (run from the driver)
+# --------------------------------------------------------------------------------------------
+
+
+def score_schema(n_reasons: int = 3) -> str:
+    """The Spark schema of the score rows (:func:`churnml.scoring.score_columns`)."""
+    numbers = {"churn_probability", "repurchase_probability", "ltv",
+               *(f"reason_{k}_contribution" for k in range(1, n_reasons + 1))}
+    kinds = {column: "double" if column in numbers else "date" if column == "as_of" else "string"
+             for column in score_columns(n_reasons)}
+    return ", ".join(f"`{column}` {kind}" for column, kind in kinds.items())
+
+
+def executor_config(config: ScoringConfig, session: Any) -> ScoringConfig:
+    """The scoring config for executors: threads default to a task's cores, not the machine's,
+    since every core already runs a task."""
+    if config.threads:
+        return config
+    return replace(config, threads=int(session.sparkContext.getConf().get("spark.task.cpus", "1")))
+
+
+def check_models(features: Any, setup: ScoringSetup) -> None:
+    """Raise now, as :func:`churnml.scoring.model_inputs` would, if the first rows of the feature
+    table do not fit the models."""
+    piece_inputs(setup, piece_features(setup, features.limit(CHECKED_ROWS).toPandas()))
+
+
+def bgnbd_population(features: Any, as_of: dt.date) -> pd.DataFrame:
+    """The BG/NBD inputs of every customer, in customer order, on the driver."""
+    population = features.select(*BGNBD_INPUT_COLUMNS).toPandas()
+    population["cutoff"] = pd.Timestamp(as_of)
+    return population
+
+
+def population_bgnbd(population: pd.DataFrame, priors: Mapping[str | None, Any]) -> Any:
+    """BG/NBD fitted on the population for the BG/NBD features: the prior's fit when there is one
+    (the same fit on the same rows), else a fit of its own; None (with a warning) when it fails."""
+    fitted = next((model for model in priors.values() if model is not None), None)
+    if fitted is not None:
+        return fitted
+    try:
+        return fit_bgnbd(bgnbd_inputs(population))
+    except BGNBDFitError as error:
+        log.warning("BG/NBD features are missing for %s rows: %s", len(population), error)
+        return None
+
+
+def with_population_fit(features: Any, setup: ScoringSetup) -> ScoringSetup:
+    """The setup with the models' priors and the BG/NBD features fitted on the whole population,
+    as scoring the whole table fits them."""
+    models = setup.models
+    has_prior = any(getattr(m, "prior", None) for m in models.values())
+    has_bgnbd_features = any(set(BGNBD_FEATURE_COLUMNS) & set(m.feature_names_in_) for m in models.values())
+    if not (has_prior or has_bgnbd_features):
+        return setup
+    population = bgnbd_population(features, setup.as_of)
+    priors = fit_population_priors(population) if has_prior else {}
+    if has_prior:
+        models = {target: model.with_population_prior(population, priors) for target, model in models.items()}
+    bgnbd_model = population_bgnbd(population, priors) if has_bgnbd_features else None
+    return replace(setup, models=models, bgnbd_model=bgnbd_model)
+
+
+def population_thresholds(features: Any, setup: ScoringSetup) -> ValueThresholds:
+    """The exact medians of LTV and repurchase probability over every customer (first pass)."""
+    values = features.mapInPandas(partial(repurchase_probabilities, setup),
+                                  "ltv double, repurchase_probability double").toPandas()
+    return value_thresholds(values["ltv"], values["repurchase_probability"])
+
+
+def population_stability(features: Any, scores: Any, setup: ScoringSetup,
+                         profiles: Mapping[str, Mapping[str, Any]]) -> dict[str, pd.Series]:
+    """PSI of each profiled model's inputs and probability, from bin counts summed by Spark."""
+    if not profiles:
+        return {}
+    counts = summed_counts(features.mapInPandas(partial(input_bin_counts, setup, profiles), BIN_COUNT_SCHEMA))
+    probabilities = scores.select(*(f"{target}_probability" for target in profiles))
+    score_counts = summed_counts(probabilities.mapInPandas(partial(score_bin_counts, profiles), BIN_COUNT_SCHEMA))
+    return {target: psi_from_bin_counts(profile, {**counts.get(target, {}), **score_counts.get(target, {})})
+            for target, profile in profiles.items()}
+
+
+def read_scores(session: Any, path: str, fmt: str, n_reasons: int) -> Any:
+    """The written scores as a Spark DataFrame."""
+    reader = session.read.schema(score_schema(n_reasons))
+    return reader.parquet(path) if fmt == "parquet" else reader.option("header", "true").csv(path)
+
+
+def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[str, Mapping[str, Any]],
+                   output: str, fmt: str = "parquet") -> SparkScoring:
+    """Score an Ibis feature table where it is, on Spark, and write the rows to ``output``.
+
+    Parameters
+    ----------
+    con
+        The Ibis PySpark connection of ``table``.
+    table
+        The feature table at ``setup.as_of`` (:func:`churnml.features.build_features`).
+    setup : ScoringSetup
+        Models, date, config; the schema, the population's BG/NBD and medians are added here.
+    profiles : mapping of str to dict
+        The reference profile of each model to check for drift (``reference_profile_``).
+    output : str
+        The directory to write (local, ``hdfs://``...), replaced if it exists.
+    fmt : {"parquet", "csv"}
+
+    Returns
+    -------
+    SparkScoring
+    """
+    from pyspark import StorageLevel
+
+    from churnml.spark import spark_frame, write_atomic
+
+    if fmt not in WRITE_OPTIONS:
+        raise ValueError(f"unknown score.format '{fmt}': use one of {tuple(WRITE_OPTIONS)}")
+    # Sorted, so that each partition is a range of customers and the part files are in order.
+    features = spark_frame(con, table).orderBy("customer_id").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        session = features.sparkSession
+        setup = replace(setup, schema=table.schema(), config=executor_config(setup.config, session))
+        check_models(features, setup)
+        setup = with_population_fit(features, setup)
+        # Tabulated once here, the trees' tables travel with the models to every task.
+        for model in setup.models.values():
+            tabulate_model(model)
+        setup = replace(setup, thresholds=population_thresholds(features, setup))
+        log.info("value segments split at LTV %s and repurchase probability %s",
+                 setup.thresholds.ltv, setup.thresholds.repurchase_probability)
+        scores = features.mapInPandas(partial(scored_pieces, setup), score_schema(setup.config.n_reasons))
+        path = write_atomic(scores, output, fmt, WRITE_OPTIONS[fmt])
+        written = read_scores(session, path, fmt, setup.config.n_reasons)
+        summary = summarize_scores(written)
+        psi = population_stability(features, written, setup, profiles)
+    finally:
+        features.unpersist()
+    return SparkScoring(path, summary, psi)

@@ -1,0 +1,107 @@
+"""The parts of scoring on Spark that combine pieces: drift from bin counts and the summary from
+grouped counts give what the whole table gives. Plain pandas, no Spark session; the stage itself
+is compared with DuckDB's in test_spark_parity.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnml import drift, scoring
+from churnml.spark_scoring import (
+    bin_counts,
+    psi_from_bin_counts,
+    psi_from_counts,
+    score_schema,
+    summary_of_groups,
+)
+
+
+@pytest.fixture
+def reference() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 2000
+    return pd.DataFrame({
+        "recency_days": rng.exponential(60, n),
+        "orders_90d": rng.poisson(1.0, n).astype(float),  # mostly small counts: tied edges
+        "ltv": np.where(rng.random(n) < 0.1, np.nan, rng.gamma(2.0, 300.0, n)),
+        "tier": rng.choice(["core", "potential", "basic", "dormant"], n),
+        "region": rng.choice([f"r{i}" for i in range(60)], n),  # more than the profile keeps: __other__
+        "low_interaction": rng.random(n) < 0.3,
+    })
+
+
+@pytest.fixture
+def current(reference) -> pd.DataFrame:
+    """A drifted table: shifted numbers, exact edge values, infinities, unseen and missing categories."""
+    rng = np.random.default_rng(1)
+    frame = reference.sample(frac=0.8, random_state=2).reset_index(drop=True)
+    frame["recency_days"] = frame["recency_days"] * 1.5
+    frame.loc[:4, "recency_days"] = [np.nan, np.inf, -np.inf, 0.0, float(np.quantile(reference["recency_days"], 0.5))]
+    frame["tier"] = frame["tier"].astype(object)
+    frame.loc[frame.index[:50], "tier"] = "unheard_of"
+    frame.loc[frame.index[50:80], "tier"] = None
+    frame["low_interaction"] = frame["low_interaction"].astype(object)
+    frame.loc[frame.index[:20], "low_interaction"] = None
+    frame["orders_90d"] = rng.poisson(1.4, len(frame)).astype(float)
+    return frame
+
+
+def test_bin_counts_give_the_psi_of_the_whole_column(reference, current):
+    profile = drift.profile(reference, reference.columns)
+    for name, column_profile in profile["columns"].items():
+        counts = bin_counts(column_profile, current[name])
+        assert counts.sum() == len(current)
+        assert psi_from_counts(column_profile, counts) == drift.column_psi(column_profile, current[name]), name
+
+
+def test_counts_of_pieces_add_up_to_the_psi_of_the_table(reference, current):
+    score = np.random.default_rng(3).random(len(reference))
+    profile = drift.profile(reference, [c for c in reference.columns if c != "region"], score=score)
+    current_score = np.random.default_rng(4).random(len(current)) ** 2
+    pieces = np.array_split(np.arange(len(current)), 3)
+    counts: dict[str, np.ndarray] = {}
+    for rows in pieces:
+        piece = current.iloc[rows].assign(model_score=current_score[rows])
+        for name, column_profile in [*profile["columns"].items(), (drift.SCORE, profile["score"])]:
+            counts[name] = counts.get(name, 0) + bin_counts(column_profile, piece[name])
+    expected = drift.psi(profile, current, score=current_score)
+    pd.testing.assert_series_equal(psi_from_bin_counts(profile, counts), expected, rtol=0, atol=1e-15)
+    assert drift.SCORE in expected.index and expected.gt(0.2).any()
+
+
+def test_a_column_without_rows_or_counts_has_no_psi(reference):
+    profile = drift.profile(reference, ["recency_days", "tier"])
+    assert np.isnan(psi_from_counts(profile["columns"]["tier"], bin_counts(profile["columns"]["tier"], [])))
+    psi = psi_from_bin_counts(profile, {"recency_days": bin_counts(profile["columns"]["recency_days"], [1.0, 2.0])})
+    assert list(psi.index) == ["recency_days", "tier"] and np.isnan(psi["tier"]) and psi["recency_days"] > 0
+
+
+def test_summary_of_grouped_counts_is_the_summary_of_the_rows():
+    rng = np.random.default_rng(5)
+    n = 5000
+    scores = pd.DataFrame({
+        "risk_band": rng.choice(scoring.RISK_BANDS[:2], n),  # no "low" at all: counted as 0
+        "recommended_action": rng.choice(["nurture email", "win-back offer", "loyalty reward", "upgrade offer"], n),
+        # Ties in the counts are ordered by name, and a missing first reason is not counted.
+        "reason_1_feature": rng.choice(["a", "b", "c", "d", "e", "f", "g", None], n),
+        "churn_probability": rng.random(n),
+        "repurchase_probability": rng.random(n),
+    })
+    groups = scores.groupby(["risk_band", "recommended_action", "reason_1_feature"], dropna=False).agg(
+        rows=("churn_probability", "size"), churn_probability_sum=("churn_probability", "sum"),
+        repurchase_probability_sum=("repurchase_probability", "sum")).reset_index()
+    expected = scoring.summarize(scores)
+    actual = summary_of_groups(groups)
+    for mean in ("mean_churn_probability", "mean_repurchase_probability"):
+        assert actual.pop(mean) == pytest.approx(expected.pop(mean), rel=1e-12)
+    assert actual == expected
+    assert list(actual["actions"]) == list(expected["actions"]) and list(actual["top_reasons"]) == list(expected["top_reasons"])
+    assert summary_of_groups(groups.iloc[:0])["rows"] == 0
+
+
+def test_the_spark_schema_lists_the_score_columns_in_order():
+    columns = [part.split("` ")[0].strip(" `") for part in score_schema(2).split(", ")]
+    assert columns == scoring.score_columns(2)
+    assert "`as_of` date" in score_schema(2) and "`reason_2_contribution` double" in score_schema(2)
