@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness import ROOT, demo_data, measure, print_table
+from harness import demo_data, measure, print_table
 
 SECONDS_TARGET = 60.0
 PEAK_GIB_TARGET = 4.0
@@ -27,44 +27,18 @@ SETUP = """
     import atexit, shutil, tempfile, time
     from pathlib import Path
 
-    import duckdb
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
     from churnml import scoring
-    from churnml.cli import build_model, training_plan
     from churnml.datasets import load_data
     from churnml.features import FeatureConfig
     from churnml.modeling import fit_population_priors
-    from churnml.snapshots import snapshot_table, training_cutoffs
-    from churnml.training import extra_feature_builder, fit_model
+    from harness import train_default_models
 
-    TABLES = ("transactions", "interactions", "customers")
-    full = {{"kind": "files", **{{t: {{"path": f"{directory}/{{t}}.parquet"}} for t in TABLES}}}}
     scratch = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
     atexit.register(shutil.rmtree, scratch, True)
-    con = duckdb.connect()
-    for t in TABLES:
-        con.execute(f"COPY (SELECT * FROM read_parquet('{directory}/{{t}}.parquet') "
-                    f"WHERE hash(customer_id) % {modulus} = 0) TO '{{scratch}}/{{t}}.parquet' (FORMAT parquet)")
-    sample = {{"kind": "files", **{{t: {{"path": str(scratch / f"{{t}}.parquet")}} for t in TABLES}}}}
-
-    def train(target):
-        with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
-            settings = OmegaConf.to_container(compose("train", overrides=[f"target={{target}}"]), resolve=True)
-        plan = training_plan(settings)
-        dataset = load_data(sample, materialize=True)
-        holdout = plan.resolve_holdout(dataset)
-        cutoffs = training_cutoffs(holdout, plan.horizon_days, dataset.first_date, plan.step_days,
-                                   {max_snapshots}, plan.min_snapshots, plan.min_history_days)
-        table = snapshot_table(dataset, cutoffs, plan.target, plan.horizon_days, FeatureConfig(),
-                               extra_feature_builder(plan), progress=False)
-        template = build_model(settings["model"], plan.target, plan.horizon_days)
-        return fit_model(template, table, plan.calibration_snapshots), settings
-
+    full = {{"kind": "files", **{{t: {{"path": f"{directory}/{{t}}.parquet"}} for t in ("transactions", "interactions", "customers")}}}}
     started = time.perf_counter()
-    (churn, settings), (repurchase, _) = train("churn"), train("repurchase")
-    models = {{"churn": churn, "repurchase": repurchase}}
+    models, settings = train_default_models({directory!r}, scratch, {modulus}, {max_snapshots})
+    churn = models["churn"]
     training_seconds = time.perf_counter() - started
     feature_config = FeatureConfig.from_dict(settings["features"])
     config = scoring.ScoringConfig()
@@ -106,8 +80,7 @@ WORK = """
 
 def run(n_customers: int = 1_000_000, repeat: int = 1, max_snapshots: int = 6) -> bool:
     directory = demo_data(n_customers)
-    setup = SETUP.format(directory=str(directory), modulus=SAMPLE_MODULUS, conf=str(ROOT / "conf"),
-                         max_snapshots=max_snapshots)
+    setup = SETUP.format(directory=str(directory), modulus=SAMPLE_MODULUS, max_snapshots=max_snapshots)
     result = measure("churnml: score every customer (features, 2 models, reasons, write)", setup, WORK, repeat=repeat)
     # The target is in seconds; the scan, measured in the same run, tells how fast this machine is.
     tx = directory / "transactions.parquet"

@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness import ROOT, demo_data, main, measure, print_table
+from harness import demo_data, main, measure, print_table
 
 SPARK_DRIVER_MEMORY = "4g"
 
@@ -101,36 +101,11 @@ MAX_SNAPSHOTS = 6
 
 _TRAIN_SETUP = """
     import pickle
-    import duckdb
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-    from churnml.cli import build_model, training_plan
-    from churnml.datasets import load_data
-    from churnml.features import FeatureConfig
-    from churnml.snapshots import snapshot_table, training_cutoffs
-    from churnml.training import extra_feature_builder, fit_model
-    TABLES = ("transactions", "interactions", "customers")
-    con = duckdb.connect()
-    for t in TABLES:
-        con.execute(f"COPY (SELECT * FROM read_parquet('{directory}/{{t}}.parquet') "
-                    f"WHERE hash(customer_id) % {modulus} = 0) TO '{scratch}/sample-{{t}}.parquet' (FORMAT parquet)")
-    sample = {{"kind": "files", **{{t: {{"path": f"{scratch}/sample-{{t}}.parquet"}} for t in TABLES}}}}
+    from harness import train_default_models
 """
 
 _TRAIN_WORK = """
-    def train(target):
-        with initialize_config_dir(config_dir={conf!r}, version_base="1.3"):
-            settings = OmegaConf.to_container(compose("train", overrides=[f"target={{target}}"]), resolve=True)
-        plan = training_plan(settings)
-        dataset = load_data(sample, materialize=True)
-        holdout = plan.resolve_holdout(dataset)
-        cutoffs = training_cutoffs(holdout, plan.horizon_days, dataset.first_date, plan.step_days,
-                                   {max_snapshots}, plan.min_snapshots, plan.min_history_days)
-        table = snapshot_table(dataset, cutoffs, plan.target, plan.horizon_days, FeatureConfig(),
-                               extra_feature_builder(plan), progress=False)
-        return fit_model(build_model(settings["model"], plan.target, plan.horizon_days), table, plan.calibration_snapshots)
-
-    models = {{target: train(target) for target in ("churn", "repurchase")}}
+    models, _ = train_default_models({directory!r}, {scratch!r}, {modulus}, {max_snapshots})
     with open({models_path!r}, "wb") as handle:
         pickle.dump(models, handle)
     info = {{"trees": {{t: m.estimator_.booster_.num_trees() for t, m in models.items()}}}}
@@ -251,8 +226,9 @@ def compare_scoring(n_customers: int, directory: Path, repeat: int) -> float:
     with tempfile.TemporaryDirectory(prefix="bench_spark_scoring_") as scratch:
         models_path = f"{scratch}/models.pickle"
         trained = measure("train the models (untimed set-up)",
-                          _TRAIN_SETUP.format(directory=str(directory), modulus=SAMPLE_MODULUS, scratch=scratch),
-                          _TRAIN_WORK.format(conf=str(ROOT / "conf"), max_snapshots=MAX_SNAPSHOTS, models_path=models_path))
+                          _TRAIN_SETUP,
+                          _TRAIN_WORK.format(directory=str(directory), scratch=scratch, modulus=SAMPLE_MODULUS,
+                                             max_snapshots=MAX_SNAPSHOTS, models_path=models_path))
 
         def score(name: str, label: str, connect_code: str):
             setup = _SCORE_SETUP.format(directory=str(directory), models_path=models_path, scratch=scratch, name=name,

@@ -95,3 +95,45 @@ def demo_data(n_customers: int, seed: int = 42) -> Path:
                 f"write_shop(simulate_shop(n_customers={n_customers}, seed={seed}), {str(directory)!r})")
         subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     return directory
+
+
+def train_default_models(directory: str | Path, scratch: str | Path, modulus: int = 50,
+                         max_snapshots: int = 6) -> tuple[dict, dict]:
+    """Churn and repurchase models trained with the default configuration on one customer in
+    ``modulus`` of the shop in ``directory`` (the sample is written under ``scratch``).
+
+    ``max_snapshots`` training snapshots instead of the default's 12 keep the set-up short; the
+    size of the models comes from the model configuration. Returns the models by target and the
+    composed training settings.
+    """
+    import duckdb
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from churnml.cli import build_model, training_plan
+    from churnml.datasets import load_data
+    from churnml.features import FeatureConfig
+    from churnml.snapshots import snapshot_table, training_cutoffs
+    from churnml.training import extra_feature_builder, fit_model
+
+    tables = ("transactions", "interactions", "customers")
+    con = duckdb.connect()
+    for t in tables:
+        con.execute(f"COPY (SELECT * FROM read_parquet('{directory}/{t}.parquet') WHERE hash(customer_id) % {modulus} = 0) "
+                    f"TO '{scratch}/sample-{t}.parquet' (FORMAT parquet)")
+    con.close()
+    sample = {"kind": "files", **{t: {"path": f"{scratch}/sample-{t}.parquet"} for t in tables}}
+    models, settings = {}, {}
+    for target in ("churn", "repurchase"):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            settings = OmegaConf.to_container(compose("train", overrides=[f"target={target}"]), resolve=True)
+        plan = training_plan(settings)
+        dataset = load_data(sample, materialize=True)
+        holdout = plan.resolve_holdout(dataset)
+        cutoffs = training_cutoffs(holdout, plan.horizon_days, dataset.first_date, plan.step_days, max_snapshots,
+                                   plan.min_snapshots, plan.min_history_days)
+        table = snapshot_table(dataset, cutoffs, plan.target, plan.horizon_days, FeatureConfig(),
+                               extra_feature_builder(plan), progress=False)
+        template = build_model(settings["model"], plan.target, plan.horizon_days)
+        models[target] = fit_model(template, table, plan.calibration_snapshots)
+    return models, settings

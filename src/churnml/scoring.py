@@ -270,11 +270,17 @@ def feature_frame(dataset: Dataset, as_of: dt.date, config: FeatureConfig = Feat
     return frame.reset_index(drop=True)
 
 
-def model_inputs(features: pd.DataFrame, models: Mapping[str, ChurnModel]) -> dict[str, pd.DataFrame]:
+def model_inputs(
+    features: pd.DataFrame,
+    models: Mapping[str, ChurnModel],
+    bgnbd_columns: Callable[[pd.DataFrame, int], pd.DataFrame] | None = None,
+) -> dict[str, pd.DataFrame]:
     """Each model's input table: the features plus the extra columns it was trained with.
 
     Models trained with ``train.bgnbd_features`` need BG/NBD P(alive) and expected purchases; as
     in training they are fitted on the scoring table's own rows, with the model's horizon.
+    ``bgnbd_columns(features, horizon_days)`` gives them otherwise (from a fit on the whole
+    population, when ``features`` is one piece of it).
 
     Raises
     ------
@@ -292,7 +298,8 @@ def model_inputs(features: pd.DataFrame, models: Mapping[str, ChurnModel]) -> di
         if set(BGNBD_FEATURE_COLUMNS) & set(model.feature_names_in_):
             horizon = int(model.horizon_days)
             if horizon not in extras_by_horizon:
-                extras_by_horizon[horizon] = bgnbd_features(features, horizon_days=horizon)
+                extras_by_horizon[horizon] = (bgnbd_columns(features, horizon) if bgnbd_columns is not None
+                                              else bgnbd_features(features, horizon_days=horizon))
             frame = features.assign(**{c: extras_by_horizon[horizon][c] for c in BGNBD_FEATURE_COLUMNS})
         model.check_features(frame)
         inputs[target] = frame

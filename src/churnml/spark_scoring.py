@@ -41,6 +41,7 @@ from churnml.scoring import (
     ReasonContext,
     ScoringConfig,
     ValueThresholds,
+    model_inputs,
     model_scores,
     score_columns,
     score_customers,
@@ -128,30 +129,9 @@ def population_bgnbd_features(bgnbd_model: Any, features: pd.DataFrame, horizon_
 
 def piece_inputs(setup: ScoringSetup, features: pd.DataFrame, targets: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
     """:func:`churnml.scoring.model_inputs` of a piece, with BG/NBD fitted on the population
-    rather than on the piece.
-
-    Raises
-    ------
-    ValueError
-        If a model predicts another target than the one it is given for.
-    FeatureMismatchError
-        If the table lacks a model feature or holds one with another type.
-    """
-    extras_by_horizon: dict[int, pd.DataFrame] = {}
-    inputs: dict[str, pd.DataFrame] = {}
-    for target in targets or list(setup.models):
-        model = setup.models[target]
-        if getattr(model, "target", target) != target:
-            raise ValueError(f"the {target} model predicts '{model.target}'; check the model URIs")
-        frame = features
-        if set(BGNBD_FEATURE_COLUMNS) & set(model.feature_names_in_):
-            horizon = int(model.horizon_days)
-            if horizon not in extras_by_horizon:
-                extras_by_horizon[horizon] = population_bgnbd_features(setup.bgnbd_model, features, horizon)
-            frame = features.assign(**{c: extras_by_horizon[horizon][c] for c in BGNBD_FEATURE_COLUMNS})
-        model.check_features(frame)
-        inputs[target] = frame
-    return inputs
+    rather than on the piece."""
+    models = {target: setup.models[target] for target in targets or list(setup.models)}
+    return model_inputs(features, models, partial(population_bgnbd_features, setup.bgnbd_model))
 
 
 def whole_partition(batches: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
