@@ -102,6 +102,18 @@ def test_breadth_counts_the_same_with_value_flags_and_with_distinct(tiny_transac
         pd.testing.assert_frame_equal(table[expected.columns], expected, check_dtype=False)
 
 
+def test_breadth_values_are_queried_once_per_data_set(tiny_transactions, monkeypatch):
+    dataset = frame_dataset(tiny_transactions)
+    queried = []
+    original = features.breadth_values
+    monkeypatch.setattr(features, "breadth_values", lambda table, column, *a: queried.append(column) or original(table, column, *a))
+    first = features_at(dataset, "2024-05-31")
+    second = features_at(dataset, CUTOFF)
+    assert sorted(queried) == ["category", "channel"]
+    assert (first.loc["A", "n_categories"], second.loc["A", "n_categories"]) == (2, 2)
+    assert dataset.facts["breadth_values"]["channel"] == ["app", "store", "web"]
+
+
 def test_a_customer_with_refunds_only_bought_in_no_category(tiny_transactions):
     frame = pd.concat([tiny_transactions, pd.DataFrame({
         "customer_id": ["E"], "ts": pd.to_datetime(["2024-06-02"]), "amount": [-20.0], "order_id": ["e1"],

@@ -248,6 +248,16 @@ def breadth_values(transactions: ir.Table, column: str, limit: int = MAX_FLAGGED
     return sorted(values) if len(values) <= limit else None
 
 
+def dataset_breadth_values(dataset: Dataset) -> dict[str, list[Any] | None]:
+    """:func:`breadth_values` of each breadth column of the data set's transactions, queried once
+    per data set and kept in ``dataset.facts`` (a snapshot table builds features at many cutoffs)."""
+    cached = dataset.facts.setdefault("breadth_values", {})
+    for column in BREADTH_COLUMNS:
+        if column in dataset.transactions.columns and column not in cached:
+            cached[column] = breadth_values(dataset.transactions, column)
+    return dict(cached)
+
+
 def line_features(
     transactions: ir.Table, cutoff: dt.date, values: Mapping[str, list[Any] | None] | None = None
 ) -> ir.Table | None:
@@ -311,7 +321,7 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
     cutoff = as_date(cutoff)
     today = epoch_day(cutoff)
     table = order_features(dataset.transactions, cutoff, config)
-    lines = line_features(dataset.transactions, cutoff)
+    lines = line_features(dataset.transactions, cutoff, dataset_breadth_values(dataset))
     if lines is not None:
         table = table.left_join(lines, "customer_id").drop("customer_id_right")
         # A customer with refunds only bought in no category.

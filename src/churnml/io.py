@@ -83,6 +83,9 @@ class Dataset:
     interactions: ir.Table | None = None
     customers: ir.Table | None = None
     reports: dict[str, TableReport] = field(default_factory=dict)
+    # Facts of the whole tables that no cutoff changes, computed on first use and kept, so that
+    # features at many cutoffs query them once (see features.dataset_breadth_values).
+    facts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def first_date(self) -> dt.date:
