@@ -11,12 +11,14 @@ from lifetimes import BetaGeoFitter
 from lifetimes.utils import ConvergenceError
 from sklearn.metrics import roc_auc_score
 
+from churnml import baselines
 from churnml.baselines import (
     BGNBDFitError,
     ScoreCalibrator,
     baseline_probabilities,
     bgnbd_features,
     bgnbd_inputs,
+    bgnbd_negative_log_likelihood,
     bgnbd_probability,
     bgnbd_probability_alive,
     fit_bgnbd,
@@ -291,21 +293,48 @@ def test_bgnbd_probability_by_hand():
     np.testing.assert_allclose(churn, [one_timer, repeat_buyer], rtol=1e-12)
 
 
-def _fail_when(condition):
-    """A BetaGeoFitter.fit that raises ConvergenceError when ``condition(penalizer)`` holds."""
-    original = BetaGeoFitter.fit
+def test_bgnbd_likelihood_and_gradient_are_those_of_lifetimes(holdout_fit):
+    from autograd import value_and_grad
 
-    def fit(self, *args, **kwargs):
-        if condition(self.penalizer_coef):
+    inputs, _, _ = holdout_fit
+    x, t_x, T = (inputs[c].to_numpy(dtype=float) for c in ("x", "t_x", "T"))
+    scale = 1.0 / T.max()
+    lifetimes_objective = value_and_grad(BetaGeoFitter._negative_log_likelihood)
+    for log_params in (np.full(4, 0.1), np.array([0.4, -2.0, -1.5, 1.2])):
+        for penalizer in (0.0, 0.1):
+            expected_value, expected_gradient = lifetimes_objective(
+                log_params, x.astype(int), t_x * scale, T * scale, np.ones(len(x), dtype=int), penalizer)
+            value, gradient = bgnbd_negative_log_likelihood(log_params, x, t_x * scale, T * scale, penalizer)
+            assert value == pytest.approx(expected_value, rel=1e-12)
+            np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("penalizer", [0.0, 0.01])
+def test_fit_bgnbd_finds_the_parameters_lifetimes_finds(holdout_fit, penalizer):
+    inputs, _, _ = holdout_fit
+    fitted = fit_bgnbd(inputs, penalizers=(penalizer,))
+    reference = BetaGeoFitter(penalizer_coef=penalizer).fit(inputs["x"].to_numpy(), inputs["t_x"].to_numpy(),
+                                                            inputs["T"].to_numpy())
+    assert isinstance(fitted, BetaGeoFitter) and fitted.penalizer_coef == penalizer
+    np.testing.assert_allclose(fitted.params_[["r", "alpha", "a", "b"]], reference.params_[["r", "alpha", "a", "b"]],
+                               rtol=1e-4)
+
+
+def _fail_when(condition):
+    """A fit_bgnbd_parameters that raises ConvergenceError when ``condition(penalizer)`` holds."""
+    original = baselines.fit_bgnbd_parameters
+
+    def fit(x, t_x, T, penalizer=0.0):
+        if condition(penalizer):
             raise ConvergenceError("The model did not converge.")
-        return original(self, *args, **kwargs)
+        return original(x, t_x, T, penalizer)
 
     return fit
 
 
 def test_fit_bgnbd_retries_with_a_penalizer(monkeypatch, holdout_fit):
     inputs, _, _ = holdout_fit
-    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: penalizer == 0))
+    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: penalizer == 0))
     model = fit_bgnbd(inputs)
     assert model.penalizer_coef == 0.001
     assert np.isfinite(model.params_.to_numpy()).all()
@@ -313,21 +342,21 @@ def test_fit_bgnbd_retries_with_a_penalizer(monkeypatch, holdout_fit):
 
 def test_fit_bgnbd_rejects_non_finite_parameters(monkeypatch, holdout_fit):
     inputs, _, _ = holdout_fit
-    original = BetaGeoFitter.fit
+    original = baselines.fit_bgnbd_parameters
 
-    def fit_with_nan_for_no_penalizer(self, *args, **kwargs):
-        fitted = original(self, *args, **kwargs)
-        if self.penalizer_coef == 0:
-            fitted.params_["r"] = np.nan
-        return fitted
+    def fit_with_nan_for_no_penalizer(x, t_x, T, penalizer=0.0):
+        params = original(x, t_x, T, penalizer)
+        if penalizer == 0:
+            params[0] = np.nan
+        return params
 
-    monkeypatch.setattr(BetaGeoFitter, "fit", fit_with_nan_for_no_penalizer)
+    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", fit_with_nan_for_no_penalizer)
     assert fit_bgnbd(inputs, penalizers=(0.0, 0.01)).penalizer_coef == 0.01
 
 
 def test_fit_bgnbd_raises_when_every_penalizer_fails(monkeypatch, holdout_fit):
     inputs, _, _ = holdout_fit
-    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: True))
+    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
     with pytest.raises(BGNBDFitError, match=r"0\.0, 0\.001, 0\.01, 0\.1, 1\.0.*ConvergenceError.*did not converge"):
         fit_bgnbd(inputs)
 
@@ -355,7 +384,7 @@ def test_bgnbd_features_fit_each_cutoff_of_a_stacked_table_on_its_own(snapshots)
 
 def test_bgnbd_features_are_missing_instead_of_failing(monkeypatch, snapshots, caplog):
     features, _ = snapshots[HOLDOUT_CUTOFF]
-    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: True))
+    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
     with caplog.at_level(logging.WARNING, logger="churnml.baselines"):
         bgnbd = bgnbd_features(features, HORIZON)
     assert list(bgnbd.columns) == ["bgnbd_p_alive", "bgnbd_expected_purchases"]
@@ -384,7 +413,7 @@ def test_baselines_find_the_planted_signal(snapshots, target):
 
 def test_baselines_leave_bgnbd_out_when_it_cannot_be_fitted(monkeypatch, snapshots, caplog):
     (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
-    monkeypatch.setattr(BetaGeoFitter, "fit", _fail_when(lambda penalizer: True))
+    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
     with caplog.at_level(logging.WARNING, logger="churnml.baselines"):
         probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
     assert list(probabilities) == ["rule", "rfm"]
