@@ -478,6 +478,22 @@ def test_a_model_is_tabulated_once_and_again_when_refitted():
                                model.raw_score(frame), rtol=0, atol=1e-12)
 
 
+def test_a_trained_model_is_shipped_with_its_tables(models, inputs, monkeypatch):
+    import pickle
+
+    shipped = pickle.loads(pickle.dumps(models["churn"]))
+
+    def tabulate_again(*args):
+        raise AssertionError("a trained model should arrive tabulated")
+
+    monkeypatch.setattr(scoring, "_tabulated_trees", tabulate_again)
+    tables = scoring.tabulate_model(shipped)
+    assert tables is not None and len(tables.n_splits) == shipped.estimator_.booster_.num_trees()
+    frame = inputs["churn"]
+    raw, _ = scoring.tabulated_scores(tables, scoring.encode_for_trees(shipped, frame))
+    np.testing.assert_allclose(raw + shipped.prior_log_odds(frame), shipped.raw_score(frame), rtol=0, atol=1e-9)
+
+
 def test_large_trees_and_linear_models_use_the_models_own_methods():
     frame, label = synthetic_frame()
     large = ChurnModel(LGBMClassifier(n_estimators=5, num_leaves=31, min_child_samples=5, n_jobs=1, verbose=-1),

@@ -757,14 +757,15 @@ def _tabulated_kernel() -> Callable[..., None]:
         for b in numba.prange((n_rows + block - 1) // block):
             start = b * block
             size = min(n_rows, start + block) - start
-            pattern = np.zeros(size, np.int64)
+            # One bit per split: at most MAX_TABULATED_SPLITS = 8, so a byte a row.
+            pattern = np.zeros(size, np.uint8)
             total = np.zeros(size)
             for t in range(n_splits.shape[0]):
                 if n_splits[t] == 0:
                     continue
                 pattern[:] = 0
                 for j in range(n_splits[t]):
-                    bit = 1 << j
+                    bit = np.uint8(1 << j)
                     values = features[split_feature[t, j], start:start + size]
                     if categorical[t, j]:
                         # LightGBM: missing and negative codes go right.
@@ -787,21 +788,25 @@ def _tabulated_kernel() -> Callable[..., None]:
                                 pattern[r] |= bit
                     else:
                         # Missing type NaN: NaN takes the default direction; None: NaN counts as 0.
+                        # Branch-free loops (NaN fails every comparison), which the compiler vectorises.
                         goes_left = default_left[t, j] if missing_type[t, j] == 2 else 0.0 <= threshold[t, j]
-                        nan_bit = bit if goes_left else 0
                         limit = threshold[t, j]
-                        for r in range(size):
-                            value = values[r]
-                            pattern[r] |= bit if value <= limit else (nan_bit if value != value else 0)
+                        shift = np.uint8(j)
+                        if goes_left:
+                            for r in range(size):
+                                pattern[r] |= np.uint8(not (values[r] > limit)) << shift
+                        else:
+                            for r in range(size):
+                                pattern[r] |= np.uint8(values[r] <= limit) << shift
                 tree_output = output[t]
                 for r in range(size):
                     total[r] += tree_output[pattern[r]]
                 if with_contributions:
                     for i in range(n_used[t]):
-                        target = contributions[used_features[t, i]]
+                        target = contributions[used_features[t, i], start:start + size]
                         values_of_pattern = shap[t, i]
                         for r in range(size):
-                            target[start + r] += values_of_pattern[pattern[r]]
+                            target[r] += values_of_pattern[pattern[r]]
             raw[start:start + size] = total
 
     _KERNEL = kernel
@@ -809,7 +814,7 @@ def _tabulated_kernel() -> Callable[..., None]:
 
 
 def tabulated_scores(
-    tables: TreeTables, features: np.ndarray, with_contributions: bool = True, block: int = 8192,
+    tables: TreeTables, features: np.ndarray, with_contributions: bool = True, block: int = 4096,
     threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Raw tree score (without any prior) of each row and, optionally, its exact contributions.

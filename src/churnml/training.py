@@ -90,10 +90,12 @@ def fit_model(
 ) -> ChurnModel:
     """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones.
 
-    With ``keep_reference``, the latest snapshot's features and scores are kept with the model
-    (``reference_profile_``) as the reference for drift when it scores new data.
+    With ``keep_reference``, the model is made ready to be shipped: the latest snapshot's features
+    and scores are kept with it (``reference_profile_``) as the reference for drift when it scores
+    new data, and its trees are tabulated for scoring (:func:`churnml.scoring.tabulate_model`),
+    which every scoring run would otherwise redo.
     """
-    from churnml import drift
+    from churnml import drift, scoring
 
     fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
     model = clone(template)
@@ -102,6 +104,7 @@ def fit_model(
         return model
     latest = table[table["cutoff"] == table["cutoff"].max()]
     model.reference_profile_ = drift.profile(latest, model.feature_names_in_, score=model.predict_proba(latest)[:, 1])
+    scoring.tabulate_model(model)
     return model
 
 
