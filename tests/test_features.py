@@ -102,6 +102,23 @@ def test_breadth_counts_the_same_with_value_flags_and_with_distinct(tiny_transac
         pd.testing.assert_frame_equal(table[expected.columns], expected, check_dtype=False)
 
 
+def test_breadth_counts_every_bit_of_the_longest_listed_column():
+    n = features.MAX_FLAGGED_VALUES
+    many = pd.DataFrame({
+        "customer_id": ["M"] * n + ["N", "N"], "ts": pd.Timestamp("2024-03-01"), "amount": 5.0,
+        "order_id": [f"m{i}" for i in range(n)] + ["n1", "n2"], "quantity": 1,
+        "category": [f"cat{i:02d}" for i in range(n)] + ["cat61", "cat61"], "channel": "web"})
+    dataset = frame_dataset(many)
+    cutoff = dt.date.fromisoformat(CUTOFF)
+    values = {c: features.breadth_values(dataset.transactions, c) for c in ("category", "channel")}
+    assert len(values["category"]) == n
+    by_mask = features.line_features(dataset.transactions, cutoff, values).to_pandas().set_index("customer_id")
+    assert (by_mask.loc["M", "n_categories"], by_mask.loc["N", "n_categories"]) == (n, 1)
+    by_distinct = features.line_features(dataset.transactions, cutoff, {"category": None, "channel": None})
+    pd.testing.assert_frame_equal(by_mask.sort_index(), by_distinct.to_pandas().set_index("customer_id").sort_index(),
+                                  check_dtype=False)
+
+
 def test_breadth_values_are_queried_once_per_data_set(tiny_transactions, monkeypatch):
     dataset = frame_dataset(tiny_transactions)
     queried = []

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from churnml.baselines import BGNBD_FEATURE_COLUMNS, WARNING_FLAGS, bgnbd_features
-from churnml.features import FeatureConfig, as_date, build_features
+from churnml.features import FeatureConfig, as_date, build_features, to_frame
 from churnml.io import Dataset
 from churnml.labels import attach_label, window_is_closed
 from churnml.modeling import BIAS, PRIOR, ChurnModel
@@ -88,7 +88,7 @@ def feature_frame(dataset: Dataset, as_of: str | dt.date | None, config: Feature
     ``cutoff`` holds ``as_of`` as a timestamp, as in the training snapshots.
     """
     cutoff = as_date(as_of) if as_of else dataset.last_date
-    frame = build_features(dataset, cutoff, config).to_pandas()
+    frame = to_frame(build_features(dataset, cutoff, config))
     frame["cutoff"] = pd.Timestamp(cutoff)
     return frame.reset_index(drop=True)
 
@@ -123,7 +123,7 @@ def labelled_frame(dataset: Dataset, model: ChurnModel, cutoff: str | dt.date,
         )
     features = build_features(dataset, cutoff, config)
     labelled = attach_label(features, dataset.transactions, cutoff, model.target, model.horizon_days)
-    frame = labelled.order_by("customer_id").to_pandas()
+    frame = to_frame(labelled.order_by("customer_id"))
     frame["cutoff"] = pd.Timestamp(cutoff)
     labels = frame.pop("label").astype(int)
     return features_for_model(model, frame).assign(label=labels.to_numpy())

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from churnml.baselines import BGNBD_FEATURE_COLUMNS, bgnbd_features
-from churnml.features import FeatureConfig, as_date, build_features
+from churnml.features import FeatureConfig, as_date, build_features, to_frame
 from churnml.io import Dataset, write_frame_atomic
 from churnml.modeling import BIAS, PRIOR, ChurnModel
 from churnml.segments import TIERS, VALUE_SEGMENTS
@@ -262,7 +262,7 @@ def model_uris(settings: Mapping[str, Any], registered_model_prefix: str) -> dic
 
 def feature_frame(dataset: Dataset, as_of: dt.date, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
     """The feature table at ``as_of`` as pandas, typed and ordered like a training snapshot."""
-    frame = build_features(dataset, as_of, config).to_pandas()
+    frame = to_frame(build_features(dataset, as_of, config))
     # As in snapshots.snapshot, so that every column has the type the models were trained on.
     frame["cutoff"] = pd.Timestamp(as_of)
     if not frame["customer_id"].is_monotonic_increasing:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from churnml.features import FeatureConfig, build_features
+from churnml.features import FeatureConfig, build_features, to_frame
 from churnml.io import Dataset
 from churnml.labels import attach_label
 
@@ -67,7 +67,7 @@ def snapshot(
     """
     features = build_features(dataset, cutoff, config)
     labelled = attach_label(features, dataset.transactions, cutoff, target, horizon_days)
-    frame = labelled.order_by("customer_id").to_pandas()
+    frame = to_frame(labelled.order_by("customer_id"))
     frame["cutoff"] = pd.Timestamp(cutoff)
     if extra_features is not None:
         frame = pd.concat([frame, extra_features(frame.drop(columns=["label"]))], axis=1)
