@@ -106,6 +106,13 @@ def test_null_customer_id_stops_unless_guest_rows_are_dropped(tmp_path):
     assert report.dropped["missing_customer_id"] == 2
 
 
+def test_only_whitespace_makes_an_id_empty(tmp_path):
+    ids = ["A", "", "  ", "\t", " B", "!", "\tC"]
+    text = "customer_id,ts,amount\n" + "".join(f'"{i}",2024-01-0{n + 1},5\n' for n, i in enumerate(ids))
+    with pytest.raises(DataValidationError, match=r"column 'customer_id': is empty .*\(3 of 7 rows\)"):
+        load_csv(write_csv(tmp_path, text))
+
+
 def test_mixed_aware_and_naive_timestamps_are_refused(tmp_path):
     path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01 10:00:00,1\nA,2024-01-02 10:00:00+02:00,1\n")
     with pytest.raises(DataValidationError, match="mixes time-zone-aware and naive"):

@@ -367,7 +367,9 @@ def _plain(key: str, value: Any) -> Any:
 def _null_or_blank(raw: ir.Value) -> ir.BooleanValue:
     if raw.type().is_string():
         # A regular expression: Ibis' strip() compiles to a TRIM with a character set that is slow.
-        return raw.isnull() | raw.re_search(r"^\s*$")
+        # Only text that sorts before "!" can be blank (whitespace is below it, and so is ""); the
+        # cheap comparison spares almost every row the regular expression.
+        return raw.isnull() | ((raw < "!") & raw.re_search(r"^\s*$"))
     return raw.isnull()
 
 
