@@ -727,10 +727,12 @@ def encode_for_trees(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
     for position, name in enumerate(model.feature_names_in_):
         values = inputs[name]
         if name in model.categories_:
-            text = values.astype("string").astype(object).where(values.notna(), None)
-            codes = pd.Index(model.categories_[name], dtype=object).get_indexer(text).astype(float)
-            codes[codes < 0] = np.nan
-            encoded[position] = codes
+            # The few distinct values are looked up, not every row's text.
+            row_codes, distinct = pd.factorize(values)
+            text = pd.Index(distinct).astype("string").astype(object)
+            lookup = pd.Index(model.categories_[name], dtype=object).get_indexer(text).astype(float)
+            lookup[lookup < 0] = np.nan
+            encoded[position] = np.where(row_codes >= 0, lookup[row_codes], np.nan) if len(lookup) else np.nan
         else:
             encoded[position] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return encoded
@@ -979,17 +981,23 @@ def _text(values: pd.Series) -> pd.Series:
     return values.astype(object).astype(str)
 
 
-def _formatted(values: pd.Series, format_one: Callable[[float], str]) -> pd.Series:
-    """``format_one`` applied to each value; each distinct value is formatted once (a million
-    customers have a few thousand distinct day counts)."""
-    distinct, position = np.unique(values.to_numpy(dtype=float), return_inverse=True)
+def _formatted(values: pd.Series, format_one: Callable[[float], str],
+               shown: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.Series:
+    """``format_one`` applied to each value; each distinct value is formatted once.
+
+    ``shown`` rounds the values to what the format shows, so that a million distinct amounts are
+    a few thousand distinct texts to format (a million customers also have only a few thousand
+    distinct day counts).
+    """
+    numbers = values.to_numpy(dtype=float)
+    distinct, position = np.unique(shown(numbers) if shown is not None else numbers, return_inverse=True)
     texts = np.array([format_one(v) for v in distinct], dtype=object)
     return pd.Series(texts[position.reshape(-1)], index=values.index, dtype=object)
 
 
 def _whole(values: pd.Series) -> pd.Series:
     """Whole numbers as text: 124, 1,250."""
-    return _formatted(values, "{:,.0f}".format)
+    return _formatted(values, "{:,.0f}".format, np.round)
 
 
 def _decimal(values: pd.Series) -> pd.Series:
@@ -999,16 +1007,17 @@ def _decimal(values: pd.Series) -> pd.Series:
             return "0"
         return f"{v:.2f}" if abs(v) < 0.1 else f"{v:,.1f}"
 
-    return _formatted(values, shown)
+    return _formatted(values, shown, lambda v: np.where(np.abs(v) < 0.1, np.round(v, 2), np.round(v, 1)))
 
 
 def _money(values: pd.Series) -> pd.Series:
     """Amounts: cents below 100, whole units above."""
-    return _formatted(values, lambda v: f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}")
+    return _formatted(values, lambda v: f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}",
+                      lambda v: np.where(np.abs(v) < 100, np.round(v, 2), np.round(v)))
 
 
 def _percent(values: pd.Series) -> pd.Series:
-    return _formatted(values, "{:.0%}".format)
+    return _formatted(values, "{:.0%}".format, lambda v: np.round(v, 2))
 
 
 def _plural(values: pd.Series, word: str, plural: str | None = None) -> pd.Series:
