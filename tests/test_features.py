@@ -83,7 +83,17 @@ def test_breadth_by_hand(tiny_features):
     assert tiny_features.loc["B", "n_categories"] == 1
 
 
-def test_breadth_counts_the_same_with_value_flags_and_with_distinct(tiny_transactions):
+def breadth_of(dataset, cutoff, values) -> pd.DataFrame:
+    """n_categories and n_channels: listed values from the order features, the others from the lines."""
+    table = features.order_features(dataset.transactions, cutoff, features.FeatureConfig(), values)
+    lines = features.line_features(dataset.transactions, cutoff, values)
+    if lines is not None:
+        table = table.left_join(lines, "customer_id").drop("customer_id_right")
+    frame = features.to_frame(table.select("customer_id", "n_categories", "n_channels"))
+    return frame.set_index("customer_id").sort_index()
+
+
+def test_breadth_counts_the_same_with_value_masks_and_with_distinct(tiny_transactions):
     frame = tiny_transactions.copy()
     frame.loc[len(frame)] = ("C", pd.Timestamp("2024-06-12"), -5.0, "c2r", -1, "garden", "store")  # a refund: not bought
     frame.loc[len(frame)] = ("B", pd.Timestamp("2024-01-05"), 10.0, "b5", 1, None, None)  # unknown category
@@ -93,13 +103,10 @@ def test_breadth_counts_the_same_with_value_flags_and_with_distinct(tiny_transac
     assert values == {"category": ["books", "electronics", "grocery", "home", "toys"], "channel": ["app", "store", "web"]}
     assert features.breadth_values(dataset.transactions, "category", limit=4) is None
     cutoff = dt.date.fromisoformat(CUTOFF)
-    by_flags = features.line_features(dataset.transactions, cutoff, values).to_pandas()
-    by_distinct = features.line_features(dataset.transactions, cutoff, {"category": None, "channel": None}).to_pandas()
-    mixed = features.line_features(dataset.transactions, cutoff, {"category": values["category"], "channel": None}).to_pandas()
-    expected = pd.DataFrame({"customer_id": ["A", "B", "C"], "n_categories": [2, 1, 1], "n_channels": [2, 1, 1]})
-    for table in (by_flags, by_distinct, mixed):
-        table = table.sort_values("customer_id").reset_index(drop=True)
-        pd.testing.assert_frame_equal(table[expected.columns], expected, check_dtype=False)
+    assert features.line_features(dataset.transactions, cutoff, values) is None
+    expected = pd.DataFrame({"n_categories": [2, 1, 1], "n_channels": [2, 1, 1]}, index=pd.Index(["A", "B", "C"], name="customer_id"))
+    for listed in (values, {"category": None, "channel": None}, {"category": values["category"], "channel": None}):
+        pd.testing.assert_frame_equal(breadth_of(dataset, cutoff, listed), expected, check_dtype=False)
 
 
 def test_breadth_counts_every_bit_of_the_longest_listed_column():
@@ -112,10 +119,9 @@ def test_breadth_counts_every_bit_of_the_longest_listed_column():
     cutoff = dt.date.fromisoformat(CUTOFF)
     values = {c: features.breadth_values(dataset.transactions, c) for c in ("category", "channel")}
     assert len(values["category"]) == n
-    by_mask = features.line_features(dataset.transactions, cutoff, values).to_pandas().set_index("customer_id")
+    by_mask = breadth_of(dataset, cutoff, values)
     assert (by_mask.loc["M", "n_categories"], by_mask.loc["N", "n_categories"]) == (n, 1)
-    by_distinct = features.line_features(dataset.transactions, cutoff, {"category": None, "channel": None})
-    pd.testing.assert_frame_equal(by_mask.sort_index(), by_distinct.to_pandas().set_index("customer_id").sort_index(),
+    pd.testing.assert_frame_equal(by_mask, breadth_of(dataset, cutoff, {"category": None, "channel": None}),
                                   check_dtype=False)
 
 

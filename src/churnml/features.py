@@ -100,11 +100,13 @@ def window_start(cutoff: dt.date, days: int) -> dt.datetime:
     return day_start(cutoff - dt.timedelta(days=days - 1))
 
 
-def roll_up_orders(lines: ir.Table) -> ir.Table:
+def roll_up_orders(lines: ir.Table, breadth: Mapping[str, list[Any]] | None = None) -> ir.Table:
     """Transaction lines rolled up to orders.
 
     Lines of one order share ``order_id``; without that column, lines of a customer with the same
     timestamp form one order. ``gross`` is the order's positive value, ``refund`` its returns.
+    ``breadth`` (a column and its listed values, see :func:`breadth_values`) adds the mask of the
+    column's values on the order's purchase lines (bit ``i`` for ``values[i]``).
     """
     key = "order_id" if "order_id" in lines.columns else "ts"
     aggs = {
@@ -115,17 +117,32 @@ def roll_up_orders(lines: ir.Table) -> ir.Table:
         aggs["ts"] = lines.ts.min()
     if "quantity" in lines.columns:
         aggs["quantity"] = lines.quantity.sum(where=lines.amount > 0)
+    for column, values in (breadth or {}).items():
+        aggs[_mask_name(column)] = _bit_or(_value_bit(lines[column], values), where=lines.amount > 0)
     return lines.group_by(["customer_id", key]).aggregate(**aggs)
 
 
-def orders_until(transactions: ir.Table, cutoff: dt.date) -> ir.Table:
+def _mask_name(column: str) -> str:
+    return f"_{column}_mask"
+
+
+def orders_until(transactions: ir.Table, cutoff: dt.date, breadth: Mapping[str, list[Any]] | None = None) -> ir.Table:
     """Orders from transaction lines on or before the cutoff day."""
-    return roll_up_orders(events_until(transactions, cutoff))
+    return roll_up_orders(events_until(transactions, cutoff), breadth)
 
 
-def order_features(transactions: ir.Table, cutoff: dt.date, config: FeatureConfig) -> ir.Table:
-    """Recency, frequency, value, windows, gaps, refunds and order-value trend per customer."""
-    orders = orders_until(transactions, cutoff)
+def order_features(
+    transactions: ir.Table, cutoff: dt.date, config: FeatureConfig, breadth: Mapping[str, list[Any] | None] | None = None
+) -> ir.Table:
+    """Recency, frequency, value, windows, gaps, refunds and order-value trend per customer.
+
+    ``breadth`` holds each breadth column's distinct values (see :func:`breadth_values`). The
+    breadth of a column with listed values (``n_categories``, ``n_channels``) is counted here:
+    the masks of its values travel through the order roll-up, which spares a pass of its own
+    over the lines; :func:`line_features` counts the columns whose values are too many to list.
+    """
+    listed = {c: v for c, v in (breadth or {}).items() if v is not None and c in transactions.columns}
+    orders = orders_until(transactions, cutoff, listed)
     is_purchase = orders.gross > 0
     orders = orders.mutate(is_purchase=is_purchase, day=_days(orders.ts))
     by_customer = ibis.window(group_by=[orders.customer_id, orders.is_purchase], order_by=orders.ts)
@@ -162,15 +179,20 @@ def order_features(transactions: ir.Table, cutoff: dt.date, config: FeatureConfi
     }
     if "quantity" in orders.columns:
         aggs["_quantity"] = orders.quantity.sum(where=purchase)
+    for column in listed:
+        aggs[_mask_name(column)] = _bit_or(orders[_mask_name(column)])
     for days in config.windows_days:
         inside = purchase & (orders.ts >= window_start(cutoff, days))
         aggs[f"orders_{days}d"] = orders.gross.count(where=inside)
         aggs[f"spend_{days}d"] = orders.gross.sum(where=inside)
     per_customer = orders.group_by("customer_id").aggregate(**aggs)
-    return _derive_order_features(per_customer, cutoff, config)
+    breadth_counts = {BREADTH_COLUMNS[c]: _bit_count(per_customer[_mask_name(c)], len(v)) for c, v in listed.items()}
+    return _derive_order_features(per_customer, cutoff, config, breadth_counts)
 
 
-def _derive_order_features(t: ir.Table, cutoff: dt.date, config: FeatureConfig) -> ir.Table:
+def _derive_order_features(
+    t: ir.Table, cutoff: dt.date, config: FeatureConfig, extra: Mapping[str, ir.Value] | None = None
+) -> ir.Table:
     today = epoch_day(cutoff)
     n = t.n_orders
     zero = ibis.literal(0.0)
@@ -217,7 +239,7 @@ def _derive_order_features(t: ir.Table, cutoff: dt.date, config: FeatureConfig) 
         derived[f"spend_trend_{short}_{long}"] = _rate_ratio(spend[f"spend_{short}d"], short, spend[f"spend_{long}d"], long, tenure + 1)
     derived["no_repurchase_3m"] = recency.isnull() | (recency >= config.no_repurchase_days)
     derived["order_value_drop_40"] = (recent_aov < (1 - config.order_value_drop) * previous_aov).fill_null(False)
-    return t.select("customer_id", "first_seen_ts", "first_purchase_ts", "last_purchase_ts", **derived)
+    return t.select("customer_id", "first_seen_ts", "first_purchase_ts", "last_purchase_ts", **derived, **(extra or {}))
 
 
 def _rate_ratio(
@@ -282,35 +304,20 @@ def dataset_breadth_values(dataset: Dataset) -> dict[str, list[Any] | None]:
 def line_features(
     transactions: ir.Table, cutoff: dt.date, values: Mapping[str, list[Any] | None] | None = None
 ) -> ir.Table | None:
-    """Category and channel breadth: how many distinct values a customer's purchase lines have.
-
-    ``values`` holds each breadth column's distinct values (from :func:`breadth_values`; None:
-    too many to list). Listed values are counted with one "ever bought" bit each, OR-ed into one
-    mask per customer in a single grouped pass, which costs a fraction of a grouped DISTINCT.
+    """Breadth of the columns whose values are too many to list (``values[column]`` None, see
+    :func:`breadth_values`): how many distinct values a customer's purchase lines have, by a
+    grouped DISTINCT. Columns with listed values are counted by :func:`order_features`; None when
+    no column is left.
     """
-    breadth = [c for c in BREADTH_COLUMNS if c in transactions.columns]
-    if not breadth:
+    present = [c for c in BREADTH_COLUMNS if c in transactions.columns]
+    values = dict(values) if values is not None else {c: breadth_values(transactions, c) for c in present}
+    unlisted = [c for c in present if values.get(c) is None]
+    if not unlisted:
         return None
-    values = dict(values) if values is not None else {c: breadth_values(transactions, c) for c in breadth}
     past = events_until(transactions, cutoff)
-    purchase = past.amount > 0
-    flagged = [c for c in breadth if values.get(c) is not None]
-    listed = [c for c in breadth if c not in flagged]
-    table = None
-    if flagged:
-        masks = {f"_{c}_mask": _bit_or(_value_bit(past[c], values[c]), where=purchase) for c in flagged}
-        table = past.group_by("customer_id").aggregate(**masks)
-        table = table.select("customer_id", **{BREADTH_COLUMNS[c]: _bit_count(table[f"_{c}_mask"], len(values[c]))
-                                               for c in flagged})
-    if listed:
-        # Distinct combinations first: one grouped pass instead of a COUNT(DISTINCT) per column.
-        combos = past.filter(purchase).select("customer_id", *listed).distinct()
-        distinct = combos.group_by("customer_id").aggregate(**{BREADTH_COLUMNS[c]: combos[c].nunique() for c in listed})
-        if table is None:
-            return distinct
-        table = table.left_join(distinct, "customer_id").drop("customer_id_right")
-        table = table.mutate(**{BREADTH_COLUMNS[c]: table[BREADTH_COLUMNS[c]].fill_null(0) for c in listed})
-    return table
+    # Distinct combinations first: one grouped pass instead of a COUNT(DISTINCT) per column.
+    combos = past.filter(past.amount > 0).select("customer_id", *unlisted).distinct()
+    return combos.group_by("customer_id").aggregate(**{BREADTH_COLUMNS[c]: combos[c].nunique() for c in unlisted})
 
 
 def interaction_features(interactions: ir.Table, cutoff: dt.date, config: FeatureConfig) -> ir.Table:
@@ -347,8 +354,9 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
     """
     cutoff = as_date(cutoff)
     today = epoch_day(cutoff)
-    table = order_features(dataset.transactions, cutoff, config)
-    lines = line_features(dataset.transactions, cutoff, dataset_breadth_values(dataset))
+    values = dataset_breadth_values(dataset)
+    table = order_features(dataset.transactions, cutoff, config, values)
+    lines = line_features(dataset.transactions, cutoff, values)
     if lines is not None:
         table = table.left_join(lines, "customer_id").drop("customer_id_right")
         # A customer with refunds only bought in no category.
