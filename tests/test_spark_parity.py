@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml.cli import run_score
+from churnml.cli import run_features, run_score
 from churnml.datasets import load_data
 from churnml.features import build_features
 from churnml.io import Dataset, TableSource, connect, load_dataset
@@ -143,6 +143,22 @@ def test_materialized_tables_give_the_same_features(shop_directory, duckdb_shop,
     materialized = load_shop(shop_directory, spark, materialize=True)
     assert all(getattr(materialized, name).get_backend() is spark for name in TABLES)
     assert_same_features(build_features(duckdb_shop, cutoff).to_pandas(), build_features(materialized, cutoff).to_pandas())
+
+
+def test_the_features_stage_on_spark_writes_a_directory_atomically(shop_directory, duckdb_shop, spark, tmp_path):
+    cutoff = CUTOFFS[-1]
+    output = tmp_path / "features" / f"cutoff={cutoff}"
+    files = [f"data.{name}.path={shop_directory / f'{name}.parquet'}" for name in TABLES]
+    # A URI, as for hdfs://: the write goes through Hadoop's FileSystem, not local paths.
+    settings = compose_resolved("features", ["engine=spark", "data=files", *files, f"cutoff={cutoff}",
+                                             f"features.output='file://{output}'"])
+    for _ in range(2):  # a rerun replaces the directory
+        written = run_features(settings)
+        assert written.startswith("file:") and written.endswith(str(output)) and output.is_dir()
+        assert sorted(p.name for p in output.parent.iterdir()) == [output.name]
+        frame = pd.read_parquet(output).sort_values("customer_id", ignore_index=True)
+        expected = build_features(duckdb_shop, cutoff).to_pandas()
+        assert_same_features(expected.drop(columns="cutoff"), frame.drop(columns="cutoff"))
 
 
 def test_fractions_of_a_second_count_on_both_engines(spark):

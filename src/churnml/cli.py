@@ -30,23 +30,35 @@ def engine_connection(settings: Mapping[str, Any]) -> Any:
     return connect(engine, **(settings.get("spark") or {})) if engine == "spark" else connect(engine)
 
 
-def run_features(settings: Mapping[str, Any]) -> Path:
-    """Build the feature table at ``settings['cutoff']`` and write it to Parquet."""
+def run_features(settings: Mapping[str, Any]) -> str:
+    """Build the feature table at ``settings['cutoff']`` and write it to Parquet.
+
+    DuckDB writes one file; Spark a directory of part files, through Hadoop's FileSystem (so
+    ``hdfs://`` paths work). Either is written beside its place and renamed into it.
+    """
     import pyarrow.dataset
 
     from churnml.datasets import load_data
     from churnml.features import FeatureConfig, as_date, build_features
     from churnml.io import write_table_atomic
 
-    dataset = load_data(settings["data"], con=engine_connection(settings))
+    con = engine_connection(settings)
+    dataset = load_data(settings["data"], con=con)
     cutoff = as_date(settings["cutoff"]) if settings.get("cutoff") else dataset.last_date
     if not dataset.first_date <= cutoff:
         raise ValueError(f"cutoff {cutoff} is before the first transaction ({dataset.first_date})")
     table = build_features(dataset, cutoff, FeatureConfig.from_dict(settings["features"]))
     output = settings["features"].get("output") or f"outputs/features/{settings['data']['name']}/cutoff={cutoff}/features.parquet"
-    path = write_table_atomic(table, output)
-    # Counting the written file, not the query, so the engine does not compute the features twice.
-    n_rows = pyarrow.dataset.dataset(path).count_rows()
+    # Counting the written rows, not the query, so the engine does not compute the features twice.
+    if con.name == "pyspark":
+        from churnml.spark import spark_frame, write_atomic
+
+        frame = spark_frame(con, table)
+        path = write_atomic(frame, str(output))
+        n_rows = frame.sparkSession.read.parquet(path).count()
+    else:
+        path = str(write_table_atomic(table, output))
+        n_rows = pyarrow.dataset.dataset(path).count_rows()
     log.info("wrote %s customers x %s columns at cutoff %s to %s", f"{n_rows:,}", len(table.columns), cutoff, path)
     return path
 

@@ -288,7 +288,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             values = X[name]
             if name in self.categories_:
                 text = values.astype("string").astype(object).where(values.notna(), None)
-                columns[name] = pd.Categorical(text, categories=self.categories_[name])
+                known = pd.Index(self.categories_[name])
+                # Values unseen in training become missing (code -1), as LightGBM treats them.
+                columns[name] = pd.Categorical.from_codes(known.get_indexer(text), categories=known)
             else:
                 columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
         prepared = pd.DataFrame(columns, index=X.index)
