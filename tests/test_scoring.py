@@ -510,6 +510,21 @@ def test_large_trees_and_linear_models_use_the_models_own_methods():
         assert scores.reasons.indices.shape == (len(frame), 2)
 
 
+def test_probabilities_alone_are_checked_on_probabilities_alone(models, inputs, monkeypatch):
+    model, frame = models["repurchase"], inputs["repurchase"]
+    tables = scoring.tabulate_model(model)
+
+    def no_contributions(*args, **kwargs):
+        raise AssertionError("contributions are not needed for probabilities")
+
+    monkeypatch.setattr(type(model), "contributions", no_contributions)
+    assert scoring.verify_tables(model, frame, tables, with_contributions=False) is not None
+    shifted = scoring.replace(tables, output=tables.output + 0.01)
+    assert scoring.verify_tables(model, frame, shifted, with_contributions=False) is None
+    scores = scoring.model_scores(model, frame)
+    np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
+
+
 def test_tables_that_disagree_with_the_model_are_not_used(models, inputs, monkeypatch, caplog):
     model, frame = models["churn"], inputs["churn"]
     tables = scoring.tabulate_model(model)

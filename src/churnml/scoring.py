@@ -874,9 +874,10 @@ def _prior_log_odds(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
 
 
 def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
-                  n_rows: int = VERIFICATION_ROWS, tolerance: float = VERIFICATION_TOLERANCE) -> TreeTables | None:
-    """The tables, if they give the model's own contributions and probabilities on a sample of
-    rows; None (with a warning) if they do not.
+                  n_rows: int = VERIFICATION_ROWS, tolerance: float = VERIFICATION_TOLERANCE,
+                  with_contributions: bool = True) -> TreeTables | None:
+    """The tables, if they give the model's own probabilities (and, ``with_contributions``, its
+    contributions) on a sample of rows; None (with a warning) if they do not.
 
     The sample is scored on its own (a prior is fitted on the sample) on both paths alike. For a
     model with a prior, the returned tables also know how the model's contributions split the
@@ -884,19 +885,23 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
     """
     rows = np.unique(np.linspace(0, len(inputs) - 1, min(n_rows, len(inputs))).astype(int))
     sample = inputs.iloc[rows]
-    raw, contributions = tabulated_scores(tables, encode_for_trees(model, sample))
-    expected = model.contributions(sample)
+    raw, contributions = tabulated_scores(tables, encode_for_trees(model, sample), with_contributions=with_contributions)
     prior = _prior_log_odds(model, sample)
-    offset = float(expected[BIAS].iloc[0]) - tables.expected_value if PRIOR in expected.columns else 0.0
-    reported_prior = expected[PRIOR].to_numpy() if PRIOR in expected.columns else prior - offset
     checks = {
-        "contributions": float(np.max(np.abs(expected[list(model.feature_names_in_)].to_numpy().T - contributions),
-                                      initial=0.0)),
-        "bias": abs(float(expected[BIAS].iloc[0]) - tables.expected_value - offset),
-        "prior": float(np.max(np.abs(reported_prior - (prior - offset)), initial=0.0)),
         "probability": float(np.max(np.abs(probability_from_raw_score(model, raw + prior)
                                            - model.predict_proba(sample)[:, 1]), initial=0.0)),
     }
+    offset = 0.0
+    if with_contributions:
+        expected = model.contributions(sample)
+        offset = float(expected[BIAS].iloc[0]) - tables.expected_value if PRIOR in expected.columns else 0.0
+        reported_prior = expected[PRIOR].to_numpy() if PRIOR in expected.columns else prior - offset
+        checks.update({
+            "contributions": float(np.max(np.abs(expected[list(model.feature_names_in_)].to_numpy().T - contributions),
+                                          initial=0.0)),
+            "bias": abs(float(expected[BIAS].iloc[0]) - tables.expected_value - offset),
+            "prior": float(np.max(np.abs(reported_prior - (prior - offset)), initial=0.0)),
+        })
     if all(np.isfinite(value) and value <= tolerance for value in checks.values()):
         return replace(tables, prior_offset=offset)
     log.warning("tabulated trees differ from the model (%s); using the model's own, slower, methods", checks)
@@ -948,7 +953,8 @@ def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, ba
     # numba compiles the table lookups; it comes with shap, but the slow path needs nothing.
     if tabulate and len(inputs) and importlib.util.find_spec("numba") is not None:
         tables = tabulate_model(model)
-        verified = verify_tables(model, inputs, tables) if tables is not None else None
+        verified = (verify_tables(model, inputs, tables, with_contributions=n_reasons > 0)
+                    if tables is not None else None)
         if verified is not None:
             scores = score_with_tables(model, inputs, verified, n_reasons, batch_size, threads)
             log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
