@@ -131,8 +131,9 @@ def bgnbd_negative_log_likelihood(
 
     The objective of lifetimes' ``BetaGeoFitter`` (Fader, Hardie and Lee, 2005, eq. 6, with its
     L2 penalizer on the parameters), with the gradient in closed form: lifetimes differentiates
-    it with autograd, which on a million customers takes over ten times as long. The terms in
-    ``x`` alone are summed over the distinct values of ``x``.
+    it with autograd (and then computes the Hessian), which makes its fit over four times as
+    long on a million customers. The terms in ``x`` alone are summed over the distinct values of
+    ``x``.
 
     Parameters
     ----------
@@ -195,8 +196,8 @@ def fit_bgnbd_parameters(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalize
     from scipy.optimize import minimize
 
     scale = 1.0 / float(np.max(T))
-    result = minimize(bgnbd_negative_log_likelihood, x0=np.full(4, 0.1), args=(x, t_x * scale, T * scale, penalizer, np.unique(x, return_counts=True)),
-                      jac=True, method="BFGS", tol=1e-7)
+    args = (x, t_x * scale, T * scale, penalizer, np.unique(x, return_counts=True))
+    result = minimize(bgnbd_negative_log_likelihood, x0=np.full(4, 0.1), args=args, jac=True, method="BFGS", tol=1e-7)
     if not result.success:
         raise BGNBDFitError(f"the optimiser did not converge: {result.message}")
     params = np.exp(result.x)

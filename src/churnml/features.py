@@ -257,8 +257,8 @@ def _rate_ratio(
 
 BREADTH_COLUMNS = {"category": "n_categories", "channel": "n_channels"}
 # Up to this many distinct values a column's breadth is counted with one bit per value in a 64-bit
-# mask (the sign bit and one more left free); beyond it (thousands of product categories), with a
-# grouped DISTINCT.
+# mask (counting the top bit takes a remainder by the next power of two, which must fit in int64);
+# beyond it (thousands of product categories), with a grouped DISTINCT.
 MAX_FLAGGED_VALUES = 62
 
 
@@ -305,13 +305,12 @@ def line_features(
     transactions: ir.Table, cutoff: dt.date, values: Mapping[str, list[Any] | None] | None = None
 ) -> ir.Table | None:
     """Breadth of the columns whose values are too many to list (``values[column]`` None, see
-    :func:`breadth_values`): how many distinct values a customer's purchase lines have, by a
-    grouped DISTINCT. Columns with listed values are counted by :func:`order_features`; None when
-    no column is left.
+    :func:`breadth_values`; every breadth column when ``values`` is None): how many distinct
+    values a customer's purchase lines have, by a grouped DISTINCT. Columns with listed values
+    are counted by :func:`order_features`; None when no column is left.
     """
     present = [c for c in BREADTH_COLUMNS if c in transactions.columns]
-    values = dict(values) if values is not None else {c: breadth_values(transactions, c) for c in present}
-    unlisted = [c for c in present if values.get(c) is None]
+    unlisted = [c for c in present if (values or {}).get(c) is None]
     if not unlisted:
         return None
     past = events_until(transactions, cutoff)
