@@ -9,13 +9,8 @@ import pandas as pd
 import pytest
 
 from churnml import drift, scoring
-from churnml.spark_scoring import (
-    bin_counts,
-    psi_from_bin_counts,
-    psi_from_counts,
-    score_schema,
-    summary_of_groups,
-)
+from churnml.drift import bin_counts, psi_from_counts
+from churnml.spark_scoring import psi_from_bin_counts, score_schema, summary_of_groups
 
 
 @pytest.fixture
@@ -54,6 +49,19 @@ def test_bin_counts_give_the_psi_of_the_whole_column(reference, current):
         counts = bin_counts(column_profile, current[name])
         assert counts.sum() == len(current)
         assert psi_from_counts(column_profile, counts) == drift.column_psi(column_profile, current[name]), name
+        values = current[name]
+        if column_profile["kind"] == drift.NUMERIC:
+            # Bin i holds (edges[i-1], edges[i]], the first and last bins open (infinities
+            # included); the missing values come last.
+            bounds = [-np.inf, *column_profile["edges"], np.inf]
+            numbers = pd.to_numeric(values).to_numpy(dtype=float)
+            by_hand = [int((((numbers > lo) | (lo == -np.inf) & (numbers == lo)) & (numbers <= hi)).sum())
+                       for lo, hi in zip(bounds, bounds[1:])]
+        else:
+            text = values.astype("string")
+            known = [c for c in column_profile["shares"] if c != drift.OTHER]
+            by_hand = [int((text == c).sum()) for c in known] + [int((text.notna() & ~text.isin(known)).sum())]
+        assert counts.tolist() == by_hand + [int(values.isna().sum())], name
 
 
 def test_counts_of_pieces_add_up_to_the_psi_of_the_table(reference, current):

@@ -79,17 +79,20 @@ def numeric_profile(values: pd.Series | np.ndarray, bins: int = 10) -> dict[str,
     }
 
 
-def _numeric_shares(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Shares of the bins defined by ``edges``, then the share of missing values, as one array."""
-    n_bins = len(edges) + 1
-    if numbers.size == 0:
-        return np.zeros(n_bins + 1)
+def _numeric_counts(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Rows in each bin defined by ``edges``, then the missing values, as one array."""
     missing = np.isnan(numbers)
     # side="left": a value equal to an edge stays in the lower bin, so a point mass (all the
     # zeros of a count) falls in one bin rather than being split by where the edge landed.
     positions = np.searchsorted(edges, numbers[~missing], side="left")
-    counts = np.bincount(positions, minlength=n_bins).astype(float)
-    return np.append(counts, missing.sum()) / numbers.size
+    return np.append(np.bincount(positions, minlength=len(edges) + 1), missing.sum()).astype(np.int64)
+
+
+def _numeric_shares(numbers: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Shares of the bins defined by ``edges``, then the share of missing values, as one array."""
+    if numbers.size == 0:
+        return np.zeros(len(edges) + 2)
+    return _numeric_counts(numbers, edges) / numbers.size
 
 
 def categorical_profile(values: pd.Series | np.ndarray, max_categories: int = DEFAULT_MAX_CATEGORIES) -> dict[str, Any]:
@@ -181,29 +184,52 @@ def population_stability(reference: np.ndarray, actual: np.ndarray, floor: float
     return float(np.sum((observed - expected) * np.log(observed / expected)))
 
 
+def bin_counts(reference: Mapping[str, Any], values: pd.Series | np.ndarray) -> np.ndarray:
+    """Rows of ``values`` in each bin of a column's reference profile.
+
+    Counts of pieces of a table add up to the counts of the whole table, so a table scored in
+    pieces (Spark partitions) gets the PSI of the whole from the summed counts
+    (:func:`psi_from_counts`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Numbers: one count per quantile bin, then the missing values. Text and flags: one count
+        per reference category, then the other categories, then the missing values.
+    """
+    if reference["kind"] == NUMERIC:
+        return _numeric_counts(_as_float(values), np.asarray(reference["edges"], dtype=float))
+    text = _as_text(values)
+    known = [c for c in reference["shares"] if c != OTHER]
+    counts = text.value_counts(dropna=True)
+    others = int(counts[~counts.index.isin(known)].sum())
+    return np.array([int(counts.get(c, 0)) for c in known] + [others, int(text.isna().sum())], dtype=np.int64)
+
+
+def _reference_shares(reference: Mapping[str, Any]) -> np.ndarray:
+    """The reference's shares in the order of :func:`bin_counts`."""
+    if reference["kind"] == NUMERIC:
+        return np.append(np.asarray(reference["proportions"], dtype=float), reference["missing"])
+    shares = reference["shares"]
+    return np.array([float(shares[c]) for c in shares if c != OTHER]
+                    + [float(shares.get(OTHER, 0.0)), float(reference["missing"])])
+
+
+def psi_from_counts(reference: Mapping[str, Any], counts: np.ndarray, floor: float = SHARE_FLOOR) -> float:
+    """PSI of a column from its :func:`bin_counts` (NaN without rows)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n_rows = int(counts.sum())
+    if n_rows == 0:
+        return float("nan")
+    return population_stability(_reference_shares(reference), counts / n_rows, floor)
+
+
 def column_psi(reference: Mapping[str, Any], values: pd.Series | np.ndarray, floor: float = SHARE_FLOOR) -> float:
     """PSI of one column against its reference profile (NaN when ``values`` is empty).
 
     Missing values count as a bin of their own, so a feature that suddenly goes missing drifts.
     """
-    if len(values) == 0:
-        return float("nan")
-    if reference["kind"] == NUMERIC:
-        edges = np.asarray(reference["edges"], dtype=float)
-        expected = np.append(np.asarray(reference["proportions"], dtype=float), reference["missing"])
-        return population_stability(expected, _numeric_shares(_as_float(values), edges), floor)
-    text = _as_text(values)
-    known = list(reference["shares"])
-    counts = text.value_counts(dropna=True)
-    n_rows = len(text)
-    observed = [float(counts.get(c, 0)) / n_rows for c in known if c != OTHER]
-    unseen = float(counts[~counts.index.isin([c for c in known if c != OTHER])].sum()) / n_rows
-    expected = [float(reference["shares"][c]) for c in known if c != OTHER]
-    expected.append(float(reference["shares"].get(OTHER, 0.0)))
-    observed.append(unseen)
-    expected.append(float(reference["missing"]))
-    observed.append(float(text.isna().sum()) / n_rows)
-    return population_stability(np.array(expected), np.array(observed), floor)
+    return psi_from_counts(reference, bin_counts(reference, values), floor)
 
 
 def psi(

@@ -174,51 +174,12 @@ def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Itera
 # --------------------------------------------------------------------------------------------
 
 
-def bin_counts(reference: Mapping[str, Any], values: pd.Series | np.ndarray) -> np.ndarray:
-    """Rows of ``values`` in each bin of a column's reference profile, binned as
-    :func:`churnml.drift.column_psi` bins them.
-
-    Returns
-    -------
-    numpy.ndarray
-        Numbers: one count per quantile bin, then the missing values. Text and flags: one count
-        per reference category, then the other categories, then the missing values.
-    """
-    if reference["kind"] == drift.NUMERIC:
-        numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        missing = np.isnan(numbers)
-        edges = np.asarray(reference["edges"], dtype=float)
-        counts = np.bincount(np.searchsorted(edges, numbers[~missing], side="left"), minlength=len(edges) + 1)
-        return np.append(counts, missing.sum()).astype(np.int64)
-    series = pd.Series(values)
-    text = series.astype("string").astype(object).where(series.notna(), None)
-    known = [c for c in reference["shares"] if c != drift.OTHER]
-    counts = text.value_counts(dropna=True)
-    others = int(counts[~counts.index.isin(known)].sum())
-    return np.array([int(counts.get(c, 0)) for c in known] + [others, int(text.isna().sum())], dtype=np.int64)
-
-
-def psi_from_counts(reference: Mapping[str, Any], counts: np.ndarray, floor: float = drift.SHARE_FLOOR) -> float:
-    """:func:`churnml.drift.column_psi` from the column's :func:`bin_counts` (NaN without rows)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    n_rows = int(counts.sum())
-    if n_rows == 0:
-        return float("nan")
-    if reference["kind"] == drift.NUMERIC:
-        expected = np.append(np.asarray(reference["proportions"], dtype=float), reference["missing"])
-    else:
-        shares = reference["shares"]
-        expected = np.array([float(shares[c]) for c in shares if c != drift.OTHER]
-                            + [float(shares.get(drift.OTHER, 0.0)), float(reference["missing"])])
-    return drift.population_stability(expected, counts / n_rows, floor)
-
-
 def psi_from_bin_counts(profile: Mapping[str, Any], counts: Mapping[str, np.ndarray]) -> pd.Series:
     """:func:`churnml.drift.psi` from the summed bin counts of each column (and of ``model_score``)."""
-    values = {name: psi_from_counts(reference, counts[name]) if name in counts else float("nan")
+    values = {name: drift.psi_from_counts(reference, counts[name]) if name in counts else float("nan")
               for name, reference in profile["columns"].items()}
     if "score" in profile and drift.SCORE in counts:
-        values[drift.SCORE] = psi_from_counts(profile["score"], counts[drift.SCORE])
+        values[drift.SCORE] = drift.psi_from_counts(profile["score"], counts[drift.SCORE])
     return pd.Series(values, dtype=float, name="psi")
 
 
@@ -237,7 +198,7 @@ def input_bin_counts(setup: ScoringSetup, profiles: Mapping[str, Mapping[str, An
     inputs = piece_inputs(setup, piece_features(setup, piece), list(profiles))
     for target, profile in profiles.items():
         frame = inputs[target]
-        yield count_rows(target, {name: bin_counts(reference, frame[name])
+        yield count_rows(target, {name: drift.bin_counts(reference, frame[name])
                                   for name, reference in profile["columns"].items() if name in frame.columns})
 
 
@@ -246,7 +207,7 @@ def score_bin_counts(profiles: Mapping[str, Mapping[str, Any]], batches: Iterato
     for batch in batches:
         for target, profile in profiles.items():
             if "score" in profile:
-                yield count_rows(target, {drift.SCORE: bin_counts(profile["score"], batch[f"{target}_probability"])})
+                yield count_rows(target, {drift.SCORE: drift.bin_counts(profile["score"], batch[f"{target}_probability"])})
 
 
 def summed_counts(rows: Any) -> dict[str, dict[str, np.ndarray]]:
