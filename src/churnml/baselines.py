@@ -34,6 +34,8 @@ DAYS_PER_WEEK = 7.0
 PROBABILITY_FLOOR = 1e-6
 WARNING_FLAGS = ("no_repurchase_3m", "order_value_drop_40", "low_interaction")
 BGNBD_INPUT_COLUMNS = ("x", "t_x", "T")
+# The feature columns bgnbd_inputs reads them from.
+BGNBD_SOURCE_COLUMNS = ("frequency", "repeat_orders", "purchase_span_days", "purchase_age_days", "tenure_days")
 BGNBD_PARAMETERS = ("r", "alpha", "a", "b")
 BGNBD_FEATURE_COLUMNS = ("bgnbd_p_alive", "bgnbd_expected_purchases")
 DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1, 1.0)
@@ -90,8 +92,7 @@ def bgnbd_inputs(features: pd.DataFrame) -> pd.DataFrame:
         BG/NBD has no notion of a customer who never bought, and treating them as one-time buyers
         known for their tenure keeps them scorable.
     """
-    needed = ("frequency", "repeat_orders", "purchase_span_days", "purchase_age_days", "tenure_days")
-    _require_columns(features, needed, "BG/NBD")
+    _require_columns(features, BGNBD_SOURCE_COLUMNS, "BG/NBD")
     frequency = _as_float(features["frequency"])
     has_purchase = np.nan_to_num(frequency, nan=0.0) > 0
     repeat = np.where(has_purchase, _as_float(features["repeat_orders"]), 0.0)

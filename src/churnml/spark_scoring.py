@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from churnml import drift
-from churnml.baselines import BGNBD_FEATURE_COLUMNS, BGNBDFitError, bgnbd_inputs, fit_bgnbd, fitted_bgnbd_features
+from churnml.baselines import (
+    BGNBD_FEATURE_COLUMNS,
+    BGNBD_SOURCE_COLUMNS,
+    BGNBDFitError,
+    bgnbd_inputs,
+    fit_bgnbd,
+    fitted_bgnbd_features,
+)
 from churnml.modeling import ChurnModel, fit_population_priors
 from churnml.scoring import (
     RISK_BANDS,
@@ -51,8 +58,6 @@ from churnml.scoring import (
 
 log = logging.getLogger(__name__)
 
-# The feature columns baselines.bgnbd_inputs reads.
-BGNBD_INPUT_COLUMNS = ("frequency", "repeat_orders", "purchase_span_days", "purchase_age_days", "tenure_days")
 # Rows checked against the models on the driver, so that a feature table that does not fit them
 # fails in seconds rather than in the middle of a pass.
 CHECKED_ROWS = 1000
@@ -294,7 +299,7 @@ def check_models(features: Any, setup: ScoringSetup) -> None:
 
 def bgnbd_population(features: Any, as_of: dt.date) -> pd.DataFrame:
     """The BG/NBD inputs of every customer, in customer order, on the driver."""
-    population = features.select(*BGNBD_INPUT_COLUMNS).toPandas()
+    population = features.select(*BGNBD_SOURCE_COLUMNS).toPandas()
     population["cutoff"] = pd.Timestamp(as_of)
     return population
 
