@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from churnml.modeling import BIAS, PRIOR, ChurnModel, FeatureMismatchError, feature_columns
+from churnml.modeling import BIAS, PRIOR, ChurnModel, FeatureMismatchError, category_codes, feature_columns
 
 
 def planted(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -84,6 +84,14 @@ def test_unseen_categories_and_extra_columns_are_tolerated(fitted):
     model, X, _ = fitted
     shifted = X.assign(tier="platinum", something_else=1)
     assert np.isfinite(model.predict_proba(shifted)).all()
+
+
+def test_category_codes_compare_as_text_and_mark_missing_and_unseen():
+    categories = ["1", "basic", "core"]
+    values = pd.Series(["core", None, "platinum", "basic", "core", np.nan], dtype=object)
+    assert category_codes(values, categories).tolist() == [2, -1, -1, 1, 2, -1]
+    assert category_codes(pd.Series([1, 1, 2]), categories).tolist() == [0, 0, -1]
+    assert category_codes(pd.Series([None, None], dtype=object), categories).tolist() == [-1, -1]
 
 
 def test_refit_gives_identical_probabilities():

@@ -41,6 +41,19 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     return usable
 
 
+def category_codes(values: pd.Series, categories: Any) -> np.ndarray:
+    """Each value's position among a model's training ``categories``, compared as text; -1 where
+    the value is missing or was not seen in training (LightGBM treats both as missing).
+
+    The few distinct values are looked up, not every row's text.
+    """
+    row_codes, distinct = pd.factorize(values)
+    if not len(distinct):
+        return np.full(len(values), -1, dtype=np.intp)
+    lookup = pd.Index(categories, dtype=object).get_indexer(pd.Index(distinct).astype("string").astype(object))
+    return np.where(row_codes >= 0, lookup[row_codes], -1)
+
+
 def _is_text(dtype: Any) -> bool:
     return (isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(dtype)
             or pd.api.types.is_object_dtype(dtype))
@@ -287,10 +300,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         for name in self.feature_names_in_:
             values = X[name]
             if name in self.categories_:
-                text = values.astype("string").astype(object).where(values.notna(), None)
                 known = pd.Index(self.categories_[name])
-                # Values unseen in training become missing (code -1), as LightGBM treats them.
-                columns[name] = pd.Categorical.from_codes(known.get_indexer(text), categories=known)
+                columns[name] = pd.Categorical.from_codes(category_codes(values, known), categories=known)
             else:
                 columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
         prepared = pd.DataFrame(columns, index=X.index)

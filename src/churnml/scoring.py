@@ -46,7 +46,7 @@ import pandas as pd
 from churnml.baselines import BGNBD_FEATURE_COLUMNS, bgnbd_features
 from churnml.features import FeatureConfig, as_date, build_features, to_frame
 from churnml.io import Dataset, write_frame_atomic
-from churnml.modeling import BIAS, PRIOR, ChurnModel
+from churnml.modeling import BIAS, PRIOR, ChurnModel, category_codes
 from churnml.segments import TIERS, VALUE_SEGMENTS
 
 log = logging.getLogger(__name__)
@@ -727,12 +727,9 @@ def encode_for_trees(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
     for position, name in enumerate(model.feature_names_in_):
         values = inputs[name]
         if name in model.categories_:
-            # The few distinct values are looked up, not every row's text.
-            row_codes, distinct = pd.factorize(values)
-            text = pd.Index(distinct).astype("string").astype(object)
-            lookup = pd.Index(model.categories_[name], dtype=object).get_indexer(text).astype(float)
-            lookup[lookup < 0] = np.nan
-            encoded[position] = np.where(row_codes >= 0, lookup[row_codes], np.nan) if len(lookup) else np.nan
+            codes = category_codes(values, model.categories_[name]).astype(float)
+            codes[codes < 0] = np.nan
+            encoded[position] = codes
         else:
             encoded[position] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     return encoded
