@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 
-from harness import demo_data, measure, print_table
+from harness import MAX_SNAPSHOTS, SAMPLE_MODULUS, demo_data, measure, print_table
 
 SECONDS_TARGET = 60.0
 PEAK_GIB_TARGET = 4.0
-SAMPLE_MODULUS = 50  # one customer in 50 trains the models
 
 SETUP = """
     import atexit, shutil, tempfile, time
@@ -78,7 +77,7 @@ WORK = """
 """
 
 
-def run(n_customers: int = 1_000_000, repeat: int = 1, max_snapshots: int = 6) -> bool:
+def run(n_customers: int = 1_000_000, repeat: int = 1, max_snapshots: int = MAX_SNAPSHOTS) -> bool:
     directory = demo_data(n_customers)
     setup = SETUP.format(directory=str(directory), modulus=SAMPLE_MODULUS, max_snapshots=max_snapshots)
     result = measure("churnml: score every customer (features, 2 models, reasons, write)", setup, WORK, repeat=repeat)

@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from harness import demo_data, main, measure, print_table
+from harness import MAX_SNAPSHOTS, SAMPLE_MODULUS, demo_data, main, measure, print_table
 
 SPARK_DRIVER_MEMORY = "4g"
 
@@ -95,9 +95,6 @@ def children_peak_gib() -> float | None:
 
     return sum(kib for pid, kib in peaks_kib.items() if descends_from_us(pid)) / 2**20
 
-
-SAMPLE_MODULUS = 50  # one customer in 50 trains the models
-MAX_SNAPSHOTS = 6
 
 _TRAIN_SETUP = """
     import pickle

@@ -97,8 +97,14 @@ def demo_data(n_customers: int, seed: int = 42) -> Path:
     return directory
 
 
-def train_default_models(directory: str | Path, scratch: str | Path, modulus: int = 50,
-                         max_snapshots: int = 6) -> tuple[dict, dict]:
+# The benchmarks that score train their models on one customer in SAMPLE_MODULUS, with
+# MAX_SNAPSHOTS training snapshots.
+SAMPLE_MODULUS = 50
+MAX_SNAPSHOTS = 6
+
+
+def train_default_models(directory: str | Path, scratch: str | Path, modulus: int = SAMPLE_MODULUS,
+                         max_snapshots: int = MAX_SNAPSHOTS) -> tuple[dict, dict]:
     """Churn and repurchase models trained with the default configuration on one customer in
     ``modulus`` of the shop in ``directory`` (the sample is written under ``scratch``).
 
