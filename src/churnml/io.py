@@ -452,7 +452,8 @@ def write_table_atomic(table: ir.Table, path: str | os.PathLike) -> Path:
 
 
 def _move_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; a directory (Spark writes one) replaces the old one in two renames."""
+    """Rename ``new`` to ``target``; where either is a directory (an earlier Spark run may have
+    left one), the old one is moved aside first, in two renames."""
     if not target.exists() or not (target.is_dir() or new.is_dir()):
         os.replace(new, target)
         return

@@ -985,15 +985,15 @@ def _text(values: pd.Series) -> pd.Series:
 
 
 def _formatted(values: pd.Series, format_one: Callable[[float], str],
-               shown: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.Series:
+               rounded: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.Series:
     """``format_one`` applied to each value; each distinct value is formatted once.
 
-    ``shown`` rounds the values to what the format shows, so that a million distinct amounts are
-    a few thousand distinct texts to format (a million customers also have only a few thousand
-    distinct day counts).
+    ``rounded`` rounds the values to what the format shows, so that a million distinct amounts
+    are a few thousand distinct texts to format (a million customers also have only a few
+    thousand distinct day counts).
     """
     numbers = values.to_numpy(dtype=float)
-    distinct, position = np.unique(shown(numbers) if shown is not None else numbers, return_inverse=True)
+    distinct, position = np.unique(rounded(numbers) if rounded is not None else numbers, return_inverse=True)
     texts = np.array([format_one(v) for v in distinct], dtype=object)
     return pd.Series(texts[position.reshape(-1)], index=values.index, dtype=object)
 

@@ -81,7 +81,7 @@ class ScoringSetup:
     identities : mapping of str to ModelIdentity, optional
     schema : ibis.Schema, optional
         The feature table's Ibis schema: each piece gets the pandas types the whole table gets
-        from ``Table.to_pandas``.
+        on one machine (:func:`churnml.features.to_frame`).
     bgnbd_model : lifetimes.BetaGeoFitter, optional
         BG/NBD fitted on the whole population, for models with BG/NBD features; None when it
         cannot be fitted (those features are then missing, as on one machine).
@@ -393,7 +393,7 @@ def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[
         setup = replace(setup, schema=table.schema(), config=executor_config(setup.config, session))
         check_models(features, setup)
         setup = with_population_fit(features, setup)
-        # Tabulated once here, the trees' tables travel with the models to every task.
+        # Tabulated once here (trained models arrive tabulated), the tables travel with the models to every task.
         for model in setup.models.values():
             tabulate_model(model)
         setup = replace(setup, thresholds=population_thresholds(features, setup))
