@@ -459,6 +459,35 @@ def test_tabulated_trees_follow_lightgbms_missing_value_rules(zero_as_missing):
     np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
 
 
+def test_tabulated_trees_follow_category_splits_past_the_first_64_categories():
+    rng = np.random.default_rng(3)
+    n = 6000
+    stores = np.array([f"store {i:03d}" for i in range(150)], dtype=object)
+    frame = pd.DataFrame({
+        "customer_id": [f"C{i:05d}" for i in range(n)],
+        "store": pd.Series(stores[rng.integers(0, len(stores), n)], dtype="str"),
+        "spend": rng.gamma(2.0, 50.0, n),
+    })
+    # Every third store from the 60th on churns more: splits must list categories beyond 64.
+    store_number = frame["store"].str.slice(6).astype(int)
+    logit = np.where((store_number >= 60) & (store_number % 3 == 0), 1.5, -1.0) - 0.002 * frame["spend"]
+    label = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    estimator = LGBMClassifier(n_estimators=20, num_leaves=7, min_child_samples=10, min_data_per_group=5,
+                               cat_smooth=1.0, max_cat_threshold=64, n_jobs=1, verbose=-1, deterministic=True,
+                               force_row_wise=True, random_state=0)
+    model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
+    tables = scoring.tabulate_model(model)
+    assert tables is not None and tables.category_mask.shape[2] > 1
+    assert (tables.category_mask[:, :, 1:] != 0).any()
+    fresh = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    fresh.loc[fresh.index[:40], "store"] = "a store opened after training"
+    fresh.loc[fresh.index[40:80], "store"] = None
+    raw, contributions = scoring.tabulated_scores(tables, scoring.encode_for_trees(model, fresh))
+    expected = model.contributions(fresh)
+    np.testing.assert_allclose(contributions.T, expected[model.feature_names_in_], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
+
+
 def test_a_model_is_tabulated_once_and_again_when_refitted():
     import pickle
 

@@ -42,6 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from churnml.baselines import BGNBD_FEATURE_COLUMNS, bgnbd_features
 from churnml.features import FeatureConfig, as_date, build_features, to_frame
@@ -413,20 +414,22 @@ def top_contributions(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
         index -1 and contribution NaN.
     """
     n_rows, n_features = values.shape
-    k = min(n, n_features)
     indices = np.full((n_rows, n), -1, dtype=np.int64)
     chosen = np.full((n_rows, n), np.nan)
-    if k == 0 or n_rows == 0:
+    if n_rows == 0:
         return indices, chosen
-    candidates = np.argpartition(-values, k - 1, axis=1)[:, :k] if k < n_features else np.tile(np.arange(n_features), (n_rows, 1))
-    candidate_values = np.take_along_axis(values, candidates, axis=1)
-    # Largest first; equal contributions in feature order, so that reruns order them the same.
-    order = np.lexsort((candidates, -candidate_values), axis=1)
-    top = np.take_along_axis(candidates, order, axis=1)[:, :k]
-    top_values = np.take_along_axis(candidate_values, order, axis=1)[:, :k]
-    positive = top_values > 0
-    indices[:, :k] = np.where(positive, top, -1)
-    chosen[:, :k] = np.where(positive, top_values, np.nan)
+    # Entries that cannot be chosen (not positive, NaN) become -inf; argmax takes the first of
+    # equal values, so equal contributions come in feature order and reruns order them the same.
+    candidates = np.array(values, dtype=float, order="C")
+    candidates[~(candidates > 0)] = -np.inf
+    rows = np.arange(n_rows)
+    for slot in range(min(n, n_features)):
+        best = candidates.argmax(axis=1)
+        value = candidates[rows, best]
+        found = value > 0
+        indices[:, slot] = np.where(found, best, -1)
+        chosen[:, slot] = np.where(found, value, np.nan)
+        candidates[rows, best] = -np.inf
     return indices, chosen
 
 
@@ -767,13 +770,18 @@ def _tabulated_kernel() -> Callable[..., None]:
                     bit = np.uint8(1 << j)
                     values = features[split_feature[t, j], start:start + size]
                     if categorical[t, j]:
-                        # LightGBM: missing and negative codes go right.
+                        # LightGBM: missing and negative codes go right, as do codes beyond the mask.
+                        # Branch-free (NaN fails both comparisons): a branch per row costs more
+                        # than all of a tree's other splits.
+                        words = category_mask[t, j]
+                        limit = np.float64(n_words * 64)
+                        shift = np.uint8(j)
                         for r in range(size):
                             value = values[r]
-                            if value == value and value >= 0:
-                                code = int(value)
-                                if code < n_words * 64 and (category_mask[t, j, code >> 6] >> np.uint64(code & 63)) & np.uint64(1):
-                                    pattern[r] |= bit
+                            inside = (value >= 0.0) & (value < limit)
+                            code = np.int64(value if inside else 0.0)
+                            listed = (words[code >> 6] >> np.uint64(code & 63)) & np.uint64(1)
+                            pattern[r] |= np.uint8(listed & np.uint64(inside)) << shift
                     elif missing_type[t, j] == 1:
                         # Missing type Zero: NaN counts as 0, and 0 takes the default direction.
                         for r in range(size):
@@ -924,7 +932,7 @@ def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTable
         if has_prior:
             # As in the model's contributions: the prior relative to its share of the bias.
             values = np.column_stack([values, prior[start:start + batch_size] - tables.prior_offset])
-        tops.append(top_contributions(np.ascontiguousarray(values), n_reasons))
+        tops.append(top_contributions(values, n_reasons))
     del contributions
     if not tops:
         return ModelScores(probability, TopReasons(names, np.full((0, n_reasons), -1, dtype=np.int64),
@@ -1362,17 +1370,18 @@ def score_customers(
     # Every customer gets at least one reason, even when no feature pushes the risk up.
     phrases[:, 0] = np.where(pd.isna(phrases[:, 0]), NO_RISK_FACTOR, phrases[:, 0])
 
-    bands = risk_band(churn_probability, config.risk_bands)
+    bands = text_array(risk_band(churn_probability, config.risk_bands))
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    segments = scoring_value_segment(ltv, repurchase_probability, thresholds)
+    segments = text_array(scoring_value_segment(ltv, repurchase_probability, thresholds))
+    tiers = text_array(churn_inputs["tier"].to_numpy(dtype=object))
     playbook_rows = pd.DataFrame({
-        "tier": churn_inputs["tier"].to_numpy(dtype=object),
+        "tier": tiers,
         "value_segment": segments,
         "risk_band": bands,
         "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
     })
     columns: dict[str, Any] = {
-        "customer_id": churn_inputs["customer_id"].to_numpy(dtype=object),
+        "customer_id": text_array(churn_inputs["customer_id"].to_numpy(dtype=object)),
         "as_of": np.full(len(churn_inputs), as_of, dtype=object),
         "churn_probability": churn_probability.astype(float),
         "repurchase_probability": repurchase_probability.astype(float),
@@ -1380,20 +1389,33 @@ def score_customers(
     }
     for slot in range(config.n_reasons):
         k = slot + 1
-        columns[f"reason_{k}"] = phrases[:, slot]
-        columns[f"reason_{k}_feature"] = reason_features[:, slot]
+        columns[f"reason_{k}"] = text_array(phrases[:, slot])
+        columns[f"reason_{k}_feature"] = text_array(reason_features[:, slot])
         columns[f"reason_{k}_contribution"] = contributions[:, slot]
     columns.update({
-        "tier": playbook_rows["tier"].to_numpy(),
+        "tier": tiers,
         "value_segment": segments,
         # Cents: sums of amounts may differ in the last bits between engine runs.
         "ltv": np.round(ltv, 2),
-        "recommended_action": recommend_actions(playbook_rows, config.playbook, config.default_action),
+        "recommended_action": text_array(recommend_actions(playbook_rows, config.playbook, config.default_action)),
     })
     for target in TARGETS:
-        columns[f"{target}_model_name"] = np.full(len(churn_inputs), identities[target].name, dtype=object)
-        columns[f"{target}_model_version"] = np.full(len(churn_inputs), str(identities[target].version), dtype=object)
+        columns[f"{target}_model_name"] = text_array(np.full(len(churn_inputs), identities[target].name, dtype=object))
+        columns[f"{target}_model_version"] = text_array(
+            np.full(len(churn_inputs), str(identities[target].version), dtype=object))
     return pd.DataFrame(columns)[score_columns(config.n_reasons)]
+
+
+def text_array(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """Text values (None or NaN where missing) as the array pandas would make of them.
+
+    With pandas' string inference (pandas 3) that is an Arrow string array, converted here by
+    Arrow in one pass: pandas' own conversion checks every value in Python, about 0.3 s per
+    million. Without it, the object array itself.
+    """
+    if not pd.get_option("future.infer_string"):
+        return values
+    return pd.array(pa.array(values, type=pa.large_string(), from_pandas=True), dtype="str")
 
 
 def write_scores(scores: pd.DataFrame, path: str | Path, fmt: str = "parquet") -> Path:
