@@ -1049,14 +1049,22 @@ def _either(condition: np.ndarray, when_true: pd.Series | str, when_false: pd.Se
     return pd.Series(np.where(condition, as_array(when_true), as_array(when_false)), index=index, dtype=object)
 
 
+def _patched(base: pd.Series | str, where: np.ndarray, patch: pd.Series, index: pd.Index) -> pd.Series:
+    """``base`` (a text for every row, or one text for all) with the rows ``where`` replaced by
+    ``patch``, the texts of those rows alone."""
+    texts = np.full(len(index), base, dtype=object) if isinstance(base, str) else base.to_numpy(dtype=object, copy=True)
+    # In numpy: a masked assignment to a pandas Series costs about ten times as much.
+    texts[where] = patch.to_numpy(dtype=object)
+    return pd.Series(texts, index=index, dtype=object)
+
+
 def _usually_every(rows: pd.DataFrame) -> pd.Series:
     """`` (usually every 30)`` where the mean gap is known, else nothing."""
     gap = rows["mean_gap_days"] if "mean_gap_days" in rows else pd.Series(np.nan, index=rows.index)
     known = gap.notna().to_numpy()
-    text = pd.Series("", index=rows.index, dtype=object)
-    if known.any():
-        text[known] = (" (usually every " + _whole(gap[known]) + ")").to_numpy()
-    return text
+    if not known.any():
+        return pd.Series("", index=rows.index, dtype=object)
+    return _patched("", known, " (usually every " + _whole(gap[known]) + ")", rows.index)
 
 
 def _recency(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) -> pd.Series:
@@ -1090,7 +1098,7 @@ def _order_value_drop(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) 
     text = _either(dropped, f"order value down more than {ctx.order_value_drop:.0%}{window}",
                    f"order value not down more than {ctx.order_value_drop:.0%}{window}", value.index)
     if specific.any():
-        text[specific] = ("order value down " + _percent(-change[specific]) + window).to_numpy()
+        text = _patched(text, specific, "order value down " + _percent(-change[specific]) + window, value.index)
     return text
 
 
@@ -1110,7 +1118,7 @@ def _interaction_rate(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) 
     known_peers = peers.notna().to_numpy()
     text = "interactions " + _decimal(rate) + " a month"
     if known_peers.any():
-        text[known_peers] = (text[known_peers] + " (peers " + _decimal(peers[known_peers]) + ")").to_numpy()
+        text = _patched(text, known_peers, text[known_peers] + " (peers " + _decimal(peers[known_peers]) + ")", value.index)
     return text
 
 
@@ -1280,10 +1288,12 @@ def describe(feature: str, rows: pd.DataFrame, context: ReasonContext = ReasonCo
     template = reason_template(feature)
     value = rows[feature]
     present = value.notna().to_numpy()
-    phrases = pd.Series(template.missing.format(**vars(context)), index=rows.index, dtype=object)
-    if present.any():
-        phrases[present] = template.render(value[present], rows.loc[present], context).to_numpy(dtype=object)
-    return phrases
+    missing = template.missing.format(**vars(context))
+    if not present.any():
+        return pd.Series(missing, index=rows.index, dtype=object)
+    if present.all():
+        return pd.Series(template.render(value, rows, context).to_numpy(dtype=object), index=rows.index, dtype=object)
+    return _patched(missing, present, template.render(value[present], rows.loc[present], context), rows.index)
 
 
 def reason_phrases(
@@ -1370,10 +1380,10 @@ def score_customers(
     # Every customer gets at least one reason, even when no feature pushes the risk up.
     phrases[:, 0] = np.where(pd.isna(phrases[:, 0]), NO_RISK_FACTOR, phrases[:, 0])
 
-    bands = text_array(risk_band(churn_probability, config.risk_bands))
+    bands = _text_array(risk_band(churn_probability, config.risk_bands))
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    segments = text_array(scoring_value_segment(ltv, repurchase_probability, thresholds))
-    tiers = text_array(churn_inputs["tier"].to_numpy(dtype=object))
+    segments = _text_array(scoring_value_segment(ltv, repurchase_probability, thresholds))
+    tiers = _text_array(churn_inputs["tier"].to_numpy(dtype=object))
     playbook_rows = pd.DataFrame({
         "tier": tiers,
         "value_segment": segments,
@@ -1381,7 +1391,7 @@ def score_customers(
         "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
     })
     columns: dict[str, Any] = {
-        "customer_id": text_array(churn_inputs["customer_id"].to_numpy(dtype=object)),
+        "customer_id": _text_array(churn_inputs["customer_id"].to_numpy(dtype=object)),
         "as_of": np.full(len(churn_inputs), as_of, dtype=object),
         "churn_probability": churn_probability.astype(float),
         "repurchase_probability": repurchase_probability.astype(float),
@@ -1389,24 +1399,24 @@ def score_customers(
     }
     for slot in range(config.n_reasons):
         k = slot + 1
-        columns[f"reason_{k}"] = text_array(phrases[:, slot])
-        columns[f"reason_{k}_feature"] = text_array(reason_features[:, slot])
+        columns[f"reason_{k}"] = _text_array(phrases[:, slot])
+        columns[f"reason_{k}_feature"] = _text_array(reason_features[:, slot])
         columns[f"reason_{k}_contribution"] = contributions[:, slot]
     columns.update({
         "tier": tiers,
         "value_segment": segments,
         # Cents: sums of amounts may differ in the last bits between engine runs.
         "ltv": np.round(ltv, 2),
-        "recommended_action": text_array(recommend_actions(playbook_rows, config.playbook, config.default_action)),
+        "recommended_action": _text_array(recommend_actions(playbook_rows, config.playbook, config.default_action)),
     })
     for target in TARGETS:
-        columns[f"{target}_model_name"] = text_array(np.full(len(churn_inputs), identities[target].name, dtype=object))
-        columns[f"{target}_model_version"] = text_array(
+        columns[f"{target}_model_name"] = _text_array(np.full(len(churn_inputs), identities[target].name, dtype=object))
+        columns[f"{target}_model_version"] = _text_array(
             np.full(len(churn_inputs), str(identities[target].version), dtype=object))
     return pd.DataFrame(columns)[score_columns(config.n_reasons)]
 
 
-def text_array(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+def _text_array(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
     """Text values (None or NaN where missing) as the array pandas would make of them.
 
     With pandas' string inference (pandas 3) that is an Arrow string array, converted here by
