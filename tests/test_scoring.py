@@ -427,6 +427,26 @@ def test_scores_are_the_same_with_and_without_tabulated_trees(models, inputs, da
     pd.testing.assert_frame_equal(fast[texts], slow[texts])
 
 
+def test_models_that_read_the_same_rows_alike_share_one_encoding(models, inputs, dataset, monkeypatch):
+    encoded_rows = []
+    encode = scoring.encode_for_trees
+
+    def counted(model, frame):
+        encoded_rows.append(len(frame))
+        return encode(model, frame)
+
+    monkeypatch.setattr(scoring, "encode_for_trees", counted)
+    shared = inputs["churn"]
+    both = {"churn": shared, "repurchase": shared}
+    assert list(models["churn"].feature_names_in_) == list(models["repurchase"].feature_names_in_)
+    assert models["churn"].categories_.keys() == models["repurchase"].categories_.keys()
+    scores = scoring.score_customers(both, models, dataset.last_date)
+    # The two samples checked against the models are encoded on their own; the whole table once.
+    assert encoded_rows.count(len(shared)) == 1
+    expected = scoring.score_customers(both, models, dataset.last_date, scoring.ScoringConfig(tabulate_trees=False))
+    np.testing.assert_allclose(scores["repurchase_probability"], expected["repurchase_probability"], rtol=1e-9, atol=1e-12)
+
+
 def synthetic_frame(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     """Numbers with zeros and gaps, and a category with gaps: every missing-value rule of LightGBM."""
     rng = np.random.default_rng(seed)

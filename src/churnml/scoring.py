@@ -914,11 +914,21 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
 
 
 def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables, n_reasons: int = 0,
-                      batch_size: int = 200_000, threads: int | None = None) -> ModelScores:
-    """Probabilities and top contributions from tabulated trees (see :func:`tabulate_model`)."""
+                      batch_size: int = 200_000, threads: int | None = None,
+                      encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
+    """Probabilities and top contributions from tabulated trees (see :func:`tabulate_model`).
+
+    ``encodings`` keeps :func:`encode_for_trees` tables for the next model that reads the same
+    rows the same way (the churn and repurchase models usually share their inputs).
+    """
     prior = _prior_log_odds(model, inputs)
-    raw, contributions = tabulated_scores(tables, encode_for_trees(model, inputs), with_contributions=n_reasons > 0,
-                                          threads=threads)
+    key = _encoding_key(model, inputs)
+    encoded = encodings.get(key) if encodings is not None else None
+    if encoded is None:
+        encoded = encode_for_trees(model, inputs)
+        if encodings is not None:
+            encodings[key] = encoded
+    raw, contributions = tabulated_scores(tables, encoded, with_contributions=n_reasons > 0, threads=threads)
     probability = probability_from_raw_score(model, raw + prior)
     if not n_reasons:
         return ModelScores(probability)
@@ -949,10 +959,17 @@ def score_with_model(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0
     return ModelScores(probability, churn_reasons(model, inputs, n_reasons, batch_size) if n_reasons else None)
 
 
+def _encoding_key(model: ChurnModel, inputs: pd.DataFrame) -> tuple:
+    categories = tuple((name, tuple(map(str, values))) for name, values in model.categories_.items())
+    return id(inputs), tuple(model.feature_names_in_), categories
+
+
 def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, batch_size: int = 200_000,
-                 tabulate: bool = True, threads: int | None = None) -> ModelScores:
+                 tabulate: bool = True, threads: int | None = None,
+                 encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
     """A model's probabilities (and top contributions when ``n_reasons``), the fast way when the
     model's trees can be tabulated and the tables agree with the model, else the model's own way.
+    ``encodings`` is passed on to :func:`score_with_tables`.
     """
     started = time.perf_counter()
     # numba compiles the table lookups; it comes with shap, but the slow path needs nothing.
@@ -961,7 +978,7 @@ def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, ba
         verified = (verify_tables(model, inputs, tables, with_contributions=n_reasons > 0)
                     if tables is not None else None)
         if verified is not None:
-            scores = score_with_tables(model, inputs, verified, n_reasons, batch_size, threads)
+            scores = score_with_tables(model, inputs, verified, n_reasons, batch_size, threads, encodings)
             log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
                      len(verified.n_splits), time.perf_counter() - started)
             return scores
@@ -1369,10 +1386,12 @@ def score_customers(
     context = context or ReasonContext(horizon_days=int(churn_model.horizon_days))
     identities = identities or {t: ModelIdentity(t, "unknown") for t in TARGETS}
 
+    encodings: dict[tuple, np.ndarray] = {}
     churn = model_scores(churn_model, churn_inputs, config.n_reasons, config.batch_size, config.tabulate_trees,
-                         config.threads)
+                         config.threads, encodings)
     repurchase = model_scores(repurchase_model, repurchase_inputs, 0, config.batch_size, config.tabulate_trees,
-                              config.threads)
+                              config.threads, encodings)
+    del encodings
     churn_probability, repurchase_probability, reasons = churn.probability, repurchase.probability, churn.reasons
     quoted = churn_inputs if reasons.prior_log_odds is None else churn_inputs.assign(**{PRIOR: reasons.prior_log_odds})
     phrases, reason_features = reason_phrases(reasons.names, reasons.indices, quoted, context)
