@@ -1403,6 +1403,7 @@ def score_customers(
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     segments = _text_array(scoring_value_segment(ltv, repurchase_probability, thresholds))
     tiers = _text_array(churn_inputs["tier"].to_numpy(dtype=object))
+    ids = churn_inputs["customer_id"]
     playbook_rows = pd.DataFrame({
         "tier": tiers,
         "value_segment": segments,
@@ -1410,7 +1411,7 @@ def score_customers(
         "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
     })
     columns: dict[str, Any] = {
-        "customer_id": _text_array(churn_inputs["customer_id"].to_numpy(dtype=object)),
+        "customer_id": ids.array if isinstance(ids.dtype, pd.StringDtype) else ids.to_numpy(dtype=object),
         "as_of": np.full(len(churn_inputs), as_of, dtype=object),
         "churn_probability": churn_probability.astype(float),
         "repurchase_probability": repurchase_probability.astype(float),
