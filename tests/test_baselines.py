@@ -320,6 +320,26 @@ def test_fit_bgnbd_finds_the_parameters_lifetimes_finds(holdout_fit, penalizer):
                                rtol=1e-4)
 
 
+def test_a_large_table_starts_its_fit_from_a_sample(monkeypatch, holdout_fit):
+    inputs, _, _ = holdout_fit
+    x, t_x, T = (inputs[c].to_numpy(dtype=float) for c in ("x", "t_x", "T"))
+    sample_size = len(x) // 5
+    evaluated = []
+    objective = baselines.bgnbd_negative_log_likelihood
+
+    def counted(log_params, x, *args):
+        evaluated.append(len(x))
+        return objective(log_params, x, *args)
+
+    monkeypatch.setattr(baselines, "bgnbd_negative_log_likelihood", counted)
+    warm = baselines.fit_bgnbd_parameters(x, t_x, T, warm_start_customers=sample_size)
+    warm_sizes, evaluated[:] = list(evaluated), []
+    cold = baselines.fit_bgnbd_parameters(x, t_x, T, warm_start_customers=None)
+    assert min(warm_sizes) < len(x) and set(evaluated) == {len(x)}
+    assert warm_sizes.count(len(x)) < evaluated.count(len(x)) / 2
+    np.testing.assert_allclose(warm, cold, rtol=1e-4)
+
+
 def _fail_when(condition):
     """A fit_bgnbd_parameters that raises ConvergenceError when ``condition(penalizer)`` holds."""
     original = baselines.fit_bgnbd_parameters

@@ -39,6 +39,8 @@ BGNBD_SOURCE_COLUMNS = ("frequency", "repeat_orders", "purchase_span_days", "pur
 BGNBD_PARAMETERS = ("r", "alpha", "a", "b")
 BGNBD_FEATURE_COLUMNS = ("bgnbd_p_alive", "bgnbd_expected_purchases")
 DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1, 1.0)
+# Larger tables start their BG/NBD fit from a fit on a sample of about this many customers.
+WARM_START_CUSTOMERS = 50_000
 
 # Recency enters the rule score as r / (r + RECENCY_SCALE_DAYS): a year of recency gives 0.5.
 RECENCY_SCALE_DAYS = 365.0
@@ -184,10 +186,17 @@ def bgnbd_negative_log_likelihood(
     return float(value), gradient
 
 
-def fit_bgnbd_parameters(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float = 0.0) -> np.ndarray:
+def fit_bgnbd_parameters(
+    x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float = 0.0,
+    warm_start_customers: int | None = WARM_START_CUSTOMERS,
+) -> np.ndarray:
     """``r, alpha, a, b`` that minimise :func:`bgnbd_negative_log_likelihood`.
 
     As lifetimes fits: times scaled so that the largest age is 1, BFGS from log-parameters 0.1.
+    On more than four times ``warm_start_customers`` customers, BFGS first runs on an evenly
+    spaced sample of about that many, and the fit on every customer starts from the sample's
+    optimum and curvature: a few steps over the whole table instead of about thirty, to the same
+    optimum (within the optimiser's tolerance). None fits on every customer from the start.
 
     Raises
     ------
@@ -197,8 +206,23 @@ def fit_bgnbd_parameters(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalize
     from scipy.optimize import minimize
 
     scale = 1.0 / float(np.max(T))
-    args = (x, t_x * scale, T * scale, penalizer, np.unique(x, return_counts=True))
-    result = minimize(bgnbd_negative_log_likelihood, x0=np.full(4, 0.1), args=args, jac=True, method="BFGS", tol=1e-7)
+
+    def minimised(rows: slice, start: np.ndarray, inverse_hessian: np.ndarray | None = None):
+        part = x[rows]
+        args = (part, t_x[rows] * scale, T[rows] * scale, penalizer, np.unique(part, return_counts=True))
+        options = {} if inverse_hessian is None else {"hess_inv0": inverse_hessian}
+        return minimize(bgnbd_negative_log_likelihood, x0=start, args=args, jac=True, method="BFGS", tol=1e-7,
+                        options=options)
+
+    cold_start = np.full(4, 0.1)
+    result = None
+    if warm_start_customers and len(x) > 4 * warm_start_customers:
+        sample = minimised(slice(None, None, len(x) // warm_start_customers), cold_start)
+        curvature = (sample.hess_inv + sample.hess_inv.T) / 2
+        if sample.success and np.all(np.linalg.eigvalsh(curvature) > 0):
+            result = minimised(slice(None), sample.x, curvature)
+    if result is None or not result.success:
+        result = minimised(slice(None), cold_start)
     if not result.success:
         raise BGNBDFitError(f"the optimiser did not converge: {result.message}")
     params = np.exp(result.x)
