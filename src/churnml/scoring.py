@@ -1391,6 +1391,7 @@ def score_customers(
                          config.threads, encodings)
     repurchase = model_scores(repurchase_model, repurchase_inputs, 0, config.batch_size, config.tabulate_trees,
                               config.threads, encodings)
+    # The encoded rows are as large as the feature table: freed before the reasons are phrased.
     del encodings
     churn_probability, repurchase_probability, reasons = churn.probability, repurchase.probability, churn.reasons
     quoted = churn_inputs if reasons.prior_log_odds is None else churn_inputs.assign(**{PRIOR: reasons.prior_log_odds})
@@ -1402,8 +1403,7 @@ def score_customers(
     bands = _text_array(risk_band(churn_probability, config.risk_bands))
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
     segments = _text_array(scoring_value_segment(ltv, repurchase_probability, thresholds))
-    tiers = _text_array(churn_inputs["tier"].to_numpy(dtype=object))
-    ids = churn_inputs["customer_id"]
+    tiers = _text_column(churn_inputs["tier"])
     playbook_rows = pd.DataFrame({
         "tier": tiers,
         "value_segment": segments,
@@ -1411,7 +1411,7 @@ def score_customers(
         "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
     })
     columns: dict[str, Any] = {
-        "customer_id": ids.array if isinstance(ids.dtype, pd.StringDtype) else ids.to_numpy(dtype=object),
+        "customer_id": _text_column(churn_inputs["customer_id"]),
         "as_of": np.full(len(churn_inputs), as_of, dtype=object),
         "churn_probability": churn_probability.astype(float),
         "repurchase_probability": repurchase_probability.astype(float),
@@ -1434,6 +1434,12 @@ def score_customers(
         columns[f"{target}_model_version"] = _text_array(
             np.full(len(churn_inputs), str(identities[target].version), dtype=object))
     return pd.DataFrame(columns)[score_columns(config.n_reasons)]
+
+
+def _text_column(column: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """An input column as it goes into the score table: its own array when it is text already
+    (nothing to convert), else its values for pandas to type."""
+    return column.array if isinstance(column.dtype, pd.StringDtype) else column.to_numpy(dtype=object)
 
 
 def _text_array(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
