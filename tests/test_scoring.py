@@ -192,6 +192,23 @@ def test_top_contributions_keep_only_risk_raising_features():
     assert np.isnan(chosen[1]).all() and np.isnan(chosen[2, 1:]).all()
 
 
+@pytest.mark.parametrize("n", [1, 3, 7])
+def test_top_contributions_by_column_choose_as_by_row(n):
+    rng = np.random.default_rng(n)
+    # Rounded values make ties; zeros, negatives, NaN and -inf must never be chosen.
+    values = np.round(rng.normal(size=(2_000, 5)), 1)
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[rng.random(values.shape) < 0.05] = -np.inf
+    last = np.round(rng.normal(size=len(values)), 1)
+    expected = scoring.top_contributions(np.column_stack([values, last]), n)
+    indices, chosen = scoring.top_contributions_by_column(values.T, n, last)
+    np.testing.assert_array_equal(indices, expected[0])
+    np.testing.assert_array_equal(chosen, expected[1])
+    assert (indices[:, 0] == 5).any() and (indices == -1).any()
+    without_last = scoring.top_contributions_by_column(values.T, n)
+    np.testing.assert_array_equal(without_last[0], scoring.top_contributions(values, n)[0])
+
+
 def test_reason_phrases_read_like_the_examples():
     rows = pd.DataFrame({
         "recency_days": [124.0, 5.0, np.nan],

@@ -805,19 +805,74 @@ def _tabulated_kernel() -> Callable[..., None]:
                         else:
                             for r in range(size):
                                 pattern[r] |= np.uint8(values[r] <= limit) << shift
-                tree_output = output[t]
-                for r in range(size):
-                    total[r] += tree_output[pattern[r]]
-                if with_contributions:
+                if not with_contributions:
+                    tree_output = output[t]
+                    for r in range(size):
+                        total[r] += tree_output[pattern[r]]
+                else:
+                    # The raw score is then the contributions' sum (plus the bias): a tree's
+                    # TreeSHAP values add up to its output, which saves a lookup per tree.
                     for i in range(n_used[t]):
                         target = contributions[used_features[t, i], start:start + size]
                         values_of_pattern = shap[t, i]
                         for r in range(size):
                             target[r] += values_of_pattern[pattern[r]]
-            raw[start:start + size] = total
+            if not with_contributions:
+                raw[start:start + size] = total
 
     _KERNEL = kernel
     return kernel
+
+
+_TOP_KERNEL: Callable[..., None] | None = None
+
+
+def _top_kernel() -> Callable[..., None]:
+    """The compiled selection behind :func:`top_contributions_by_column` (numba, compiled on first use)."""
+    global _TOP_KERNEL
+    if _TOP_KERNEL is not None:
+        return _TOP_KERNEL
+    import numba
+
+    @numba.njit(nogil=True, parallel=True, cache=True)
+    def kernel(columns, last, indices, chosen, block):
+        n_columns, n_rows = columns.shape
+        n = indices.shape[1]
+        for b in numba.prange((n_rows + block - 1) // block):
+            start = b * block
+            stop = min(n_rows, start + block)
+            for c in range(n_columns + (1 if last.shape[0] else 0)):
+                column = columns[c] if c < n_columns else last
+                for r in range(start, stop):
+                    value = column[r]
+                    # Only positive values; a value equal to a kept one goes after it (feature order).
+                    if not (value > 0.0) or (indices[r, n - 1] >= 0 and not (value > chosen[r, n - 1])):
+                        continue
+                    slot = n - 1
+                    while slot > 0 and (indices[r, slot - 1] < 0 or value > chosen[r, slot - 1]):
+                        indices[r, slot] = indices[r, slot - 1]
+                        chosen[r, slot] = chosen[r, slot - 1]
+                        slot -= 1
+                    indices[r, slot] = c
+                    chosen[r, slot] = value
+
+    _TOP_KERNEL = kernel
+    return kernel
+
+
+def top_contributions_by_column(columns: np.ndarray, n: int, last: np.ndarray | None = None,
+                                block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_contributions` of contributions stored a feature per row, as
+    :func:`tabulated_scores` gives them, with ``last`` (one value per customer) as one more
+    feature after them; compiled, and without copying the contributions into rows.
+    """
+    n_rows = columns.shape[1]
+    indices = np.full((n_rows, n), -1, dtype=np.int64)
+    chosen = np.full((n_rows, n), np.nan)
+    if n_rows and n:
+        last = np.zeros(0) if last is None else np.ascontiguousarray(last, dtype=float)
+        _top_kernel()(np.ascontiguousarray(columns, dtype=float), last, indices, chosen, block)
+    return indices, chosen
 
 
 def tabulated_scores(
@@ -849,7 +904,7 @@ def tabulated_scores(
 
     features = np.ascontiguousarray(features, dtype=float)
     n_features, n_rows = features.shape
-    raw = np.zeros(n_rows)
+    raw = np.zeros(0 if with_contributions else n_rows)
     contributions = np.zeros((n_features, n_rows) if with_contributions else (n_features, 0))
     kernel = _tabulated_kernel()
     previous = numba.get_num_threads()
@@ -860,7 +915,9 @@ def tabulated_scores(
                tables.shap, tables.output, contributions, raw, with_contributions, block)
     finally:
         numba.set_num_threads(previous)
-    return raw + tables.constant, contributions if with_contributions else None
+    if with_contributions:
+        return contributions.sum(axis=0) + tables.expected_value, contributions
+    return raw + tables.constant, None
 
 
 def probability_from_raw_score(model: ChurnModel, raw_score: np.ndarray) -> np.ndarray:
@@ -914,8 +971,7 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
 
 
 def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables, n_reasons: int = 0,
-                      batch_size: int = 200_000, threads: int | None = None,
-                      encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
+                      threads: int | None = None, encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
     """Probabilities and top contributions from tabulated trees (see :func:`tabulate_model`).
 
     ``encodings`` keeps :func:`encode_for_trees` tables for the next model that reads the same
@@ -936,19 +992,11 @@ def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTable
     has_prior = bool(getattr(model, "prior", None))
     if has_prior:
         names.append(PRIOR)
-    tops = []
-    for start in range(0, len(inputs), batch_size):
-        values = contributions[:, start:start + batch_size].T
-        if has_prior:
-            # As in the model's contributions: the prior relative to its share of the bias.
-            values = np.column_stack([values, prior[start:start + batch_size] - tables.prior_offset])
-        tops.append(top_contributions(values, n_reasons))
+    # As in the model's contributions: the prior relative to its share of the bias.
+    indices, chosen = top_contributions_by_column(contributions, n_reasons,
+                                                  prior - tables.prior_offset if has_prior else None)
     del contributions
-    if not tops:
-        return ModelScores(probability, TopReasons(names, np.full((0, n_reasons), -1, dtype=np.int64),
-                                                   np.full((0, n_reasons), np.nan)))
-    reasons = TopReasons(names, np.concatenate([t[0] for t in tops]), np.concatenate([t[1] for t in tops]),
-                         prior if has_prior else None)
+    reasons = TopReasons(names, indices, chosen, prior if has_prior else None)
     return ModelScores(probability, reasons)
 
 
@@ -978,7 +1026,7 @@ def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, ba
         verified = (verify_tables(model, inputs, tables, with_contributions=n_reasons > 0)
                     if tables is not None else None)
         if verified is not None:
-            scores = score_with_tables(model, inputs, verified, n_reasons, batch_size, threads, encodings)
+            scores = score_with_tables(model, inputs, verified, n_reasons, threads, encodings)
             log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
                      len(verified.n_splits), time.perf_counter() - started)
             return scores
@@ -1323,18 +1371,23 @@ def reason_phrases(
     phrases, features : numpy.ndarray
         Object arrays shaped like ``indices``; ``None`` where the index is -1.
     """
-    phrases = np.full(indices.shape, None, dtype=object)
-    names = np.full(indices.shape, None, dtype=object)
-    for slot in range(indices.shape[1]):
-        column = indices[:, slot]
-        for feature_index in np.unique(column[column >= 0]):
-            feature = feature_names[feature_index]
-            rows = np.flatnonzero(column == feature_index)
-            template = reason_template(feature)
-            needed = [c for c in (feature, *template.uses) if c in frame.columns]
-            # Columns first: taking rows of the whole table would copy every column.
-            phrases[rows, slot] = describe(feature, frame[needed].iloc[rows], context).to_numpy()
-            names[rows, slot] = feature
+    n_slots = indices.shape[1]
+    feature_at = indices.ravel()
+    phrases = np.full(feature_at.shape, None, dtype=object)
+    listed = np.flatnonzero(feature_at >= 0)
+    # Each feature's rows in all slots at once (a row names a feature in one slot at most), in
+    # row order: one phrase call per feature, and row-ordered takes from the table.
+    by_feature = listed[np.argsort(feature_at[listed], kind="stable")]
+    for group in np.split(by_feature, np.flatnonzero(np.diff(feature_at[by_feature])) + 1):
+        if not len(group):
+            continue
+        feature = feature_names[feature_at[group[0]]]
+        template = reason_template(feature)
+        needed = [c for c in (feature, *template.uses) if c in frame.columns]
+        # Columns first: taking rows of the whole table would copy every column.
+        phrases[group] = describe(feature, frame[needed].iloc[group // n_slots], context).to_numpy()
+    names = np.asarray([*feature_names, None], dtype=object)[np.where(indices >= 0, indices, len(feature_names))]
+    phrases = phrases.reshape(indices.shape)
     return phrases, names
 
 
