@@ -31,6 +31,7 @@ every run, in a small fraction of the time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib.util
 import logging
 import math
@@ -738,14 +739,9 @@ def encode_for_trees(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
     return encoded
 
 
-_KERNEL: Callable[..., None] | None = None
-
-
+@functools.cache
 def _tabulated_kernel() -> Callable[..., None]:
     """The compiled loop over blocks of rows and trees (numba, compiled on first use)."""
-    global _KERNEL
-    if _KERNEL is not None:
-        return _KERNEL
     import numba
 
     # cache: the compiled loop is kept in __pycache__, which saves the next run a few seconds.
@@ -820,18 +816,12 @@ def _tabulated_kernel() -> Callable[..., None]:
             if not with_contributions:
                 raw[start:start + size] = total
 
-    _KERNEL = kernel
     return kernel
 
 
-_TOP_KERNEL: Callable[..., None] | None = None
-
-
+@functools.cache
 def _top_kernel() -> Callable[..., None]:
     """The compiled selection behind :func:`top_contributions_by_column` (numba, compiled on first use)."""
-    global _TOP_KERNEL
-    if _TOP_KERNEL is not None:
-        return _TOP_KERNEL
     import numba
 
     @numba.njit(nogil=True, parallel=True, cache=True)
@@ -856,7 +846,6 @@ def _top_kernel() -> Callable[..., None]:
                     indices[r, slot] = c
                     chosen[r, slot] = value
 
-    _TOP_KERNEL = kernel
     return kernel
 
 
