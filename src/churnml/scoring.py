@@ -902,7 +902,8 @@ def tabulated_scores(
     features : numpy.ndarray
         ``(features, rows)`` from :func:`encode_for_trees`.
     with_contributions : bool
-        Also compute the contributions (about 3x the work of the raw score).
+        Also compute the contributions (about 1.5x the work of the raw score alone, which is
+        then their sum plus ``tables.expected_value``).
     block : int
         Rows per block: a block's features and contributions stay in cache across trees.
     threads : int, optional
