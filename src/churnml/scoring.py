@@ -503,6 +503,8 @@ def churn_reasons(model: ChurnModel, inputs: pd.DataFrame, n: int = 3, batch_siz
 # rows and falls back to the model's methods if they differ (or if the trees are too large).
 
 MAX_TABULATED_SPLITS = 8
+# The table kernel tests this many of a tree's comparisons in one pass over the rows.
+_COMPARISONS_PER_PASS = 6
 VERIFICATION_ROWS = 256
 # The contribution of a tabulated tree equals pred_contrib's up to rounding.
 VERIFICATION_TOLERANCE = 1e-9
@@ -530,6 +532,14 @@ class TreeTables:
     ----------
     n_splits : numpy.ndarray
         Splits per tree (0 for a single-leaf tree), shape ``(trees,)``.
+    n_comparisons : numpy.ndarray
+        How many of a tree's splits, its first ones, are plain ``value <= threshold`` tests
+        (the others test categories or LightGBM's missing type Zero).
+    comparison_column, comparison_threshold : numpy.ndarray
+        Those tests in the table kernel's terms, ``(trees, k * 6)``: the split's feature, plus
+        the number of features where a missing value goes left (the kernel reads that feature
+        with -inf for NaN there), and the threshold; padded with NaN thresholds, which no value
+        passes.
     split_feature, threshold, categorical, missing_type, default_left : numpy.ndarray
         Each split's feature index, threshold, whether it tests categories, LightGBM missing
         type (0 None, 1 Zero, 2 NaN) and default direction; shape ``(trees, max splits)``.
@@ -554,6 +564,9 @@ class TreeTables:
     """
 
     n_splits: np.ndarray
+    n_comparisons: np.ndarray
+    comparison_column: np.ndarray
+    comparison_threshold: np.ndarray
     split_feature: np.ndarray
     threshold: np.ndarray
     categorical: np.ndarray
@@ -576,7 +589,15 @@ def _splits_and_leaves(node: Mapping[str, Any], splits: dict[int, Mapping[str, A
         _splits_and_leaves(node["right_child"], splits)
 
 
-def tabulate_tree(structure: Mapping[str, Any]) -> tuple[dict[int, Mapping[str, Any]], list[int], np.ndarray, np.ndarray, float]:
+def _is_comparison(node: Mapping[str, Any]) -> bool:
+    """Whether a split is a plain ``value <= threshold`` test (not categories, not missing type
+    Zero), which the table kernel evaluates several at a time."""
+    return node["decision_type"] != "==" and node["missing_type"] != "Zero"
+
+
+def tabulate_tree(
+    structure: Mapping[str, Any],
+) -> tuple[list[Mapping[str, Any]], list[int], np.ndarray, np.ndarray, float]:
     """Exact TreeSHAP values and output of one tree for every decision pattern.
 
     TreeSHAP (path-dependent) is the Shapley value of the game ``v(S)``: the tree's output when
@@ -591,8 +612,8 @@ def tabulate_tree(structure: Mapping[str, Any]) -> tuple[dict[int, Mapping[str, 
 
     Returns
     -------
-    splits : dict of int to mapping
-        Split nodes by ``split_index``.
+    splits : list of mapping
+        Split nodes, the plain comparisons first: bit ``j`` of a pattern is ``splits[j]``.
     features : list of int
         The distinct features the tree splits on.
     shap : numpy.ndarray
@@ -602,9 +623,11 @@ def tabulate_tree(structure: Mapping[str, Any]) -> tuple[dict[int, Mapping[str, 
     expected_value : float
         Cover-weighted mean output (``v`` of the empty set).
     """
-    splits: dict[int, Mapping[str, Any]] = {}
-    _splits_and_leaves(structure, splits)
-    features = sorted({int(node["split_feature"]) for node in splits.values()})
+    by_index: dict[int, Mapping[str, Any]] = {}
+    _splits_and_leaves(structure, by_index)
+    splits = sorted(by_index.values(), key=lambda node: (not _is_comparison(node), node["split_index"]))
+    bit_of = {node["split_index"]: bit for bit, node in enumerate(splits)}
+    features = sorted({int(node["split_feature"]) for node in splits})
     n_subsets, n_patterns = 1 << len(features), 1 << len(splits)
     subsets = np.arange(n_subsets)[:, None]
     patterns = np.arange(n_patterns)[None, :]
@@ -615,7 +638,7 @@ def tabulate_tree(structure: Mapping[str, Any]) -> tuple[dict[int, Mapping[str, 
         left, left_cover = game(node["left_child"])
         right, right_cover = game(node["right_child"])
         followed = ((subsets >> features.index(int(node["split_feature"]))) & 1) == 1
-        goes_left = ((patterns >> int(node["split_index"])) & 1) == 1
+        goes_left = ((patterns >> bit_of[node["split_index"]]) & 1) == 1
         cover = left_cover + right_cover
         averaged = (left_cover * left + right_cover * right) / cover if cover > 0 else (left + right) / 2
         return np.where(followed, np.where(goes_left, left, right), averaged), float(node.get("internal_count", cover))
@@ -644,10 +667,12 @@ def tabulate_model(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) ->
     booster = getattr(getattr(model, "estimator_", None), "booster_", None)
     cached = getattr(model, "_tree_tables", None)
     # Keyed by the booster itself: a refitted model has a new one (and pickling keeps the pair).
-    if cached is not None and cached[0] == max_splits and cached[1] is booster:
+    # The table fields are part of the key: a model saved with tables of another layout gets new ones.
+    key = (max_splits, tuple(f.name for f in fields(TreeTables)))
+    if cached is not None and cached[0] == key and cached[1] is booster:
         return cached[2]
     tables = _tabulated_trees(model, max_splits)
-    model._tree_tables = (max_splits, booster, tables)
+    model._tree_tables = (key, booster, tables)
     return tables
 
 
@@ -664,10 +689,15 @@ def _tabulated_trees(model: ChurnModel, max_splits: int) -> TreeTables | None:
     # Tables as wide as the largest tree needs, so that a tree's tables are a few kB.
     max_splits = max((tree.get("num_leaves", 1) - 1 for tree in trees), default=0) or 1
     n_trees, n_patterns = len(trees), 1 << max_splits
+    n_features = len(model.feature_names_in_)
+    comparisons_width = -(-max_splits // _COMPARISONS_PER_PASS) * _COMPARISONS_PER_PASS
     largest_category = max((int(c) for tree in trees for c in _category_lists(tree["tree_structure"])), default=0)
     words = largest_category // 64 + 1
     tables = TreeTables(
         n_splits=np.zeros(n_trees, np.int64),
+        n_comparisons=np.zeros(n_trees, np.int64),
+        comparison_column=np.zeros((n_trees, comparisons_width), np.int64),
+        comparison_threshold=np.full((n_trees, comparisons_width), np.nan),
         split_feature=np.zeros((n_trees, max_splits), np.int64),
         threshold=np.zeros((n_trees, max_splits)),
         categorical=np.zeros((n_trees, max_splits), np.bool_),
@@ -690,7 +720,8 @@ def _tabulated_trees(model: ChurnModel, max_splits: int) -> TreeTables | None:
             continue
         splits, features, shap, output, tree_expected = tabulate_tree(structure)
         tables.n_splits[t] = len(splits)
-        for j, node in splits.items():
+        tables.n_comparisons[t] = sum(map(_is_comparison, splits))
+        for j, node in enumerate(splits):
             tables.split_feature[t, j] = int(node["split_feature"])
             tables.missing_type[t, j] = _MISSING_TYPES[node["missing_type"]]
             tables.default_left[t, j] = bool(node["default_left"])
@@ -700,12 +731,24 @@ def _tabulated_trees(model: ChurnModel, max_splits: int) -> TreeTables | None:
                     tables.category_mask[t, j, category // 64] |= np.uint64(1) << np.uint64(category % 64)
             else:
                 tables.threshold[t, j] = float(node["threshold"])
+            if j < tables.n_comparisons[t]:
+                nan_low = n_features if _missing_goes_left(node) else 0
+                tables.comparison_column[t, j] = tables.split_feature[t, j] + nan_low
+                tables.comparison_threshold[t, j] = tables.threshold[t, j]
         tables.n_used[t] = len(features)
         tables.used_features[t, :len(features)] = features
         tables.shap[t, :len(features), :shap.shape[1]] = shap
         tables.output[t, :len(output)] = output
         expected_value += tree_expected
     return replace(tables, constant=constant, expected_value=expected_value)
+
+
+def _missing_goes_left(node: Mapping[str, Any]) -> bool:
+    """Where a comparison sends a missing value: missing type NaN, the default direction; None,
+    where it sends 0."""
+    if node["missing_type"] == "NaN":
+        return bool(node["default_left"])
+    return 0.0 <= float(node["threshold"])
 
 
 def _has_linear_leaves(node: Mapping[str, Any]) -> bool:
@@ -746,15 +789,25 @@ def _tabulated_kernel() -> Callable[..., None]:
 
     # cache: the compiled loop is kept in __pycache__, which saves the next run a few seconds.
     @numba.njit(nogil=True, parallel=True, cache=True)
-    def kernel(features, n_splits, split_feature, threshold, categorical, missing_type, default_left,
-               category_mask, n_used, used_features, shap, output, contributions, raw, with_contributions, block):
-        n_rows = features.shape[1]
+    def kernel(features, n_splits, n_comparisons, comparison_column, comparison_threshold, split_feature, threshold,
+               categorical, missing_type, default_left, category_mask, n_used, used_features, shap, output,
+               contributions, raw, with_contributions, block):
+        n_features, n_rows = features.shape
         n_words = category_mask.shape[2]
         # Blocks of rows, trees inside: a tree's tables stay in cache while its rows stream by,
         # and blocks are independent, so threads can share them out.
         for b in numba.prange((n_rows + block - 1) // block):
             start = b * block
             size = min(n_rows, start + block) - start
+            # The block's features, then the same with -inf for NaN: NaN fails every comparison
+            # and goes right in ``value <= threshold``, -inf goes left (see comparison_column).
+            columns = np.empty((2 * n_features, size))
+            for f in range(n_features):
+                values = features[f, start:start + size]
+                as_is, nan_low = columns[f], columns[n_features + f]
+                for r in range(size):
+                    as_is[r] = values[r]
+                    nan_low[r] = values[r] if values[r] == values[r] else -np.inf
             # One bit per split: at most MAX_TABULATED_SPLITS = 8, so a byte a row.
             pattern = np.zeros(size, np.uint8)
             total = np.zeros(size)
@@ -762,7 +815,22 @@ def _tabulated_kernel() -> Callable[..., None]:
                 if n_splits[t] == 0:
                     continue
                 pattern[:] = 0
-                for j in range(n_splits[t]):
+                # Comparisons six at a time (padded with ones no value passes): one pass over the
+                # pattern serves them all, in a loop simple enough for the compiler to vectorise.
+                for j in range(0, n_comparisons[t], _COMPARISONS_PER_PASS):
+                    first, second = columns[comparison_column[t, j]], columns[comparison_column[t, j + 1]]
+                    third, fourth = columns[comparison_column[t, j + 2]], columns[comparison_column[t, j + 3]]
+                    fifth, sixth = columns[comparison_column[t, j + 4]], columns[comparison_column[t, j + 5]]
+                    first_limit, second_limit = comparison_threshold[t, j], comparison_threshold[t, j + 1]
+                    third_limit, fourth_limit = comparison_threshold[t, j + 2], comparison_threshold[t, j + 3]
+                    fifth_limit, sixth_limit = comparison_threshold[t, j + 4], comparison_threshold[t, j + 5]
+                    shift = np.uint8(j)
+                    for r in range(size):
+                        bits = (np.uint8(first[r] <= first_limit) | np.uint8(second[r] <= second_limit) << 1
+                                | np.uint8(third[r] <= third_limit) << 2 | np.uint8(fourth[r] <= fourth_limit) << 3
+                                | np.uint8(fifth[r] <= fifth_limit) << 4 | np.uint8(sixth[r] <= sixth_limit) << 5)
+                        pattern[r] |= bits << shift
+                for j in range(n_comparisons[t], n_splits[t]):
                     bit = np.uint8(1 << j)
                     values = features[split_feature[t, j], start:start + size]
                     if categorical[t, j]:
@@ -778,7 +846,7 @@ def _tabulated_kernel() -> Callable[..., None]:
                             code = np.int64(value if inside else 0.0)
                             listed = (words[code >> 6] >> np.uint64(code & 63)) & np.uint64(1)
                             pattern[r] |= np.uint8(listed & np.uint64(inside)) << shift
-                    elif missing_type[t, j] == 1:
+                    else:
                         # Missing type Zero: NaN counts as 0, and 0 takes the default direction.
                         for r in range(size):
                             value = values[r]
@@ -789,18 +857,6 @@ def _tabulated_kernel() -> Callable[..., None]:
                                     pattern[r] |= bit
                             elif value <= threshold[t, j]:
                                 pattern[r] |= bit
-                    else:
-                        # Missing type NaN: NaN takes the default direction; None: NaN counts as 0.
-                        # Branch-free loops (NaN fails every comparison), which the compiler vectorises.
-                        goes_left = default_left[t, j] if missing_type[t, j] == 2 else 0.0 <= threshold[t, j]
-                        limit = threshold[t, j]
-                        shift = np.uint8(j)
-                        if goes_left:
-                            for r in range(size):
-                                pattern[r] |= np.uint8(not (values[r] > limit)) << shift
-                        else:
-                            for r in range(size):
-                                pattern[r] |= np.uint8(values[r] <= limit) << shift
                 if not with_contributions:
                     tree_output = output[t]
                     for r in range(size):
@@ -926,9 +982,10 @@ def tabulated_scores(
     previous = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)))
     try:
-        kernel(features, tables.n_splits, tables.split_feature, tables.threshold, tables.categorical,
-               tables.missing_type, tables.default_left, tables.category_mask, tables.n_used, tables.used_features,
-               tables.shap, tables.output, contributions, raw, with_contributions, block)
+        kernel(features, tables.n_splits, tables.n_comparisons, tables.comparison_column, tables.comparison_threshold,
+               tables.split_feature, tables.threshold, tables.categorical, tables.missing_type, tables.default_left,
+               tables.category_mask, tables.n_used, tables.used_features, tables.shap, tables.output, contributions, raw,
+               with_contributions, block)
     finally:
         numba.set_num_threads(previous)
     if with_contributions:
