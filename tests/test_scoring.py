@@ -209,6 +209,18 @@ def test_top_contributions_by_column_choose_as_by_row(n):
     np.testing.assert_array_equal(without_last[0], scoring.top_contributions(values, n)[0])
 
 
+@pytest.mark.parametrize("infer_string", [True, False])
+def test_text_taken_by_code_is_the_text_converted_value_by_value(infer_string):
+    labels = ["recency_days", "tier", "bgnbd_prior"]
+    codes = np.array([2, -1, 0, 0, 1, -1])
+    values = np.array([labels[c] if c >= 0 else None for c in codes], dtype=object)
+    with pd.option_context("future.infer_string", infer_string):
+        taken = pd.Series(scoring._text_by_code(labels, codes))
+        converted = pd.Series(scoring._text_array(values))
+    pd.testing.assert_series_equal(taken, converted)
+    assert taken.isna().tolist() == [False, True, False, False, False, True]
+
+
 def test_reason_phrases_read_like_the_examples():
     rows = pd.DataFrame({
         "recency_days": [124.0, 5.0, np.nan],

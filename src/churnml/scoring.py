@@ -1436,13 +1436,13 @@ def describe(feature: str, rows: pd.DataFrame, context: ReasonContext = ReasonCo
 
 def reason_phrases(
     feature_names: Sequence[str], indices: np.ndarray, frame: pd.DataFrame, context: ReasonContext = ReasonContext()
-) -> tuple[np.ndarray, np.ndarray]:
-    """Phrases and feature names for reason indices (as returned by :func:`churn_reasons`).
+) -> np.ndarray:
+    """Phrases for reason indices (as returned by :func:`churn_reasons`).
 
     Returns
     -------
-    phrases, features : numpy.ndarray
-        Object arrays shaped like ``indices``; ``None`` where the index is -1.
+    numpy.ndarray
+        An object array shaped like ``indices``; ``None`` where the index is -1.
     """
     n_slots = indices.shape[1]
     feature_at = indices.ravel()
@@ -1459,9 +1459,7 @@ def reason_phrases(
         needed = [c for c in (feature, *template.uses) if c in frame.columns]
         # Columns first: taking rows of the whole table would copy every column.
         phrases[group] = describe(feature, frame[needed].iloc[group // n_slots], context).to_numpy()
-    names = np.asarray([*feature_names, None], dtype=object)[np.where(indices >= 0, indices, len(feature_names))]
-    phrases = phrases.reshape(indices.shape)
-    return phrases, names
+    return phrases.reshape(indices.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1521,7 +1519,7 @@ def score_customers(
     del encodings
     churn_probability, repurchase_probability, reasons = churn.probability, repurchase.probability, churn.reasons
     quoted = churn_inputs if reasons.prior_log_odds is None else churn_inputs.assign(**{PRIOR: reasons.prior_log_odds})
-    phrases, reason_features = reason_phrases(reasons.names, reasons.indices, quoted, context)
+    phrases = reason_phrases(reasons.names, reasons.indices, quoted, context)
     contributions = reasons.contributions
     # Every customer gets at least one reason, even when no feature pushes the risk up.
     phrases[:, 0] = np.where(pd.isna(phrases[:, 0]), NO_RISK_FACTOR, phrases[:, 0])
@@ -1546,7 +1544,7 @@ def score_customers(
     for slot in range(config.n_reasons):
         k = slot + 1
         columns[f"reason_{k}"] = _text_array(phrases[:, slot])
-        columns[f"reason_{k}_feature"] = _text_array(reason_features[:, slot])
+        columns[f"reason_{k}_feature"] = _text_by_code(reasons.names, reasons.indices[:, slot])
         columns[f"reason_{k}_contribution"] = contributions[:, slot]
     columns.update({
         "tier": tiers,
@@ -1556,9 +1554,9 @@ def score_customers(
         "recommended_action": _text_array(recommend_actions(playbook_rows, config.playbook, config.default_action)),
     })
     for target in TARGETS:
-        columns[f"{target}_model_name"] = _text_array(np.full(len(churn_inputs), identities[target].name, dtype=object))
-        columns[f"{target}_model_version"] = _text_array(
-            np.full(len(churn_inputs), str(identities[target].version), dtype=object))
+        columns[f"{target}_model_name"] = _text_by_code([identities[target].name], np.zeros(len(churn_inputs), np.int64))
+        columns[f"{target}_model_version"] = _text_by_code([str(identities[target].version)],
+                                                           np.zeros(len(churn_inputs), np.int64))
     return pd.DataFrame(columns)[score_columns(config.n_reasons)]
 
 
@@ -1578,6 +1576,15 @@ def _text_array(values: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionA
     if not pd.get_option("future.infer_string"):
         return values
     return pd.array(pa.array(values, type=pa.large_string(), from_pandas=True), dtype="str")
+
+
+def _text_by_code(labels: Sequence[str], codes: np.ndarray) -> np.ndarray | pd.api.extensions.ExtensionArray:
+    """``labels[code]`` for each code (None for -1) as :func:`_text_array` gives text, taken from
+    the few labels rather than converted value by value."""
+    if not pd.get_option("future.infer_string"):
+        return np.asarray([*labels, None], dtype=object)[np.where(codes >= 0, codes, len(labels))]
+    taken = pa.array(labels, type=pa.large_string()).take(pa.array(codes, mask=codes < 0))
+    return pd.array(taken, dtype="str")
 
 
 def write_scores(scores: pd.DataFrame, path: str | Path, fmt: str = "parquet") -> Path:
