@@ -790,8 +790,8 @@ def _tabulated_kernel() -> Callable[..., None]:
     # cache: the compiled loop is kept in __pycache__, which saves the next run a few seconds.
     @numba.njit(nogil=True, parallel=True, cache=True)
     def kernel(features, n_splits, n_comparisons, comparison_column, comparison_threshold, split_feature, threshold,
-               categorical, missing_type, default_left, category_mask, n_used, used_features, shap, output,
-               contributions, raw, with_contributions, block):
+               categorical, default_left, category_mask, n_used, used_features, shap, output, contributions, raw,
+               with_contributions, block):
         n_features, n_rows = features.shape
         n_words = category_mask.shape[2]
         # Blocks of rows, trees inside: a tree's tables stay in cache while its rows stream by,
@@ -983,9 +983,9 @@ def tabulated_scores(
     numba.set_num_threads(max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)))
     try:
         kernel(features, tables.n_splits, tables.n_comparisons, tables.comparison_column, tables.comparison_threshold,
-               tables.split_feature, tables.threshold, tables.categorical, tables.missing_type, tables.default_left,
-               tables.category_mask, tables.n_used, tables.used_features, tables.shap, tables.output, contributions, raw,
-               with_contributions, block)
+               tables.split_feature, tables.threshold, tables.categorical, tables.default_left, tables.category_mask,
+               tables.n_used, tables.used_features, tables.shap, tables.output, contributions, raw, with_contributions,
+               block)
     finally:
         numba.set_num_threads(previous)
     if with_contributions:
