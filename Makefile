@@ -36,10 +36,10 @@ score: $(STAMP) ## Score every customer with the champion models (churnml-score)
 	$(BIN)/churnml-score $(ARGS)
 
 export: $(STAMP) ## Export both champions from the registry to models/ (make train does it too)
-	$(BIN)/python -m churnml.cli export $(ARGS)
+	$(BIN)/churnml-export $(ARGS)
 
 explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in reports/notebooks, logged to the churn champion's run
-	$(BIN)/python -m churnml.notebooks --output-dir reports/notebooks $(ARGS)
+	$(BIN)/churnml-notebooks --output-dir reports/notebooks $(ARGS)
 
 ui: $(STAMP) ## Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -20,10 +20,10 @@ CASES = (("1997-12-31", 90), ("1998-03-31", 90), ("1997-09-30", 180))
 
 def run_case(cutoff: str, horizon_days: int) -> tuple[list[dict], bool, float]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from churnml.cli import build_model, training_plan
-    from churnml.datasets import load_data
-    from churnml.features import FeatureConfig
-    from churnml.training import train_and_evaluate
+    from churnml.jobs.train import build_model, training_plan
+    from churnml.io.sources import load_data
+    from churnml.features.build import FeatureConfig
+    from churnml.models.training import train_and_evaluate
     from test_config import compose_resolved
 
     settings = compose_resolved("train", ["data=cdnow", "target=repurchase", f"target.horizon_days={horizon_days}", f"cutoff={cutoff}"])

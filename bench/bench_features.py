@@ -39,21 +39,21 @@ def run(n_customers: int = 1_000_000, repeat: int = 2) -> bool:
         repeat=repeat,
     )
     setup = f"""
-        from churnml.datasets import load_data
-        from churnml.features import FeatureConfig, build_features
+        from churnml.io.sources import load_data
+        from churnml.features.build import FeatureConfig, build_features
         settings = {{"kind": "files", "transactions": {{"path": {tx!r}}}}}
     """
-    load_and_build = f"""
+    load_and_build = """
         dataset = load_data(settings)
         table = build_features(dataset, dataset.last_date, FeatureConfig())
         frame = table.to_pyarrow()
-        info = {{"rows": frame.num_rows, "columns": frame.num_columns,
-                 "transactions": dataset.reports["transactions"].rows_read}}
+        info = {"rows": frame.num_rows, "columns": frame.num_columns,
+                 "transactions": dataset.reports["transactions"].rows_read}
     """
     features = measure("churnml: load + validate + clean + features (transactions)", setup, load_and_build, repeat=repeat)
     full_settings = f"""
-        from churnml.datasets import load_data
-        from churnml.features import FeatureConfig, build_features
+        from churnml.io.sources import load_data
+        from churnml.features.build import FeatureConfig, build_features
         settings = {{"kind": "files", **{{t: {{"path": {str(directory)!r} + f"/{{t}}.parquet"}} for t in ("transactions", "interactions", "customers")}}}}
     """
     full = measure("churnml: the same with interactions and customers", full_settings, load_and_build, repeat=1)

@@ -29,10 +29,20 @@ SETUP = """
 
     import numpy as np
 
-    from churnml import scoring
-    from churnml.datasets import load_data
-    from churnml.features import FeatureConfig
-    from churnml.modeling import fit_population_priors
+    from churnml.features import dates
+
+    from churnml.features import snapshots
+
+    from churnml.models import contributions
+
+    from churnml.scoring import policy
+
+    from churnml.scoring import reasons
+
+    from churnml.scoring import table
+    from churnml.io.sources import load_data
+    from churnml.features.build import FeatureConfig
+    from churnml.models.classifier import fit_population_priors
     from harness import train_default_models
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
@@ -43,15 +53,15 @@ SETUP = """
     churn = models["churn"]
     training_seconds = time.perf_counter() - started
     feature_config = FeatureConfig.from_dict(settings["features"])
-    config = scoring.ScoringConfig()
-    context = scoring.ReasonContext.from_features(feature_config, churn.horizon_days)
+    config = policy.ScoringConfig()
+    context = reasons.ReasonContext.from_features(feature_config, churn.horizon_days)
     output = scratch / "scores" / "scores.parquet"
     # numba compiles the table loops on first use and caches them on disk (__pycache__), so
     # only a first run pays for it: compiled here (or loaded), untimed, and reported on its own.
     started = time.perf_counter()
-    tables = scoring.tabulate_model(churn)
-    scoring.tabulated_scores(tables, np.zeros((len(churn.feature_names_in_), 1)))
-    scoring.top_contributions_by_column(np.ones((2, 1)), 1)
+    tables = contributions.tabulate_model(churn)
+    contributions.tabulated_scores(tables, np.zeros((len(churn.feature_names_in_), 1)))
+    contributions.top_contributions_by_column(np.ones((2, 1)), 1)
     compile_seconds = time.perf_counter() - started
 """
 
@@ -66,19 +76,19 @@ WORK = """
         clock = now
 
     dataset = load_data(full)
-    as_of = scoring.resolve_as_of(None, dataset.first_date, dataset.last_date)
-    features = scoring.feature_frame(dataset, as_of, feature_config)
+    as_of = dates.resolve_as_of(None, dataset.first_date, dataset.last_date)
+    features = snapshots.feature_frame(dataset, as_of, feature_config)
     dataset.con.disconnect()
     lap("load + features")
     # As churnml-score does: one BG/NBD fit on the scored population serves both models' priors.
     priors = fit_population_priors(features)
     scored = {target: model.with_population_prior(features, priors) for target, model in models.items()}
     lap("BG/NBD prior")
-    inputs = scoring.model_inputs(features, scored)
+    inputs = table.model_inputs(features, scored)
     lap("model inputs")
-    scores = scoring.score_customers(inputs, scored, as_of, config, context)
+    scores = table.score_customers(inputs, scored, as_of, config, context)
     lap("probabilities + reasons + actions")
-    scoring.write_scores(scores, output)
+    table.write_scores(scores, output)
     lap("write")
     info = {"rows": len(scores), "steps": steps, "training_seconds": training_seconds, "compile_seconds": compile_seconds,
             "trees": {t: m.estimator_.booster_.num_trees() for t, m in models.items()},

@@ -32,8 +32,8 @@ _SETUP = """
     import os
     import time
     import pyarrow.dataset as pads
-    from churnml.datasets import load_data
-    from churnml.features import FeatureConfig, build_features
+    from churnml.io.sources import load_data
+    from churnml.features.build import FeatureConfig, build_features
     settings = {{"kind": "files", **{{t: {{"path": f"{directory}/{{t}}.parquet"}} for t in ("transactions", "interactions", "customers")}}}}
     output = os.path.join({scratch!r}, f"features-{{os.getpid()}}.parquet")
     started = time.perf_counter()
@@ -112,17 +112,20 @@ _SCORE_SETUP = """
     import os
     import pickle
     import time
-    from churnml import scoring
-    from churnml.cli import reference_profiles, score_with_duckdb, score_with_spark
-    from churnml.datasets import load_data
-    from churnml.features import FeatureConfig
+    from churnml.features import dates
+    from churnml.scoring import policy
+    from churnml.scoring import reasons
+    from churnml.scoring import table
+    from churnml.jobs.score import reference_profiles, score_with_duckdb, score_with_spark
+    from churnml.io.sources import load_data
+    from churnml.features.build import FeatureConfig
     settings = {{"kind": "files", **{{t: {{"path": f"{directory}/{{t}}.parquet"}} for t in ("transactions", "interactions", "customers")}}}}
     with open({models_path!r}, "rb") as handle:
         models = pickle.load(handle)
-    identities = {{t: scoring.ModelIdentity(f"churnml-{{t}}", "bench") for t in models}}
+    identities = {{t: table.ModelIdentity(f"churnml-{{t}}", "bench") for t in models}}
     feature_config = FeatureConfig()
-    config = scoring.ScoringConfig()
-    context = scoring.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
+    config = policy.ScoringConfig()
+    context = reasons.ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
     profiles = reference_profiles(models, identities)
     output = os.path.join({scratch!r}, "{name}", "scores.parquet")
     started = time.perf_counter()
@@ -133,7 +136,7 @@ _SCORE_SETUP = """
 _SCORE_WORK = """
     from bench_spark import children_peak_gib
     dataset = load_data(settings, con=con)
-    as_of = scoring.resolve_as_of(None, dataset.first_date, dataset.last_date)
+    as_of = dates.resolve_as_of(None, dataset.first_date, dataset.last_date)
     score = score_with_spark if con.name == "pyspark" else score_with_duckdb
     path, summary, psi = score(dataset, as_of, feature_config, models, config, context, identities, profiles,
                                output, "parquet")

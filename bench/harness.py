@@ -113,14 +113,12 @@ def train_default_models(directory: str | Path, scratch: str | Path, modulus: in
     composed training settings.
     """
     import duckdb
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from churnml.cli import build_model, training_plan
-    from churnml.datasets import load_data
-    from churnml.features import FeatureConfig
-    from churnml.snapshots import snapshot_table, training_cutoffs
-    from churnml.training import extra_feature_builder, fit_model
+    from churnml.jobs.common import compose_settings
+    from churnml.jobs.train import build_model, training_plan
+    from churnml.io.sources import load_data
+    from churnml.features.build import FeatureConfig
+    from churnml.features.snapshots import snapshot_table, training_cutoffs
+    from churnml.models.training import extra_feature_builder, fit_model
 
     tables = ("transactions", "interactions", "customers")
     con = duckdb.connect()
@@ -131,8 +129,7 @@ def train_default_models(directory: str | Path, scratch: str | Path, modulus: in
     sample = {"kind": "files", **{t: {"path": f"{scratch}/sample-{t}.parquet"} for t in tables}}
     models, settings = {}, {}
     for target in ("churn", "repurchase"):
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            settings = OmegaConf.to_container(compose("train", overrides=[f"target={target}"]), resolve=True)
+        settings = compose_settings("train", [f"target={target}"])
         plan = training_plan(settings)
         dataset = load_data(sample, materialize=True)
         holdout = plan.resolve_holdout(dataset)

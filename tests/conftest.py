@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from churnml.io import Dataset, TableSource, connect, load_dataset
+from churnml.io.load import Dataset, TableSource, connect, load_dataset
 
 
 def frame_dataset(transactions: pd.DataFrame, interactions: pd.DataFrame | None = None,

@@ -11,21 +11,9 @@ from lifetimes import BetaGeoFitter
 from lifetimes.utils import ConvergenceError
 from sklearn.metrics import roc_auc_score
 
-from churnml import baselines
-from churnml.baselines import (
-    BGNBDFitError,
-    ScoreCalibrator,
-    baseline_probabilities,
-    bgnbd_features,
-    bgnbd_inputs,
-    bgnbd_negative_log_likelihood,
-    bgnbd_probability,
-    bgnbd_probability_alive,
-    fit_bgnbd,
-    quintile_edges,
-    rfm_score,
-    rule_score,
-)
+from churnml.models import btyd
+from churnml.models.btyd import BGNBDFitError, bgnbd_features, bgnbd_inputs, bgnbd_negative_log_likelihood, bgnbd_probability, bgnbd_probability_alive, fit_bgnbd
+from churnml.models.baselines import ScoreCalibrator, baseline_probabilities, quintile_edges, rfm_score, rule_score
 
 TRAIN_CUTOFF, HOLDOUT_CUTOFF, HORIZON = 640, 730, 90
 # True BG/NBD parameters of the simulation, per day: rate ~ Gamma(r, alpha), dropout ~ Beta(a, b).
@@ -325,16 +313,16 @@ def test_a_large_table_starts_its_fit_from_a_sample(monkeypatch, holdout_fit):
     x, t_x, T = (inputs[c].to_numpy(dtype=float) for c in ("x", "t_x", "T"))
     sample_size = len(x) // 5
     evaluated = []
-    objective = baselines.bgnbd_negative_log_likelihood
+    objective = btyd.bgnbd_negative_log_likelihood
 
     def counted(log_params, x, *args):
         evaluated.append(len(x))
         return objective(log_params, x, *args)
 
-    monkeypatch.setattr(baselines, "bgnbd_negative_log_likelihood", counted)
-    warm = baselines.fit_bgnbd_parameters(x, t_x, T, warm_start_customers=sample_size)
+    monkeypatch.setattr(btyd, "bgnbd_negative_log_likelihood", counted)
+    warm = btyd.fit_bgnbd_parameters(x, t_x, T, warm_start_customers=sample_size)
     warm_sizes, evaluated[:] = list(evaluated), []
-    cold = baselines.fit_bgnbd_parameters(x, t_x, T, warm_start_customers=None)
+    cold = btyd.fit_bgnbd_parameters(x, t_x, T, warm_start_customers=None)
     assert min(warm_sizes) < len(x) and set(evaluated) == {len(x)}
     assert warm_sizes.count(len(x)) < evaluated.count(len(x)) / 2
     np.testing.assert_allclose(warm, cold, rtol=1e-4)
@@ -342,7 +330,7 @@ def test_a_large_table_starts_its_fit_from_a_sample(monkeypatch, holdout_fit):
 
 def _fail_when(condition):
     """A fit_bgnbd_parameters that raises ConvergenceError when ``condition(penalizer)`` holds."""
-    original = baselines.fit_bgnbd_parameters
+    original = btyd.fit_bgnbd_parameters
 
     def fit(x, t_x, T, penalizer=0.0):
         if condition(penalizer):
@@ -354,7 +342,7 @@ def _fail_when(condition):
 
 def test_fit_bgnbd_retries_with_a_penalizer(monkeypatch, holdout_fit):
     inputs, _, _ = holdout_fit
-    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: penalizer == 0))
+    monkeypatch.setattr(btyd, "fit_bgnbd_parameters", _fail_when(lambda penalizer: penalizer == 0))
     model = fit_bgnbd(inputs)
     assert model.penalizer_coef == 0.001
     assert np.isfinite(model.params_.to_numpy()).all()
@@ -362,7 +350,7 @@ def test_fit_bgnbd_retries_with_a_penalizer(monkeypatch, holdout_fit):
 
 def test_fit_bgnbd_rejects_non_finite_parameters(monkeypatch, holdout_fit):
     inputs, _, _ = holdout_fit
-    original = baselines.fit_bgnbd_parameters
+    original = btyd.fit_bgnbd_parameters
 
     def fit_with_nan_for_no_penalizer(x, t_x, T, penalizer=0.0):
         params = original(x, t_x, T, penalizer)
@@ -370,13 +358,13 @@ def test_fit_bgnbd_rejects_non_finite_parameters(monkeypatch, holdout_fit):
             params[0] = np.nan
         return params
 
-    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", fit_with_nan_for_no_penalizer)
+    monkeypatch.setattr(btyd, "fit_bgnbd_parameters", fit_with_nan_for_no_penalizer)
     assert fit_bgnbd(inputs, penalizers=(0.0, 0.01)).penalizer_coef == 0.01
 
 
 def test_fit_bgnbd_raises_when_every_penalizer_fails(monkeypatch, holdout_fit):
     inputs, _, _ = holdout_fit
-    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
+    monkeypatch.setattr(btyd, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
     with pytest.raises(BGNBDFitError, match=r"0\.0, 0\.001, 0\.01, 0\.1, 1\.0.*ConvergenceError.*did not converge"):
         fit_bgnbd(inputs)
 
@@ -404,8 +392,8 @@ def test_bgnbd_features_fit_each_cutoff_of_a_stacked_table_on_its_own(snapshots)
 
 def test_bgnbd_features_are_missing_instead_of_failing(monkeypatch, snapshots, caplog):
     features, _ = snapshots[HOLDOUT_CUTOFF]
-    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
-    with caplog.at_level(logging.WARNING, logger="churnml.baselines"):
+    monkeypatch.setattr(btyd, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
+    with caplog.at_level(logging.WARNING, logger="churnml.models.btyd"):
         bgnbd = bgnbd_features(features, HORIZON)
     assert list(bgnbd.columns) == ["bgnbd_p_alive", "bgnbd_expected_purchases"]
     assert bgnbd.index.equals(features.index) and bgnbd.isna().all().all()
@@ -433,8 +421,8 @@ def test_baselines_find_the_planted_signal(snapshots, target):
 
 def test_baselines_leave_bgnbd_out_when_it_cannot_be_fitted(monkeypatch, snapshots, caplog):
     (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
-    monkeypatch.setattr(baselines, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
-    with caplog.at_level(logging.WARNING, logger="churnml.baselines"):
+    monkeypatch.setattr(btyd, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
+    with caplog.at_level(logging.WARNING, logger="churnml.models.baselines"):
         probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
     assert list(probabilities) == ["rule", "rfm"]
     assert "BG/NBD baseline left out" in caplog.text

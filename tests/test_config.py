@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from churnml.jobs.common import compose_settings, config_dir
+
+CONF = config_dir()
 PRIMARY = sorted(p.stem for p in CONF.glob("*.yaml"))
 GROUPS = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in CONF.iterdir() if d.is_dir() and d.name not in ("common", "hydra")}
 REQUIRED_BY_OPTION = {("data", "files"): ["data.transactions.path=tx.csv"]}
 
 
 def compose_resolved(name: str, overrides: list[str]) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    return compose_settings(name, overrides)
 
 
 def test_there_are_primary_configs_and_groups():

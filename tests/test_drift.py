@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml import drift
+from churnml.evaluation import drift
 
 
 def customers(n: int, seed: int, recency_shift: float = 0.0, vip_share: float = 0.2) -> pd.DataFrame:

@@ -6,10 +6,12 @@ import lightgbm
 import numpy as np
 import pandas as pd
 import pytest
+
 from sklearn.linear_model import LogisticRegression
 
 from churnml import explain
-from churnml.modeling import ChurnModel
+from churnml.models.classifier import ChurnModel
+from churnml.scoring.policy import RiskBands, risk_band
 
 N_ROWS = 800
 
@@ -197,16 +199,6 @@ def test_tier_comparison_and_extreme_customers(planted, tree_model):
     assert probability[picked["low risk"]] == probability.min()
 
 
-def test_top_reasons_are_the_largest_positive_contributions():
-    contributions = pd.DataFrame({"a": [0.5, -0.1], "b": [0.2, -0.3], "c": [-0.4, 0.7], "bias": [1.0, 1.0]})
-    reasons = explain.top_reasons(contributions, n=2)
-    assert list(reasons.columns) == ["reason_1_feature", "reason_1_contribution", "reason_2_feature",
-                                     "reason_2_contribution"]
-    assert reasons.loc[0, "reason_1_feature"] == "a" and reasons.loc[0, "reason_2_feature"] == "b"
-    assert reasons.loc[1, "reason_1_feature"] == "c" and pd.isna(reasons.loc[1, "reason_2_feature"])
-    assert np.isnan(reasons.loc[1, "reason_2_contribution"])
-
-
 def test_business_tables_of_a_scoring_run():
     scores = pd.DataFrame({
         "customer_id": list("abcdef"),
@@ -216,7 +208,7 @@ def test_business_tables_of_a_scoring_run():
         "reason_1": ["recency_days", "recency_days", "frequency", None, None, "aov_change"],
         "reason_2": ["frequency", None, None, None, None, "recency_days"],
     })
-    scores["risk_band"] = explain.risk_band(scores["churn_probability"], {"high": 0.6, "medium": 0.3})
+    scores["risk_band"] = risk_band(scores["churn_probability"], RiskBands(high=0.6, medium=0.3))
     assert scores["risk_band"].tolist() == ["high", "high", "medium", "low", "low", "high"]
     mix = explain.band_mix(scores, "value_segment")
     assert list(mix.columns) == ["high", "medium", "low", "customers"]
@@ -245,5 +237,5 @@ def test_outcomes_are_only_looked_up_in_closed_windows(tiny_transactions, tree_m
     from conftest import frame_dataset
 
     dataset = frame_dataset(tiny_transactions)
-    with pytest.raises(ValueError, match="not closed"):
+    with pytest.raises(ValueError, match="labels are not known yet"):
         explain.labelled_frame(dataset, tree_model, "2024-06-30")

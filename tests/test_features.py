@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml import features
-from churnml.features import FeatureConfig, build_features
-from churnml.segments import SegmentConfig, lifetime_value, loyalty_tier, purchases_per_year
+from churnml.features import build as features
+from churnml.features.build import FeatureConfig, build_features
+from churnml.features.segments import SegmentConfig, lifetime_value, loyalty_tier, purchases_per_year
 
 from conftest import frame_dataset
 
@@ -246,7 +246,7 @@ def test_tier_boundaries(spend, orders, tenure, recency, rate, expected):
 
 
 def test_tier_thresholds_come_from_config():
-    from churnml.segments import TierRule
+    from churnml.features.segments import TierRule
 
     config = SegmentConfig(core=TierRule(100.0, 1, 0.0))
     assert tier_of(600, 2, 400, 10, 0.0, config) == "core"

@@ -8,8 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnml.io import LoadOptions, TableSource, connect, load_dataset, write_frame_atomic
-from churnml.schema import DataValidationError
+from churnml.io.load import LoadOptions, TableSource, connect, load_dataset
+
+from churnml.io.files import write_frame_atomic
+from churnml.io.contract import DataValidationError
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "tx.csv") -> str:

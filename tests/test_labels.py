@@ -7,9 +7,10 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from churnml.features import build_features
-from churnml.labels import attach_label, label_window, window_is_closed
-from churnml.snapshots import snapshot_table, training_cutoffs
+from churnml.features.build import build_features
+from churnml.features.dates import window_is_closed
+from churnml.features.labels import attach_label, label_window
+from churnml.features.snapshots import snapshot_table, training_cutoffs
 
 from conftest import frame_dataset
 

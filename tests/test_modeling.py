@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from churnml.modeling import BIAS, PRIOR, ChurnModel, FeatureMismatchError, category_codes, feature_columns
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError, category_codes, feature_columns
 
 
 def planted(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:

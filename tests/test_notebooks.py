@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from churnml import notebooks
+from churnml.jobs import notebooks
 
 STORED = sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -81,11 +81,11 @@ def trained_store(tmp_path_factory):
     """Both targets trained on a small demo shop, registered as champions in a temporary store."""
     import mlflow
 
-    from churnml.cli import run_train
+    from churnml.jobs.train import run as run_train
     from test_config import compose_resolved
 
     root = tmp_path_factory.mktemp("explain-store")
-    shared = [f"data.n_customers=1500", f"data.directory={root}/data",
+    shared = ["data.n_customers=1500", f"data.directory={root}/data",
               f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db", f"mlflow.artifact_root={root}/artifacts"]
     training = [*shared, f"train.export_dir={root}/models", f"train.report_dir={root}/reports",
                 "model.n_estimators=60", "train.cv_folds=1", "train.max_snapshots=5"]

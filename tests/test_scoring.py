@@ -5,17 +5,27 @@ from __future__ import annotations
 import datetime as dt
 from functools import partial
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 from lightgbm import LGBMClassifier
-
-from churnml import scoring
-from churnml.baselines import bgnbd_features
-from churnml.features import FeatureConfig
-from churnml.modeling import BIAS, PRIOR, ChurnModel, FeatureMismatchError
-from churnml.snapshots import snapshot_table
-from churnml.training import fit_model
+from churnml import explain
+from churnml.features import dates
+from churnml.features import snapshots
+from churnml.models import contributions as tree_contributions
+from churnml.scoring import policy
+from churnml.scoring import reasons
+from churnml.scoring import summary as score_summary
+from churnml.features.segments import TIERS, VALUE_SEGMENTS
+from churnml.jobs.score import model_uris
+from churnml.scoring import table
+from churnml.models.btyd import bgnbd_features
+from churnml.features.build import FeatureConfig
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError
+from churnml.features.snapshots import snapshot_table
+from churnml.models.training import fit_model
 from conftest import frame_dataset
 
 CHURN_CUTOFFS = [dt.date(2024, 5, 31), dt.date(2024, 6, 30), dt.date(2024, 7, 31), dt.date(2024, 8, 31)]
@@ -73,21 +83,21 @@ def models(dataset) -> dict[str, ChurnModel]:
 
 @pytest.fixture(scope="module")
 def inputs(dataset, models) -> dict[str, pd.DataFrame]:
-    return scoring.model_inputs(scoring.feature_frame(dataset, dataset.last_date), models)
+    return table.model_inputs(snapshots.feature_frame(dataset, dataset.last_date), models)
 
 
 @pytest.fixture(scope="module")
 def scores(dataset, models, inputs) -> pd.DataFrame:
-    identities = {"churn": scoring.ModelIdentity("churnml-churn", "3"),
-                  "repurchase": scoring.ModelIdentity("churnml-repurchase", "2")}
-    return scoring.score_customers(inputs, models, dataset.last_date, identities=identities)
+    identities = {"churn": table.ModelIdentity("churnml-churn", "3"),
+                  "repurchase": table.ModelIdentity("churnml-repurchase", "2")}
+    return table.score_customers(inputs, models, dataset.last_date, identities=identities)
 
 
 # --- the table ----------------------------------------------------------------------------------
 
 
 def test_one_row_per_customer_with_history_in_the_documented_columns(scores, dataset, small_shop):
-    assert list(scores.columns) == scoring.score_columns(3)
+    assert list(scores.columns) == table.score_columns(3)
     transactions = with_edge_customers(small_shop["transactions"])
     with_history = transactions.loc[transactions["ts"] < pd.Timestamp(dataset.last_date) + pd.Timedelta(days=1), "customer_id"]
     assert len(scores) == with_history.nunique() == scores["customer_id"].nunique()
@@ -95,10 +105,10 @@ def test_one_row_per_customer_with_history_in_the_documented_columns(scores, dat
     assert (scores["as_of"] == dataset.last_date).all()
     for column in ("churn_probability", "repurchase_probability"):
         assert scores[column].between(0, 1).all() and scores[column].notna().all()
-    assert set(scores["risk_band"]) <= set(scoring.RISK_BANDS)
+    assert set(scores["risk_band"]) <= set(policy.RISK_BANDS)
     assert scores["reason_1"].notna().all() and scores["recommended_action"].notna().all()
-    assert set(scores["value_segment"]) == set(scoring.VALUE_SEGMENTS)
-    assert set(scores["tier"]) <= set(scoring.TIERS)
+    assert set(scores["value_segment"]) == set(VALUE_SEGMENTS)
+    assert set(scores["tier"]) <= set(TIERS)
     assert (scores[["churn_model_name", "churn_model_version"]].drop_duplicates().to_numpy().tolist()
             == [["churnml-churn", "3"]])
     assert (scores["repurchase_model_version"] == "2").all()
@@ -124,7 +134,7 @@ def test_single_purchase_and_refund_only_customers_get_sensible_rows(scores, inp
     assert features.loc[SINGLE_PURCHASE, "frequency"] == 1 and features.loc[REFUND_ONLY, "frequency"] == 0
     assert rows[["churn_probability", "repurchase_probability"]].notna().all().all()
     assert rows["reason_1"].notna().all() and rows["recommended_action"].notna().all()
-    assert rows["risk_band"].isin(scoring.RISK_BANDS).all()
+    assert rows["risk_band"].isin(policy.RISK_BANDS).all()
     assert rows["ltv"].notna().all()
     # A customer who never bought is not more likely to come back than one who just did.
     assert rows.loc[REFUND_ONLY, "churn_probability"] >= rows.loc[SINGLE_PURCHASE, "churn_probability"]
@@ -139,7 +149,7 @@ def test_contributions_sum_to_the_raw_score(models, inputs):
     assert list(contributions.columns) == [*model.feature_names_in_, PRIOR, BIAS]
     np.testing.assert_allclose(contributions.sum(axis=1), model.raw_score(frame), rtol=1e-9, atol=1e-9)
     # The kept contributions are these, the prior's included: they add up with the rest to the score.
-    reasons = scoring.churn_reasons(model, frame, 3)
+    reasons = tree_contributions.churn_reasons(model, frame, 3)
     assert reasons.names == list(contributions.columns)
     # Phrases quote the prior itself; its contribution is the prior relative to the bias' share.
     np.testing.assert_allclose(reasons.prior_log_odds, model.prior_log_odds(frame))
@@ -167,12 +177,12 @@ def test_reasons_are_the_largest_positive_contributions(models, inputs, scores):
 def test_reasons_in_batches_equal_reasons_in_one_go(models, inputs):
     # Batches apply to models without a prior (a prior is fitted on the whole table at once).
     model, frame = models["repurchase"], inputs["repurchase"]
-    whole = scoring.churn_reasons(model, frame, 3, batch_size=10_000)
-    batched = scoring.churn_reasons(model, frame, 3, batch_size=97)
+    whole = tree_contributions.churn_reasons(model, frame, 3, batch_size=10_000)
+    batched = tree_contributions.churn_reasons(model, frame, 3, batch_size=97)
     np.testing.assert_array_equal(whole.indices, batched.indices)
     np.testing.assert_array_equal(whole.contributions, batched.contributions)
-    with_prior = scoring.churn_reasons(models["churn"], inputs["churn"], 3, batch_size=97)
-    np.testing.assert_array_equal(with_prior.indices, scoring.churn_reasons(models["churn"], inputs["churn"], 3).indices)
+    with_prior = tree_contributions.churn_reasons(models["churn"], inputs["churn"], 3, batch_size=97)
+    np.testing.assert_array_equal(with_prior.indices, tree_contributions.churn_reasons(models["churn"], inputs["churn"], 3).indices)
 
 
 def test_the_prior_is_phrased_as_bgnbd_churn_probability(scores):
@@ -186,7 +196,7 @@ def test_top_contributions_keep_only_risk_raising_features():
                        [-0.1, -0.2, -0.3, -0.4],
                        [0.1, 0.0, 0.0, 0.0],
                        [0.3, 0.3, 0.1, 0.0]])
-    indices, chosen = scoring.top_contributions(values, 3)
+    indices, chosen = tree_contributions.top_contributions(values, 3)
     assert indices.tolist() == [[3, 0, 2], [-1, -1, -1], [0, -1, -1], [0, 1, 2]]
     np.testing.assert_array_equal(chosen[0], [0.9, 0.5, 0.2])
     assert np.isnan(chosen[1]).all() and np.isnan(chosen[2, 1:]).all()
@@ -200,13 +210,13 @@ def test_top_contributions_by_column_choose_as_by_row(n):
     values[rng.random(values.shape) < 0.05] = np.nan
     values[rng.random(values.shape) < 0.05] = -np.inf
     last = np.round(rng.normal(size=len(values)), 1)
-    expected = scoring.top_contributions(np.column_stack([values, last]), n)
-    indices, chosen = scoring.top_contributions_by_column(values.T, n, last)
+    expected = tree_contributions.top_contributions(np.column_stack([values, last]), n)
+    indices, chosen = tree_contributions.top_contributions_by_column(values.T, n, last)
     np.testing.assert_array_equal(indices, expected[0])
     np.testing.assert_array_equal(chosen, expected[1])
     assert (indices[:, 0] == 5).any() and (indices == -1).any()
-    without_last = scoring.top_contributions_by_column(values.T, n)
-    np.testing.assert_array_equal(without_last[0], scoring.top_contributions(values, n)[0])
+    without_last = tree_contributions.top_contributions_by_column(values.T, n)
+    np.testing.assert_array_equal(without_last[0], tree_contributions.top_contributions(values, n)[0])
 
 
 @pytest.mark.parametrize("infer_string", [True, False])
@@ -215,8 +225,8 @@ def test_text_taken_by_code_is_the_text_converted_value_by_value(infer_string):
     codes = np.array([2, -1, 0, 0, 1, -1])
     values = np.array([labels[c] if c >= 0 else None for c in codes], dtype=object)
     with pd.option_context("future.infer_string", infer_string):
-        taken = pd.Series(scoring._text_by_code(labels, codes))
-        converted = pd.Series(scoring._text_array(values))
+        taken = pd.Series(table._text_by_code(labels, codes))
+        converted = pd.Series(table._text_array(values))
     pd.testing.assert_series_equal(taken, converted)
     assert taken.isna().tolist() == [False, True, False, False, False, True]
 
@@ -239,7 +249,7 @@ def test_reason_phrases_read_like_the_examples():
         "region": ["north", "south", None],
         "age": [41.0, 33.5, np.nan],
     })
-    said = {feature: scoring.describe(feature, rows).tolist() for feature in rows.columns}
+    said = {feature: reasons.describe(feature, rows).tolist() for feature in rows.columns}
     assert said["recency_days"] == ["no purchase for 124 days (usually every 30)", "no purchase for 5 days",
                                     "no purchase yet (refunds only)"]
     assert said["aov_change"][:2] == ["order value down 45% vs the previous 90 days",
@@ -262,10 +272,10 @@ def test_reason_phrases_read_like_the_examples():
 
 def test_phrases_quote_the_configured_windows():
     rows = pd.DataFrame({"aov_change": [-0.5], "no_repurchase_3m": [True], "bgnbd_expected_purchases": [0.04]})
-    context = scoring.ReasonContext(order_value_window_days=60, no_repurchase_days=61, horizon_days=30)
-    assert scoring.describe("aov_change", rows, context).iloc[0] == "order value down 50% vs the previous 60 days"
-    assert scoring.describe("no_repurchase_3m", rows, context).iloc[0] == "no repurchase in 2 months"
-    assert (scoring.describe("bgnbd_expected_purchases", rows, context).iloc[0]
+    context = reasons.ReasonContext(order_value_window_days=60, no_repurchase_days=61, horizon_days=30)
+    assert reasons.describe("aov_change", rows, context).iloc[0] == "order value down 50% vs the previous 60 days"
+    assert reasons.describe("no_repurchase_3m", rows, context).iloc[0] == "no repurchase in 2 months"
+    assert (reasons.describe("bgnbd_expected_purchases", rows, context).iloc[0]
             == "0.04 purchases expected in the next 30 days")
 
 
@@ -273,16 +283,16 @@ def test_phrases_quote_the_configured_windows():
 
 
 def test_risk_bands_follow_the_thresholds():
-    bands = scoring.risk_band([0.0, 0.29, 0.3, 0.59, 0.6, 1.0], scoring.RiskBands(high=0.6, medium=0.3))
+    bands = policy.risk_band([0.0, 0.29, 0.3, 0.59, 0.6, 1.0], policy.RiskBands(high=0.6, medium=0.3))
     assert bands.tolist() == ["low", "low", "medium", "medium", "high", "high"]
     with pytest.raises(ValueError, match="medium <= high"):
-        scoring.RiskBands(high=0.2, medium=0.5)
+        policy.RiskBands(high=0.2, medium=0.5)
 
 
 def test_value_segment_splits_at_the_medians():
     ltv = np.array([0.0, 0.0, 0.0, 100.0, 500.0])
     repurchase = np.array([0.9, 0.1, 0.5, 0.8, 0.2])
-    segments = scoring.scoring_value_segment(ltv, repurchase)
+    segments = policy.scoring_value_segment(ltv, repurchase)
     # The median LTV is 0: customers without value are not high value.
     assert segments.tolist() == ["low_value_high_potential", "low_value_low_potential", "low_value_low_potential",
                                  "high_value_high_potential", "high_value_low_potential"]
@@ -291,14 +301,14 @@ def test_value_segment_splits_at_the_medians():
 def test_value_segment_of_a_piece_uses_the_populations_medians():
     ltv = np.array([0.0, 0.0, 0.0, 100.0, 500.0, 40.0])
     repurchase = np.array([0.9, 0.1, 0.5, 0.8, 0.2, 0.6])
-    population = scoring.value_thresholds(ltv, repurchase)
+    population = policy.value_thresholds(ltv, repurchase)
     assert (population.ltv, population.repurchase_probability) == (20.0, 0.55)
-    whole = scoring.scoring_value_segment(ltv, repurchase)
-    pieces = np.concatenate([scoring.scoring_value_segment(ltv[i:i + 2], repurchase[i:i + 2], population)
+    whole = policy.scoring_value_segment(ltv, repurchase)
+    pieces = np.concatenate([policy.scoring_value_segment(ltv[i:i + 2], repurchase[i:i + 2], population)
                              for i in range(0, len(ltv), 2)])
     assert pieces.tolist() == whole.tolist()
     # Without the population's medians a piece splits at its own.
-    assert scoring.scoring_value_segment(ltv[3:5], repurchase[3:5]).tolist() != whole[3:5].tolist()
+    assert policy.scoring_value_segment(ltv[3:5], repurchase[3:5]).tolist() != whole[3:5].tolist()
 
 
 def test_playbook_first_matching_rule_wins():
@@ -313,14 +323,14 @@ def test_playbook_first_matching_rule_wins():
         ("core", "high_value_high_potential", "medium", np.nan),
         ("basic", "low_value_low_potential", "high", np.nan),    # nothing matches
     ], columns=["tier", "value_segment", "risk_band", "days_overdue"])
-    actions = scoring.recommend_actions(rows)
+    actions = policy.recommend_actions(rows)
     assert actions.tolist() == ["dedicated account manager", "dedicated account manager", "win-back offer",
                                 "replenishment reminder", "nurture email", "upgrade offer", "loyalty reward",
                                 "nurture email", "nurture email"]
 
 
 def test_playbook_comes_from_config_in_order():
-    config = scoring.ScoringConfig.from_dict({
+    config = policy.ScoringConfig.from_dict({
         "risk_bands": {"high": 0.7, "medium": 0.4},
         "reasons": 2,
         "playbook": {"call_everyone_at_risk": {"action": "call", "risk_band": ["high", "medium"]},
@@ -330,12 +340,12 @@ def test_playbook_comes_from_config_in_order():
     assert config.n_reasons == 2 and config.risk_bands.high == 0.7
     rows = pd.DataFrame({"tier": ["dormant", "dormant", "core"], "value_segment": ["low_value_low_potential"] * 3,
                          "risk_band": ["high", "low", "low"]})
-    assert scoring.recommend_actions(rows, config.playbook, config.default_action).tolist() == [
+    assert policy.recommend_actions(rows, config.playbook, config.default_action).tolist() == [
         "call", "win-back offer", "nothing"]
     with pytest.raises(ValueError, match="unknown tier"):
-        scoring.ScoringConfig.from_dict({"playbook": {"typo": {"action": "x", "tier": ["dormnat"]}}})
+        policy.ScoringConfig.from_dict({"playbook": {"typo": {"action": "x", "tier": ["dormnat"]}}})
     with pytest.raises(ValueError, match="unknown keys"):
-        scoring.ScoringConfig.from_dict({"playbook": {"typo": {"action": "x", "segment": ["a"]}}})
+        policy.ScoringConfig.from_dict({"playbook": {"typo": {"action": "x", "segment": ["a"]}}})
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -343,27 +353,27 @@ def test_playbook_comes_from_config_in_order():
 
 def test_as_of_outside_the_data_is_refused(dataset):
     first, last = dataset.first_date, dataset.last_date
-    assert scoring.resolve_as_of(None, first, last) == last
-    assert scoring.resolve_as_of(str(first), first, last) == first
+    assert dates.resolve_as_of(None, first, last) == last
+    assert dates.resolve_as_of(str(first), first, last) == first
     with pytest.raises(ValueError, match="before the first date"):
-        scoring.resolve_as_of(first - dt.timedelta(days=1), first, last)
+        dates.resolve_as_of(first - dt.timedelta(days=1), first, last)
     with pytest.raises(ValueError, match="after the last date"):
-        scoring.resolve_as_of(last + dt.timedelta(days=1), first, last)
+        dates.resolve_as_of(last + dt.timedelta(days=1), first, last)
 
 
 def test_feature_table_that_does_not_match_the_model_is_refused(dataset, models):
-    features = scoring.feature_frame(dataset, dataset.last_date)
+    features = snapshots.feature_frame(dataset, dataset.last_date)
     with pytest.raises(FeatureMismatchError, match="recency_days"):
-        scoring.model_inputs(features.drop(columns=["recency_days"]), models)
+        table.model_inputs(features.drop(columns=["recency_days"]), models)
     retyped = features.assign(tier=np.arange(len(features), dtype=float))
     with pytest.raises(FeatureMismatchError, match="tier"):
-        scoring.model_inputs(retyped, models)
+        table.model_inputs(retyped, models)
 
 
 def test_models_swapped_between_targets_are_refused(dataset, models):
-    features = scoring.feature_frame(dataset, dataset.last_date)
+    features = snapshots.feature_frame(dataset, dataset.last_date)
     with pytest.raises(ValueError, match="predicts 'repurchase'"):
-        scoring.model_inputs(features, {"churn": models["repurchase"], "repurchase": models["churn"]})
+        table.model_inputs(features, {"churn": models["repurchase"], "repurchase": models["churn"]})
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -373,17 +383,17 @@ def test_models_swapped_between_targets_are_refused(dataset, models):
 def test_rescoring_the_same_as_of_gives_a_byte_identical_file(dataset, models, tmp_path, fmt):
     paths = []
     for attempt in range(2):
-        features = scoring.feature_frame(dataset, dataset.last_date)
-        scores = scoring.score_customers(scoring.model_inputs(features, models), models, dataset.last_date)
-        paths.append(scoring.write_scores(scores, tmp_path / f"run{attempt}" / f"scores.{fmt}", fmt))
+        features = snapshots.feature_frame(dataset, dataset.last_date)
+        scores = table.score_customers(table.model_inputs(features, models), models, dataset.last_date)
+        paths.append(table.write_scores(scores, tmp_path / f"run{attempt}" / f"scores.{fmt}", fmt))
     assert paths[0].read_bytes() == paths[1].read_bytes()
     back = pd.read_parquet(paths[0]) if fmt == "parquet" else pd.read_csv(paths[0])
-    assert list(back.columns) == scoring.score_columns(3) and len(back) == len(scores)
+    assert list(back.columns) == table.score_columns(3) and len(back) == len(scores)
 
 
 def test_a_failed_write_leaves_no_file_and_keeps_the_previous_one(scores, tmp_path, monkeypatch):
     target = tmp_path / "as_of=2024-12-30" / "scores.parquet"
-    scoring.write_scores(scores.head(3), target)
+    table.write_scores(scores.head(3), target)
     previous = target.read_bytes()
 
     def write_half_then_fail(frame, path, *args, **kwargs):
@@ -393,37 +403,37 @@ def test_a_failed_write_leaves_no_file_and_keeps_the_previous_one(scores, tmp_pa
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", write_half_then_fail)
     with pytest.raises(OSError, match="disk full"):
-        scoring.write_scores(scores, target)
+        table.write_scores(scores, target)
     assert target.read_bytes() == previous
     assert [p.name for p in target.parent.iterdir()] == ["scores.parquet"]
 
     fresh = tmp_path / "fresh" / "scores.parquet"
     with pytest.raises(OSError, match="disk full"):
-        scoring.write_scores(scores, fresh)
+        table.write_scores(scores, fresh)
     assert not fresh.exists() and list(fresh.parent.iterdir()) == []
 
 
 def test_unknown_format_is_refused(scores, tmp_path):
     with pytest.raises(ValueError, match="unknown score.format"):
-        scoring.write_scores(scores, tmp_path / "scores.xlsx", "xlsx")
+        table.write_scores(scores, tmp_path / "scores.xlsx", "xlsx")
     assert not (tmp_path / "scores.xlsx").exists()
 
 
 def test_default_output_path_and_model_uris():
-    assert scoring.default_output_path(dt.date(2024, 6, 30)).as_posix() == "scores/as_of=2024-06-30/scores.parquet"
-    uris = scoring.model_uris({"churn_model_uri": "models:/a@champion", "repurchase_model_uri": "models:/b/3"}, "churnml")
+    assert table.default_output_path(dt.date(2024, 6, 30)).as_posix() == "scores/as_of=2024-06-30/scores.parquet"
+    uris = model_uris({"churn_model_uri": "models:/a@champion", "repurchase_model_uri": "models:/b/3"}, "churnml")
     assert uris == {"churn": "models:/a@champion", "repurchase": "models:/b/3"}
-    local = scoring.model_uris({"model_dir": "models", "churn_model_uri": "models:/a@champion"}, "shop")
+    local = model_uris({"model_dir": "models", "churn_model_uri": "models:/a@champion"}, "shop")
     assert local == {"churn": "models/shop-churn", "repurchase": "models/shop-repurchase"}
 
 
 def test_summary_counts_bands_and_first_reasons(scores):
-    summary = scoring.summarize(scores)
+    summary = score_summary.summarize(scores)
     assert summary["rows"] == len(scores) == sum(summary["bands"].values())
     assert summary["bands"]["high"] == int((scores["risk_band"] == "high").sum())
     top_feature, top_count = next(iter(summary["top_reasons"].items()))
     assert top_count == scores["reason_1_feature"].value_counts().max()
-    text = scoring.format_summary(summary, dt.date(2024, 12, 30), "scores/x.parquet")
+    text = score_summary.format_summary(summary, dt.date(2024, 12, 30), "scores/x.parquet")
     assert f"scored {len(scores):,} customers" in text and top_feature in text and "scores/x.parquet" in text
 
 
@@ -433,9 +443,9 @@ def test_summary_counts_bands_and_first_reasons(scores):
 def test_tabulated_trees_give_the_models_own_contributions_and_probabilities(models, inputs):
     for target in ("churn", "repurchase"):
         model, frame = models[target], inputs[target]
-        tables = scoring.verify_tables(model, frame, scoring.tabulate_model(model))
+        tables = tree_contributions.verify_tables(model, frame, tree_contributions.tabulate_model(model))
         assert tables is not None
-        raw, contributions = scoring.tabulated_scores(tables, scoring.encode_for_trees(model, frame))
+        raw, contributions = tree_contributions.tabulated_scores(tables, tree_contributions.encode_for_trees(model, frame))
         expected = model.contributions(frame)
         np.testing.assert_allclose(contributions.T, expected[model.feature_names_in_], rtol=0, atol=1e-12)
         assert tables.expected_value + tables.prior_offset == pytest.approx(expected[BIAS].iloc[0], abs=1e-12)
@@ -443,13 +453,13 @@ def test_tabulated_trees_give_the_models_own_contributions_and_probabilities(mod
         if model.prior:
             np.testing.assert_allclose(prior - tables.prior_offset, expected[PRIOR], rtol=0, atol=1e-12)
         np.testing.assert_allclose(raw + prior, model.raw_score(frame), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(scoring.probability_from_raw_score(model, raw + prior),
+        np.testing.assert_allclose(tree_contributions.probability_from_raw_score(model, raw + prior),
                                    model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
 
 
 def test_scores_are_the_same_with_and_without_tabulated_trees(models, inputs, dataset):
-    fast = scoring.score_customers(inputs, models, dataset.last_date)
-    slow = scoring.score_customers(inputs, models, dataset.last_date, scoring.ScoringConfig(tabulate_trees=False))
+    fast = table.score_customers(inputs, models, dataset.last_date)
+    slow = table.score_customers(inputs, models, dataset.last_date, policy.ScoringConfig(tabulate_trees=False))
     numbers = [c for c in fast.columns if fast[c].dtype == float]
     pd.testing.assert_frame_equal(fast[numbers], slow[numbers], rtol=1e-9, atol=1e-12)
     texts = [c for c in fast.columns if c not in numbers]
@@ -458,21 +468,21 @@ def test_scores_are_the_same_with_and_without_tabulated_trees(models, inputs, da
 
 def test_models_that_read_the_same_rows_alike_share_one_encoding(models, inputs, dataset, monkeypatch):
     encoded_rows = []
-    encode = scoring.encode_for_trees
+    encode = tree_contributions.encode_for_trees
 
     def counted(model, frame):
         encoded_rows.append(len(frame))
         return encode(model, frame)
 
-    monkeypatch.setattr(scoring, "encode_for_trees", counted)
+    monkeypatch.setattr(tree_contributions, "encode_for_trees", counted)
     shared = inputs["churn"]
     both = {"churn": shared, "repurchase": shared}
     assert list(models["churn"].feature_names_in_) == list(models["repurchase"].feature_names_in_)
     assert models["churn"].categories_.keys() == models["repurchase"].categories_.keys()
-    scores = scoring.score_customers(both, models, dataset.last_date)
+    scores = table.score_customers(both, models, dataset.last_date)
     # The two samples checked against the models are encoded on their own; the whole table once.
     assert encoded_rows.count(len(shared)) == 1
-    expected = scoring.score_customers(both, models, dataset.last_date, scoring.ScoringConfig(tabulate_trees=False))
+    expected = table.score_customers(both, models, dataset.last_date, policy.ScoringConfig(tabulate_trees=False))
     np.testing.assert_allclose(scores["repurchase_probability"], expected["repurchase_probability"], rtol=1e-9, atol=1e-12)
 
 
@@ -497,7 +507,7 @@ def test_tabulated_trees_follow_lightgbms_missing_value_rules(zero_as_missing):
     estimator = LGBMClassifier(n_estimators=25, num_leaves=7, min_child_samples=10, n_jobs=1, verbose=-1,
                                zero_as_missing=zero_as_missing, deterministic=True, force_row_wise=True, random_state=0)
     model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
-    tables = scoring.tabulate_model(model)
+    tables = tree_contributions.tabulate_model(model)
     assert tables is not None and tables.categorical.any()
     assert (tables.missing_type == (1 if zero_as_missing else 2)).any()
     fresh, _ = synthetic_frame(seed=1)
@@ -508,7 +518,7 @@ def test_tabulated_trees_follow_lightgbms_missing_value_rules(zero_as_missing):
     fresh.loc[fresh.index[-150:], "visits"] = np.nan
     expected = model.contributions(fresh)
     for block in (4096, 256):
-        raw, contributions = scoring.tabulated_scores(tables, scoring.encode_for_trees(model, fresh), block=block)
+        raw, contributions = tree_contributions.tabulated_scores(tables, tree_contributions.encode_for_trees(model, fresh), block=block)
         np.testing.assert_allclose(contributions.T, expected[model.feature_names_in_], rtol=0, atol=1e-12)
         np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
 
@@ -530,13 +540,13 @@ def test_tabulated_trees_follow_category_splits_past_the_first_64_categories():
                                cat_smooth=1.0, max_cat_threshold=64, n_jobs=1, verbose=-1, deterministic=True,
                                force_row_wise=True, random_state=0)
     model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
-    tables = scoring.tabulate_model(model)
+    tables = tree_contributions.tabulate_model(model)
     assert tables is not None and tables.category_mask.shape[2] > 1
     assert (tables.category_mask[:, :, 1:] != 0).any()
     fresh = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
     fresh.loc[fresh.index[:40], "store"] = "a store opened after training"
     fresh.loc[fresh.index[40:80], "store"] = None
-    raw, contributions = scoring.tabulated_scores(tables, scoring.encode_for_trees(model, fresh))
+    raw, contributions = tree_contributions.tabulated_scores(tables, tree_contributions.encode_for_trees(model, fresh))
     expected = model.contributions(fresh)
     np.testing.assert_allclose(contributions.T, expected[model.feature_names_in_], rtol=0, atol=1e-12)
     np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
@@ -549,15 +559,15 @@ def test_a_model_is_tabulated_once_and_again_when_refitted():
     estimator = LGBMClassifier(n_estimators=10, num_leaves=7, min_child_samples=10, n_jobs=1, verbose=-1,
                                deterministic=True, force_row_wise=True, random_state=0)
     model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
-    tables = scoring.tabulate_model(model)
-    assert scoring.tabulate_model(model) is tables
+    tables = tree_contributions.tabulate_model(model)
+    assert tree_contributions.tabulate_model(model) is tables
     shipped = pickle.loads(pickle.dumps(model))
-    assert scoring.tabulate_model(shipped).output.tobytes() == tables.output.tobytes()
+    assert tree_contributions.tabulate_model(shipped).output.tobytes() == tables.output.tobytes()
     assert shipped._tree_tables[1] is shipped.estimator_.booster_
     model.fit(frame, 1 - label)
-    refitted = scoring.tabulate_model(model)
+    refitted = tree_contributions.tabulate_model(model)
     assert refitted is not tables
-    np.testing.assert_allclose(scoring.tabulated_scores(refitted, scoring.encode_for_trees(model, frame))[0],
+    np.testing.assert_allclose(tree_contributions.tabulated_scores(refitted, tree_contributions.encode_for_trees(model, frame))[0],
                                model.raw_score(frame), rtol=0, atol=1e-12)
 
 
@@ -569,11 +579,11 @@ def test_a_trained_model_is_shipped_with_its_tables(models, inputs, monkeypatch)
     def tabulate_again(*args):
         raise AssertionError("a trained model should arrive tabulated")
 
-    monkeypatch.setattr(scoring, "_tabulated_trees", tabulate_again)
-    tables = scoring.tabulate_model(shipped)
+    monkeypatch.setattr(tree_contributions, "_tabulated_trees", tabulate_again)
+    tables = tree_contributions.tabulate_model(shipped)
     assert tables is not None and len(tables.n_splits) == shipped.estimator_.booster_.num_trees()
     frame = inputs["churn"]
-    raw, _ = scoring.tabulated_scores(tables, scoring.encode_for_trees(shipped, frame))
+    raw, _ = tree_contributions.tabulated_scores(tables, tree_contributions.encode_for_trees(shipped, frame))
     np.testing.assert_allclose(raw + shipped.prior_log_odds(frame), shipped.raw_score(frame), rtol=0, atol=1e-9)
 
 
@@ -582,38 +592,48 @@ def test_large_trees_and_linear_models_use_the_models_own_methods():
     large = ChurnModel(LGBMClassifier(n_estimators=5, num_leaves=31, min_child_samples=5, n_jobs=1, verbose=-1),
                        calibration="none", early_stopping_rounds=0).fit(frame, label)
     assert max(t["num_leaves"] for t in large.estimator_.booster_.dump_model()["tree_info"]) > 9
-    assert scoring.tabulate_model(large) is None
+    assert tree_contributions.tabulate_model(large) is None
     from sklearn.linear_model import LogisticRegression
 
     linear = ChurnModel(LogisticRegression(max_iter=500), preprocessing="scaled", calibration="none").fit(frame, label)
-    assert scoring.tabulate_model(linear) is None
+    assert tree_contributions.tabulate_model(linear) is None
     for model in (large, linear):
-        scores = scoring.model_scores(model, frame, n_reasons=2)
+        scores = tree_contributions.model_scores(model, frame, n_reasons=2)
         np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1])
         assert scores.reasons.indices.shape == (len(frame), 2)
 
 
 def test_probabilities_alone_are_checked_on_probabilities_alone(models, inputs, monkeypatch):
     model, frame = models["repurchase"], inputs["repurchase"]
-    tables = scoring.tabulate_model(model)
+    tables = tree_contributions.tabulate_model(model)
 
     def no_contributions(*args, **kwargs):
         raise AssertionError("contributions are not needed for probabilities")
 
     monkeypatch.setattr(type(model), "contributions", no_contributions)
-    assert scoring.verify_tables(model, frame, tables, with_contributions=False) is not None
-    shifted = scoring.replace(tables, output=tables.output + 0.01)
-    assert scoring.verify_tables(model, frame, shifted, with_contributions=False) is None
-    scores = scoring.model_scores(model, frame)
+    assert tree_contributions.verify_tables(model, frame, tables, with_contributions=False) is not None
+    shifted = replace(tables, output=tables.output + 0.01)
+    assert tree_contributions.verify_tables(model, frame, shifted, with_contributions=False) is None
+    scores = tree_contributions.model_scores(model, frame)
     np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
 
 
 def test_tables_that_disagree_with_the_model_are_not_used(models, inputs, monkeypatch, caplog):
     model, frame = models["churn"], inputs["churn"]
-    tables = scoring.tabulate_model(model)
-    broken = scoring.replace(tables, expected_value=tables.expected_value + 0.01)
-    monkeypatch.setattr(scoring, "tabulate_model", lambda model, *args, **kwargs: broken)
-    with caplog.at_level("WARNING", logger="churnml.scoring"):
-        scores = scoring.model_scores(model, frame, n_reasons=3)
+    tables = tree_contributions.tabulate_model(model)
+    broken = replace(tables, expected_value=tables.expected_value + 0.01)
+    monkeypatch.setattr(tree_contributions, "tabulate_model", lambda model, *args, **kwargs: broken)
+    with caplog.at_level("WARNING", logger="churnml.models.contributions"):
+        scores = tree_contributions.model_scores(model, frame, n_reasons=3)
     assert "tabulated trees differ from the model" in caplog.text
     np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-15)
+
+
+def test_explain_scores_are_the_batch_path(dataset, models, inputs):
+    """What the notebooks compute without a scores file is what churnml-score writes."""
+    features = explain.feature_frame(dataset, None)
+    pd.testing.assert_frame_equal(features, snapshots.feature_frame(dataset, dataset.last_date))
+    config = policy.ScoringConfig(risk_bands=policy.RiskBands(high=0.5, medium=0.2), n_reasons=2)
+    expected = table.score_customers(inputs, models, dataset.last_date, config)
+    pd.testing.assert_frame_equal(explain.score_frame(features, models, config), expected)
+    assert set(expected["risk_band"]) == {"high", "medium", "low"}

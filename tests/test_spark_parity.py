@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml.cli import run_features, run_score
-from churnml.datasets import load_data
-from churnml.features import build_features
-from churnml.io import Dataset, TableSource, connect, load_dataset
-from churnml.schema import DataValidationError
+from churnml.jobs.features import run as run_features
+from churnml.jobs.score import run as run_score
+from churnml.io.sources import load_data
+from churnml.features.build import build_features
+from churnml.io.load import Dataset, TableSource, connect, load_dataset
+from churnml.io.contract import DataValidationError
 from churnml.simulate import write_shop
 from test_config import compose_resolved
 from test_scoring import train_small_models, with_edge_customers
@@ -36,7 +37,7 @@ RELATIVE_TOLERANCE = 1e-9
 @pytest.fixture(scope="module")
 def spark():
     """An Ibis connection to a local Spark session, stopped when the module is done."""
-    from churnml.spark import connect_spark, stop_spark
+    from churnml.io.spark import connect_spark, stop_spark
 
     con = connect_spark()
     yield con
@@ -88,7 +89,7 @@ def assert_same_features(expected: pd.DataFrame, actual: pd.DataFrame) -> None:
 
 
 def test_a_local_master_unless_spark_submit_or_the_environment_chose_one():
-    from churnml.spark import configured_master
+    from churnml.io.spark import configured_master
 
     assert configured_master({}, environ={}) == "local[2]"
     assert configured_master({"master": None}, environ={}) == "local[2]"
@@ -98,7 +99,7 @@ def test_a_local_master_unless_spark_submit_or_the_environment_chose_one():
 
 
 def test_local_sessions_are_small_and_callers_settings_win():
-    from churnml.spark import spark_settings
+    from churnml.io.spark import spark_settings
 
     local = spark_settings({}, local=True)
     assert local["spark.sql.session.timeZone"] == "UTC"
@@ -111,7 +112,7 @@ def test_local_sessions_are_small_and_callers_settings_win():
 
 
 def test_the_session_is_local_and_compares_in_utc(spark):
-    from churnml.spark import existing_session
+    from churnml.io.spark import existing_session
 
     session = existing_session()
     assert session.sparkContext.master == "local[2]"
@@ -272,7 +273,7 @@ def test_spark_summary_and_drift_are_tracked_as_on_duckdb(scored):
 
 
 def test_spark_writes_a_partition_of_the_scores_dataset(scored, spark):
-    from churnml.spark import existing_session
+    from churnml.io.spark import existing_session
 
     as_of = pd.read_parquet(scored["duckdb"], columns=["as_of"])["as_of"].iloc[0]
     assert scored["spark"] == Path(f"scores/as_of={as_of}")
@@ -289,7 +290,7 @@ def test_spark_writes_a_partition_of_the_scores_dataset(scored, spark):
 def test_a_rerun_replaces_the_directory_and_a_failed_one_leaves_it_untouched(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from churnml.spark import existing_session, write_atomic
+    from churnml.io.spark import existing_session, write_atomic
 
     session = existing_session()
     target = tmp_path / "scores" / "as_of=2024-06-30"

@@ -8,9 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml import drift, scoring
-from churnml.drift import bin_counts, psi_from_counts
-from churnml.spark_scoring import psi_from_bin_counts, score_schema, summary_of_groups
+from churnml.evaluation import drift
+
+from churnml.scoring import policy
+
+from churnml.scoring import summary
+
+from churnml.scoring import table
+from churnml.evaluation.drift import bin_counts, psi_from_counts
+from churnml.scoring.spark import psi_from_bin_counts, score_schema, summary_of_groups
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def test_summary_of_grouped_counts_is_the_summary_of_the_rows():
     rng = np.random.default_rng(5)
     n = 5000
     scores = pd.DataFrame({
-        "risk_band": rng.choice(scoring.RISK_BANDS[:2], n),  # no "low" at all: counted as 0
+        "risk_band": rng.choice(policy.RISK_BANDS[:2], n),  # no "low" at all: counted as 0
         "recommended_action": rng.choice(["nurture email", "win-back offer", "loyalty reward", "upgrade offer"], n),
         # Ties in the counts are ordered by name, and a missing first reason is not counted.
         "reason_1_feature": rng.choice(["a", "b", "c", "d", "e", "f", "g", None], n),
@@ -100,7 +106,7 @@ def test_summary_of_grouped_counts_is_the_summary_of_the_rows():
     groups = scores.groupby(["risk_band", "recommended_action", "reason_1_feature"], dropna=False).agg(
         rows=("churn_probability", "size"), churn_probability_sum=("churn_probability", "sum"),
         repurchase_probability_sum=("repurchase_probability", "sum")).reset_index()
-    expected = scoring.summarize(scores)
+    expected = summary.summarize(scores)
     actual = summary_of_groups(groups)
     for mean in ("mean_churn_probability", "mean_repurchase_probability"):
         assert actual.pop(mean) == pytest.approx(expected.pop(mean), rel=1e-12)
@@ -111,5 +117,5 @@ def test_summary_of_grouped_counts_is_the_summary_of_the_rows():
 
 def test_the_spark_schema_lists_the_score_columns_in_order():
     columns = [part.split("` ")[0].strip(" `") for part in score_schema(2).split(", ")]
-    assert columns == scoring.score_columns(2)
+    assert columns == table.score_columns(2)
     assert "`as_of` date" in score_schema(2) and "`reason_2_contribution` double" in score_schema(2)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnml.cli import run_features
-from churnml.schema import DataValidationError
+from churnml.jobs.features import run as run_features
+from churnml.io.contract import DataValidationError
 from test_config import compose_resolved
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ def test_cdnow_features_have_one_row_per_customer_with_history(tmp_path):
     settings = compose_resolved("features", ["data=cdnow", "cutoff=1997-12-31", f"features.output={output}"])
     run_features(settings)
     features = pd.read_parquet(output)
-    from churnml.datasets import cdnow_transactions
+    from churnml.io.sources import cdnow_transactions
 
     raw = cdnow_transactions()
     raw_amount = pd.to_numeric(raw["amount"])

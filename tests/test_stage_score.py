@@ -4,7 +4,6 @@ a file per as_of, a tracked run, and nothing written when something is wrong."""
 from __future__ import annotations
 
 import copy
-import copy
 import json
 import logging
 from pathlib import Path
@@ -15,10 +14,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from churnml import scoring
-from churnml.cli import run_score, run_train
-from churnml.datasets import load_data
-from churnml.modeling import FeatureMismatchError
+from churnml.scoring import table
+from churnml.jobs.score import run as run_score
+from churnml.jobs.train import run as run_train
+from churnml.io.sources import load_data
+from churnml.models.classifier import FeatureMismatchError
 from churnml.simulate import write_shop
 from test_config import compose_resolved
 from test_scoring import train_small_models, with_edge_customers
@@ -80,7 +80,7 @@ def test_scores_from_an_exported_directory_are_written_and_tracked(shop, tmp_pat
         path = run_score(settings_for(shop, f"score.output={output}"))
     assert path == output
     scores = pd.read_parquet(output)
-    assert list(scores.columns) == scoring.score_columns(3)
+    assert list(scores.columns) == table.score_columns(3)
     assert scores["customer_id"].is_monotonic_increasing and scores["customer_id"].is_unique
     assert (scores["churn_model_name"] == "churnml-churn").all() and (scores["churn_model_version"] == "7").all()
     assert "no reference profile" in caplog.text
@@ -144,7 +144,7 @@ def test_data_that_does_not_fit_the_models_writes_nothing(shop, tmp_path):
 
 def test_train_both_targets_then_score_from_the_registry_and_the_export(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    common = [f"data.n_customers=1500", f"data.directory={tmp_path}/data", f"mlflow.tracking_uri={tracking_uri}",
+    common = ["data.n_customers=1500", f"data.directory={tmp_path}/data", f"mlflow.tracking_uri={tracking_uri}",
               f"mlflow.artifact_root={tmp_path}/art", f"mlflow.experiment={EXPERIMENT}"]
     for target in ("churn", "repurchase"):
         run_train(compose_resolved("train", [

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnml.features import build_features
-from churnml.modeling import ChurnModel
-from churnml.training import TrainingPlan, cv_fold_cutoffs, split_by_cutoff, time_cv, train_and_evaluate
+from churnml.features.build import build_features
+from churnml.models.classifier import ChurnModel
+from churnml.models.training import TrainingPlan, cv_fold_cutoffs, split_by_cutoff, train_and_evaluate
 from churnml.tracking import is_at_least_as_good
 
 from conftest import frame_dataset
@@ -125,7 +125,7 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     import mlflow
     from mlflow import MlflowClient
 
-    from churnml.cli import run_train
+    from churnml.jobs.train import run as run_train
 
     settings = small_train_settings(tmp_path)
     objective = run_train(settings)

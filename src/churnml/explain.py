@@ -24,27 +24,28 @@ import datetime as dt
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from churnml.baselines import BGNBD_FEATURE_COLUMNS, WARNING_FLAGS, bgnbd_features
-from churnml.features import FeatureConfig, as_date, build_features, to_frame
-from churnml.io import Dataset
-from churnml.labels import attach_label, window_is_closed
-from churnml.modeling import BIAS, PRIOR, ChurnModel
+from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
+
+from churnml.features.build import WARNING_FLAGS
+from churnml.features.build import FeatureConfig
+from churnml.io.load import Dataset
+from churnml.features import snapshots
+from churnml.features.dates import resolve_as_of
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel
+from churnml.scoring.policy import RISK_BANDS, ScoringConfig
+from churnml.scoring.reasons import ReasonContext
+from churnml.scoring.table import model_inputs, score_customers
 
 if TYPE_CHECKING:
     import shap
 
-CHAMPION = "champion"
 # Features whose effect the explanation notebook shows one by one, when the model has them.
 DEPENDENCE_FEATURES = ("recency_days", "frequency", "aov_change", *WARNING_FLAGS)
-RISK_BANDS = ("high", "medium", "low")
-# The scoring stage's defaults (score.risk_bands), for scores computed without it.
-DEFAULT_BAND_THRESHOLDS = MappingProxyType({"high": 0.6, "medium": 0.3})
 SCORES_GLOB = "as_of=*/scores.parquet"
 
 
@@ -53,44 +54,15 @@ SCORES_GLOB = "as_of=*/scores.parquet"
 # --------------------------------------------------------------------------------------------
 
 
-def registered_model_uri(name: str, alias: str = CHAMPION) -> str:
-    """The registry URI ``models:/<name>@<alias>``."""
-    return f"models:/{name}@{alias}"
-
-
-def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
-    """A ChurnModel from the registry (``models:/name@alias``, ``models:/name/version``) or an
-    exported directory (``models/churnml-churn``).
-
-    Parameters
-    ----------
-    uri : str
-        Registry URI, ``runs:/`` URI or path of an exported model.
-    tracking_uri : str, optional
-        MLflow tracking URI to read the registry from (e.g. ``sqlite:///mlflow.db``); not needed
-        for an exported directory.
-    """
-    from churnml import tracking
-
-    if tracking_uri and not Path(uri).exists():
-        tracking.use_tracking_uri(tracking_uri)
-    return tracking.load_model(uri)
-
-
 def uses_bgnbd(model: ChurnModel) -> bool:
     """Whether the model was trained with the BG/NBD feature columns."""
     return any(c in model.feature_names_in_ for c in BGNBD_FEATURE_COLUMNS)
 
 
 def feature_frame(dataset: Dataset, as_of: str | dt.date | None, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
-    """The feature table at ``as_of`` (default: the last date in the data) as a pandas frame.
-
-    ``cutoff`` holds ``as_of`` as a timestamp, as in the training snapshots.
-    """
-    cutoff = as_date(as_of) if as_of else dataset.last_date
-    frame = to_frame(build_features(dataset, cutoff, config))
-    frame["cutoff"] = pd.Timestamp(cutoff)
-    return frame.reset_index(drop=True)
+    """The feature table at ``as_of`` (default: the last date in the data) as a pandas frame
+    (:func:`churnml.features.snapshots.feature_frame`; the date as every stage resolves it)."""
+    return snapshots.feature_frame(dataset, resolve_as_of(as_of, dataset.first_date, dataset.last_date), config)
 
 
 def features_for_model(model: ChurnModel, features: pd.DataFrame) -> pd.DataFrame:
@@ -114,17 +86,8 @@ def labelled_frame(dataset: Dataset, model: ChurnModel, cutoff: str | dt.date,
     ValueError
         When ``cutoff + horizon`` passes the last date in the data (the outcome is unknown).
     """
-    cutoff = as_date(cutoff)
-    if not window_is_closed(cutoff, model.horizon_days, dataset.last_date):
-        raise ValueError(
-            f"the {model.horizon_days}-day window after {cutoff} is not closed by the last date in the data "
-            f"({dataset.last_date}): outcomes are unknown; choose a cutoff on or before "
-            f"{dataset.last_date - dt.timedelta(days=model.horizon_days)}"
-        )
-    features = build_features(dataset, cutoff, config)
-    labelled = attach_label(features, dataset.transactions, cutoff, model.target, model.horizon_days)
-    frame = to_frame(labelled.order_by("customer_id"))
-    frame["cutoff"] = pd.Timestamp(cutoff)
+    cutoff = resolve_as_of(cutoff, dataset.first_date, dataset.last_date, model.horizon_days)
+    frame = snapshots.snapshot(dataset, cutoff, model.target, model.horizon_days, config)
     labels = frame.pop("label").astype(int)
     return features_for_model(model, frame).assign(label=labels.to_numpy())
 
@@ -496,81 +459,32 @@ def latest_scores_path(directory: str | Path = "scores") -> Path | None:
     return found[-1] if found else None
 
 
-def risk_band(probability: np.ndarray, thresholds: Mapping[str, float] = DEFAULT_BAND_THRESHOLDS) -> np.ndarray:
-    """``high`` at or above ``thresholds['high']``, ``medium`` at or above ``thresholds['medium']``, else ``low``."""
-    high, medium = float(thresholds["high"]), float(thresholds["medium"])
-    if not medium <= high:
-        raise ValueError(f"the medium threshold ({medium}) must not exceed the high one ({high})")
-    probability = np.asarray(probability, dtype="float64")
-    return np.where(probability >= high, "high", np.where(probability >= medium, "medium", "low"))
+def score_frame(features: pd.DataFrame, models: Mapping[str, ChurnModel], config: ScoringConfig = ScoringConfig(),
+                context: ReasonContext | None = None) -> pd.DataFrame:
+    """The scoring stage's rows for ``features``, for when no scores file is at hand.
 
-
-def top_reasons(contributions: pd.DataFrame, n: int = 3) -> pd.DataFrame:
-    """The ``n`` contributions that raise each row's score most, as the scoring stage reports them.
+    The batch path itself (:func:`churnml.scoring.table.score_customers`): the same
+    probabilities, bands, reasons, segments and actions as ``churnml-score`` at that date, with
+    model names ``churn`` and ``repurchase`` and version ``unknown``.
 
     Parameters
     ----------
-    contributions : pandas.DataFrame
-        Output of ``ChurnModel.contributions``: one column per feature (and ``bgnbd_prior``),
-        plus ``bias``, which is the same for everyone and never a reason.
-    n : int, default 3
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``reason_k_feature`` and ``reason_k_contribution`` for k = 1..n, largest first. Only
-        positive contributions are reasons; a row with fewer has missing trailing reasons.
-    """
-    values = contributions.drop(columns=[BIAS], errors="ignore")
-    names = np.asarray(values.columns, dtype=object)
-    matrix = values.to_numpy(dtype="float64")
-    order = np.argsort(-matrix, axis=1, kind="stable")[:, :n]
-    picked = np.take_along_axis(matrix, order, axis=1)
-    reasons = {}
-    for k in range(min(n, matrix.shape[1])):
-        positive = picked[:, k] > 0
-        reasons[f"reason_{k + 1}_feature"] = np.where(positive, names[order[:, k]], None)
-        reasons[f"reason_{k + 1}_contribution"] = np.where(positive, picked[:, k], np.nan)
-    return pd.DataFrame(reasons, index=contributions.index)
-
-
-def scores_like_frame(churn_model: ChurnModel, repurchase_model: ChurnModel | None, features: pd.DataFrame,
-                      n_reasons: int = 3,
-                      band_thresholds: Mapping[str, float] = DEFAULT_BAND_THRESHOLDS) -> pd.DataFrame:
-    """A frame shaped like the scoring stage's output, for when no scores file is at hand.
-
-    Parameters
-    ----------
-    churn_model, repurchase_model : ChurnModel
-        The repurchase model is optional; without it ``repurchase_probability`` is NaN.
     features : pandas.DataFrame
-        Output of :func:`feature_frame` (BG/NBD columns are added per model).
-    n_reasons : int, default 3
-    band_thresholds : mapping, default ``{"high": 0.6, "medium": 0.3}``
+        Output of :func:`feature_frame`, one row per customer.
+    models : mapping of str to ChurnModel
+        ``churn`` and ``repurchase`` models.
+    config : ScoringConfig
+        Bands, reasons and playbook (``ScoringConfig.from_dict(settings["score"])``).
+    context : ReasonContext, optional
+        Settings quoted in reason phrases.
 
     Returns
     -------
     pandas.DataFrame
-        ``customer_id``, ``as_of``, ``churn_probability``, ``repurchase_probability``,
-        ``risk_band``, ``reason_k_feature`` / ``reason_k_contribution``, ``tier``,
-        ``value_segment``, ``ltv``, one row per customer in ``features``. Unlike the scoring
-        stage's file there are no reason phrases, no recommended action, and the value segment
-        is the feature table's.
+        The columns of :func:`churnml.scoring.table.score_columns`, one row per customer.
     """
-    churn_input = features_for_model(churn_model, features)
-    churn_probability = probability(churn_model, churn_input)
-    repurchase_probability = (probability(repurchase_model, features_for_model(repurchase_model, features))
-                              if repurchase_model is not None else np.full(len(features), np.nan))
-    scores = pd.DataFrame({
-        "customer_id": features["customer_id"].to_numpy(),
-        "as_of": pd.to_datetime(features["cutoff"]).dt.date.to_numpy(),
-        "churn_probability": churn_probability,
-        "repurchase_probability": repurchase_probability,
-        "risk_band": risk_band(churn_probability, band_thresholds),
-    })
-    reasons = top_reasons(churn_model.contributions(churn_input), n_reasons).reset_index(drop=True)
-    segments = features[[c for c in ("tier", "value_segment", "ltv") if c in features.columns]].reset_index(drop=True)
-    return pd.concat([scores, reasons, segments], axis=1)
+    as_of = pd.Timestamp(features["cutoff"].iloc[0]).date() if len(features) else None
+    return score_customers(model_inputs(features, models), models, as_of, config, context)
 
 
 def band_mix(scores: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -639,7 +553,6 @@ def outcome_backtest(model: ChurnModel, dataset: Dataset, config: FeatureConfig 
         ``customer_id``, ``cutoff``, ``probability``, ``label`` (1 = the target happened) and,
         when present, ``tier`` and ``value_segment``.
     """
-    cutoff = as_date(cutoff) if cutoff else dataset.last_date - dt.timedelta(days=model.horizon_days)
     frame = labelled_frame(dataset, model, cutoff, config)
     kept = ["customer_id", "cutoff", *[c for c in ("tier", "value_segment") if c in frame.columns]]
     return frame[kept].assign(probability=probability(model, frame), label=frame["label"].to_numpy())

@@ -15,12 +15,14 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from churnml.io import Dataset, file_fingerprint
-from churnml.modeling import ChurnModel, FeatureMismatchError
+from churnml.io.load import Dataset
+
+from churnml.io.files import file_fingerprint
+from churnml.models.classifier import ChurnModel, FeatureMismatchError
+from churnml.models.registry import CHAMPION, registered_model_uri
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
@@ -200,17 +202,17 @@ def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from churnml import evaluation
+    from churnml.evaluation.metrics import binary_metrics
 
     new_score = float(outcome.metrics[metric])
     try:
         current = MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return True, f"no champion yet: version promoted ({metric}={new_score:.4f})"
-    champion = load_model(f"models:/{name}@{CHAMPION}")
+    champion = load_model(registered_model_uri(name))
     try:
         probability = champion.predict_proba(outcome.holdout_table)[:, 1]
-        scores = evaluation.binary_metrics(outcome.holdout_table["label"].to_numpy(), probability)
+        scores = binary_metrics(outcome.holdout_table["label"].to_numpy(), probability)
         champion_score = float(scores[metric.removeprefix("holdout_")])
         basis = "on the same holdout rows"
     except FeatureMismatchError:
@@ -221,10 +223,17 @@ def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]
     return promote, f"{verdict}: new {metric}={new_score:.4f} vs champion v{current.version} {champion_score} {basis}"
 
 
-def load_model(uri: str) -> ChurnModel:
-    """A ChurnModel from ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or a directory."""
+def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
+    """A ChurnModel from ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or an
+    exported directory (``models/churnml-churn``).
+
+    ``tracking_uri`` (e.g. ``sqlite:///mlflow.db``) is where the registry is read from; an
+    exported directory needs none.
+    """
     import mlflow.sklearn
 
+    if tracking_uri and not Path(uri).exists():
+        use_tracking_uri(tracking_uri)
     if Path(uri).exists():
         uri = str(Path(uri).resolve())
     model = mlflow.sklearn.load_model(uri)
@@ -354,7 +363,7 @@ def log_scoring(
     import mlflow
     from mlflow import MlflowClient
 
-    from churnml.drift import drifted
+    from churnml.evaluation.drift import drifted
 
     psi = psi or {}
     score_settings = settings.get("score", {})

@@ -187,7 +187,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def prior_log_odds(self, X: pd.DataFrame) -> np.ndarray:
         """The prior of each row in log-odds: BG/NBD's probability of the target, fitted per cutoff
         on the rows of that cutoff (or taken from ``with_population_prior``)."""
-        from churnml.baselines import bgnbd_inputs, bgnbd_probability
+        from churnml.models.btyd import bgnbd_inputs, bgnbd_probability
 
         if not self.prior:
             return np.zeros(len(X))
@@ -327,7 +327,7 @@ def _cutoff_key(cutoff: Any) -> str | None:
 
 def _fit_prior(part: pd.DataFrame, cutoff: Any):
     """BG/NBD fitted on one cutoff's customers, or None (with a warning) when it cannot be."""
-    from churnml.baselines import BGNBDFitError, bgnbd_inputs, fit_bgnbd
+    from churnml.models.btyd import BGNBDFitError, bgnbd_inputs, fit_bgnbd
 
     if len(part) < MIN_PRIOR_CUSTOMERS:
         log.warning("%s customers at cutoff %s are too few to fit the BG/NBD prior; using the training base rate",

@@ -15,13 +15,16 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
-from churnml import evaluation
-from churnml.baselines import baseline_probabilities, bgnbd_features
-from churnml.features import FeatureConfig
-from churnml.io import Dataset
-from churnml.labels import window_is_closed
-from churnml.modeling import ChurnModel
-from churnml.snapshots import snapshot_table, training_cutoffs
+from churnml.evaluation import drift, report
+from churnml.evaluation import metrics as evaluation_metrics
+from churnml.models.baselines import baseline_probabilities
+from churnml.models.btyd import bgnbd_features
+from churnml.features.build import FeatureConfig
+from churnml.io.load import Dataset
+from churnml.features.dates import resolve_as_of
+from churnml.models.classifier import ChurnModel
+from churnml.models.contributions import tabulate_model
+from churnml.features.snapshots import snapshot_table, training_cutoffs
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,9 @@ class TrainingPlan:
     bgnbd_features: bool = False
 
     def resolve_holdout(self, dataset: Dataset) -> dt.date:
-        """The holdout cutoff: given, or the last date in the data minus the horizon."""
-        cutoff = self.holdout_cutoff or dataset.last_date - dt.timedelta(days=self.horizon_days)
-        if not window_is_closed(cutoff, self.horizon_days, dataset.last_date):
-            raise ValueError(
-                f"the holdout cutoff {cutoff} plus the {self.horizon_days}-day horizon passes the last date in the "
-                f"data ({dataset.last_date}): its labels are not known yet; choose a cutoff on or before "
-                f"{dataset.last_date - dt.timedelta(days=self.horizon_days)}"
-            )
-        if cutoff <= dataset.first_date:
-            raise ValueError(f"the holdout cutoff {cutoff} is not after the first date in the data ({dataset.first_date})")
-        return cutoff
+        """The holdout date: given, or the last date in the data minus the horizon
+        (:func:`churnml.features.dates.resolve_as_of`)."""
+        return resolve_as_of(self.holdout_cutoff, dataset.first_date, dataset.last_date, self.horizon_days)
 
 
 @dataclass
@@ -95,8 +90,6 @@ def fit_model(
     new data, and its trees are tabulated for scoring (:func:`churnml.scoring.tabulate_model`),
     which every scoring run would otherwise redo.
     """
-    from churnml import drift, scoring
-
     fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
     model = clone(template)
     model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]))
@@ -104,7 +97,7 @@ def fit_model(
         return model
     latest = table[table["cutoff"] == table["cutoff"].max()]
     model.reference_profile_ = drift.profile(latest, model.feature_names_in_, score=model.predict_proba(latest)[:, 1])
-    scoring.tabulate_model(model)
+    tabulate_model(model)
     return model
 
 
@@ -145,7 +138,7 @@ def time_cv(
         evaluated = table[table["cutoff"] == pd.Timestamp(fold_cutoff)]
         # A fold's model is only evaluated, never scores new data: no drift reference.
         model = fit_model(template, table[known], calibration_snapshots, keep_reference=False)
-        metrics = evaluation.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
+        metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
     if not rows:
         log.warning("too few snapshots for time-based CV; lower train.step_days or raise train.max_snapshots")
@@ -189,8 +182,8 @@ def evaluate_model(
     return Outcome(
         model=model, plan=plan, holdout_cutoff=holdout_cutoff, train_cutoffs=cutoffs, train_table=train_table,
         holdout_table=holdout_table, probabilities=probabilities,
-        comparison=evaluation.comparison_table(probabilities, y_holdout),
-        metrics=evaluation.holdout_metrics(probabilities, y_holdout), cv_folds=pd.DataFrame(),
+        comparison=evaluation_metrics.comparison_table(probabilities, y_holdout),
+        metrics=evaluation_metrics.holdout_metrics(probabilities, y_holdout), cv_folds=pd.DataFrame(),
     )
 
 
@@ -205,10 +198,10 @@ def train_and_evaluate(
     probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
     y_holdout = holdout_table["label"].to_numpy()
     folds = time_cv(template, train_table, plan.horizon_days, plan.cv_folds, plan.calibration_snapshots, progress)
-    metrics = evaluation.holdout_metrics(probabilities, y_holdout)
+    metrics = evaluation_metrics.holdout_metrics(probabilities, y_holdout)
     if not folds.empty:
         metric_columns = [c for c in folds.columns if c not in ("cutoff", "train_rows", "n", "base_rate")]
-        metrics.update(evaluation.cv_summary(folds[metric_columns].to_dict("records")))
+        metrics.update(evaluation_metrics.cv_summary(folds[metric_columns].to_dict("records")))
     return Outcome(
         model=model,
         plan=plan,
@@ -217,7 +210,7 @@ def train_and_evaluate(
         train_table=train_table,
         holdout_table=holdout_table,
         probabilities=probabilities,
-        comparison=evaluation.comparison_table(probabilities, y_holdout),
+        comparison=evaluation_metrics.comparison_table(probabilities, y_holdout),
         metrics=metrics,
         cv_folds=folds,
     )
@@ -227,16 +220,16 @@ def add_report(outcome: Outcome, context: dict[str, Any]) -> Outcome:
     """Attach the evaluation plots and the one-page HTML report to ``outcome``."""
     y = outcome.holdout_table["label"].to_numpy()
     figures = {
-        "roc": evaluation.plot_roc(outcome.probabilities, y),
-        "precision_recall": evaluation.plot_precision_recall(outcome.probabilities, y),
-        "calibration": evaluation.plot_calibration(outcome.probabilities, y),
-        "gains_lift": evaluation.plot_gains(outcome.probabilities, y),
+        "roc": report.plot_roc(outcome.probabilities, y),
+        "precision_recall": report.plot_precision_recall(outcome.probabilities, y),
+        "calibration": report.plot_calibration(outcome.probabilities, y),
+        "gains_lift": report.plot_gains(outcome.probabilities, y),
     }
     importance = outcome.model.feature_importance()
     if not importance.empty:
-        figures["feature_importance"] = evaluation.plot_importance(importance)
+        figures["feature_importance"] = report.plot_importance(importance)
     title = f"churnml evaluation: {outcome.plan.target} within {outcome.plan.horizon_days} days"
     cv = outcome.cv_folds if not outcome.cv_folds.empty else None
     outcome.figures = figures
-    outcome.report_html = evaluation.render_report(title, outcome.comparison, figures, context, cv=cv)
+    outcome.report_html = report.render_report(title, outcome.comparison, figures, context, cv=cv)
     return outcome

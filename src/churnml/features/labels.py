@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-import ibis
 import ibis.expr.types as ir
 
-from churnml.features import as_date, day_start, roll_up_orders
+from churnml.features.build import day_start, roll_up_orders
+from churnml.features.dates import as_date
 
 TARGETS = ("churn", "repurchase")
 
@@ -44,10 +44,3 @@ def attach_label(
     bought = joined.n_purchases.fill_null(0) > 0
     label = bought if target == "repurchase" else ~bought
     return joined.mutate(label=label.cast("int8")).drop("n_purchases")
-
-
-def window_is_closed(cutoff: dt.date, horizon_days: int, last_date: dt.date) -> bool:
-    """Whether the label window ends on or before the last date with data."""
-    return cutoff + dt.timedelta(days=horizon_days) <= last_date
-
-

@@ -1,6 +1,6 @@
 """Run the notebooks in ``notebooks/`` headless, with parameters, and keep HTML copies.
 
-``python -m churnml.notebooks [NOTEBOOK ...] [--output-dir reports/notebooks] [-p key=value ...]``
+``churnml-notebooks [NOTEBOOK ...] [--output-dir reports/notebooks] [-p key=value ...]``
 executes each notebook top to bottom on a kernel of the running interpreter, stops at the first
 cell that fails, writes ``<output-dir>/<notebook>.html`` with the plots embedded, and attaches
 the HTML files to the MLflow run of the champion churn model.
@@ -22,18 +22,16 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-log = logging.getLogger("churnml.notebooks")
+log = logging.getLogger("churnml.jobs.notebooks")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-CONFIG_DIR = PROJECT_ROOT / "conf"
+# The notebooks live in the project's checkout, beside src/.
+NOTEBOOK_DIR = Path(__file__).resolve().parents[3] / "notebooks"
 NOTEBOOKS = ("explain_predictions.ipynb", "churn_overview.ipynb")
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
 DEFAULT_OUTPUT_DIR = "reports/notebooks"
 ARTIFACT_DIR = "notebooks"
 CELL_TIMEOUT_SECONDS = 1800
-CHAMPION = "champion"
 
 
 # --------------------------------------------------------------------------------------------
@@ -42,28 +40,11 @@ CHAMPION = "champion"
 
 
 def compose_settings(overrides: Sequence[str] = (), config_name: str = "score") -> dict[str, Any]:
-    """The resolved Hydra configuration ``config_name`` with ``overrides``, as a plain dict.
+    """The resolved configuration of ``config_name`` (default ``score``) with ``overrides``, as a
+    plain dict (:func:`churnml.jobs.common.compose_settings`)."""
+    from churnml.jobs import common
 
-    Parameters
-    ----------
-    overrides : sequence of str
-        Hydra overrides, as on a stage's command line (``data.n_customers=1500``,
-        ``mlflow.tracking_uri=sqlite:///other.db``).
-    config_name : str, default ``score``
-        A primary config under ``conf/``; ``score`` holds data, features, mlflow and the two
-        models' URIs, all the notebooks need.
-    """
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        config = compose(config_name=config_name, overrides=list(overrides))
-    return OmegaConf.to_container(config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
-
-
-def registered_model_name(settings: Mapping[str, Any], target: str = "churn") -> str:
-    """``<prefix>-<target>``, the name ``churnml-train`` registers a target's model under."""
-    return f"{settings['mlflow']['registered_model_prefix']}-{target}"
+    return common.compose_settings(config_name, overrides)
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,7 +211,7 @@ def run_notebooks(
     Each notebook gets the parameters its ``parameters`` cell defines; a parameter no notebook
     defines is an error. Returns the HTML paths, in the order of ``names``.
     """
-    from churnml.io import write_text_atomic
+    from churnml.io.files import write_text_atomic
 
     parameters = dict(parameters or {})
     notebooks = {name: read_notebook(notebook_path(name)) for name in names}
@@ -249,9 +230,10 @@ def run_notebooks(
 def log_to_champion_run(paths: Sequence[Path], settings: Mapping[str, Any], target: str = "churn") -> str:
     """Attach report files to the MLflow run of ``models:/<prefix>-<target>@champion``; return its run id."""
     from churnml import tracking
+    from churnml.models.registry import CHAMPION, registered_name
 
     tracking.use_tracking_uri(settings["mlflow"]["tracking_uri"])
-    name = registered_model_name(settings, target)
+    name = registered_name(settings["mlflow"]["registered_model_prefix"], target)
     run_id = ""
     for path in paths:
         run_id = tracking.log_report_to_model_run(name, CHAMPION, path, ARTIFACT_DIR)
@@ -260,7 +242,7 @@ def log_to_champion_run(paths: Sequence[Path], settings: Mapping[str, Any], targ
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
     """Command line: execute the notebooks, write HTML copies, log them to the champion's run."""
-    parser = argparse.ArgumentParser(prog="python -m churnml.notebooks", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="churnml-notebooks", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="notebooks to run (default: all)")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the HTML copies go")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",

@@ -32,29 +32,14 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from churnml import drift
-from churnml.baselines import (
-    BGNBD_FEATURE_COLUMNS,
-    BGNBD_SOURCE_COLUMNS,
-    BGNBDFitError,
-    bgnbd_inputs,
-    fit_bgnbd,
-    fitted_bgnbd_features,
-)
-from churnml.modeling import ChurnModel, fit_population_priors
-from churnml.scoring import (
-    RISK_BANDS,
-    ModelIdentity,
-    ReasonContext,
-    ScoringConfig,
-    ValueThresholds,
-    model_inputs,
-    model_scores,
-    score_columns,
-    score_customers,
-    tabulate_model,
-    value_thresholds,
-)
+from churnml.evaluation import drift
+from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, BGNBD_SOURCE_COLUMNS, BGNBDFitError, bgnbd_inputs, fit_bgnbd, fitted_bgnbd_features
+from churnml.models.classifier import ChurnModel, fit_population_priors
+from churnml.models.contributions import model_scores, tabulate_model
+from churnml.scoring.policy import RISK_BANDS
+from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
+from churnml.scoring.reasons import ReasonContext
+from churnml.scoring.policy import ScoringConfig, ValueThresholds, value_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +367,7 @@ def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[
     """
     from pyspark import StorageLevel
 
-    from churnml.spark import spark_frame, write_atomic
+    from churnml.io.spark import spark_frame, write_atomic
 
     if fmt not in WRITE_OPTIONS:
         raise ValueError(f"unknown score.format '{fmt}': use one of {tuple(WRITE_OPTIONS)}")

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from churnml.io import Dataset, LoadOptions, TableSource, connect, load_dataset
+from churnml.io.load import Dataset, LoadOptions, TableSource, connect, load_dataset
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,15 @@ import ibis.expr.datatypes as idt
 import ibis.expr.types as ir
 import pandas as pd
 
-from churnml.io import Dataset
-from churnml.segments import SegmentConfig, add_segments
+from churnml.features.dates import as_date
+from churnml.io.load import Dataset
+from churnml.features.segments import SegmentConfig, add_segments
 
 SECONDS_PER_DAY = 86_400.0
 MICROSECONDS_PER_SECOND = 1_000_000.0
 UNIX_EPOCH = dt.datetime(1970, 1, 1)
 DAYS_PER_MONTH = 365.25 / 12
+WARNING_FLAGS = ("no_repurchase_3m", "order_value_drop_40", "low_interaction")
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,6 @@ class FeatureConfig:
             raise ValueError(f"features.windows_days must be increasing, got {self.windows_days}")
         if min(self.windows_days) <= 0:
             raise ValueError("features.windows_days must be positive")
-
-
-def as_date(value: str | dt.date | dt.datetime) -> dt.date:
-    """A cutoff given as ``YYYY-MM-DD``, date or datetime, as a date."""
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value))
 
 
 def day_start(day: dt.date) -> dt.datetime:

@@ -8,11 +8,7 @@ aggregate pass, cleaned by the documented rules, and kept as engine tables.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,7 +18,7 @@ import ibis.expr.datatypes as idt
 import ibis.expr.types as ir
 import pandas as pd
 
-from churnml.schema import SPECS, DataValidationError, Problem, TableReport, TableSpec
+from churnml.io.contract import SPECS, DataValidationError, Problem, TableReport, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +104,7 @@ def connect(engine: str = "duckdb", **options: Any) -> Any:
         con.raw_sql("SET preserve_insertion_order = false")
         return con
     if engine == "spark":
-        from churnml.spark import connect_spark
+        from churnml.io.spark import connect_spark
 
         return connect_spark(**options)
     raise ValueError(f"unknown engine '{engine}': use 'duckdb' or 'spark'")
@@ -208,7 +204,7 @@ def _load_table(
 def materialize_table(con: Any, name: str, expr: ir.Table) -> ir.Table:
     """Compute an expression once and keep the result as an engine table."""
     if con.name == "pyspark":
-        from churnml.spark import cache_table
+        from churnml.io.spark import cache_table
 
         # Spark's create_table would write a managed table under ./spark-warehouse.
         return cache_table(con, f"churnml_{name}", expr)
@@ -242,7 +238,7 @@ def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
         if reader == "parquet":
             table = con.read_parquet(location)
             if con.name == "pyspark":
-                from churnml.spark import with_utc_timestamps
+                from churnml.io.spark import with_utc_timestamps
 
                 # Ibis types Spark's aware and naive timestamps alike; the aware/naive check needs them apart.
                 return with_utc_timestamps(con, table)
@@ -425,84 +421,3 @@ def _check_unique(table: ir.Table, spec: TableSpec, label: str) -> None:
         raise DataValidationError([Problem(label, keys[0], "repeats values that must be unique", n_repeated, 0, examples)])
 
 
-def file_fingerprint(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
-    """Content hash of a file (or of every file under a directory), for tracking what data a run saw."""
-    digest = hashlib.blake2b(digest_size=16)
-    root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    for file in files:
-        with open(file, "rb") as handle:
-            while chunk := handle.read(chunk_size):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_table_atomic(table: ir.Table, path: str | os.PathLike) -> Path:
-    """Let the engine write a table expression to Parquet beside ``path``, then rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        table.to_parquet(tmp)
-        _move_into_place(tmp, target)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return target
-
-
-def _move_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; where either is a directory (an earlier Spark run may have
-    left one), the old one is moved aside first, in two renames."""
-    if not target.exists() or not (target.is_dir() or new.is_dir()):
-        os.replace(new, target)
-        return
-    previous = target.with_name(f".{target.name}.{os.getpid()}.old")
-    os.replace(target, previous)
-    os.replace(new, target)
-    _remove(previous)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
-    """Write text to a temporary file beside ``path`` and rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
-
-
-def write_frame_atomic(frame: pd.DataFrame, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write a frame to a temporary file beside ``path`` and rename it into place.
-
-    A crash leaves no half-written file at ``path``; the same frame gives byte-identical files.
-    """
-    target = Path(path)
-    fmt = fmt or ("csv" if target.suffix.lower() == ".csv" else "parquet")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        if fmt == "csv":
-            frame.to_csv(tmp_name, index=False)
-        elif fmt == "parquet":
-            frame.to_parquet(tmp_name, index=False, engine="pyarrow", compression="zstd")
-        else:
-            raise ValueError(f"unknown output format '{fmt}': use 'parquet' or 'csv'")
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target

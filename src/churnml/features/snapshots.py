@@ -14,9 +14,9 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from churnml.features import FeatureConfig, build_features, to_frame
-from churnml.io import Dataset
-from churnml.labels import attach_label
+from churnml.features.build import FeatureConfig, build_features, to_frame
+from churnml.io.load import Dataset
+from churnml.features.labels import attach_label
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,17 @@ def snapshot(
     if extra_features is not None:
         frame = pd.concat([frame, extra_features(frame.drop(columns=["label"]))], axis=1)
     return frame
+
+
+def feature_frame(dataset: Dataset, as_of: dt.date, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+    """The feature table at ``as_of`` as pandas, one row per customer sorted by ``customer_id``,
+    typed and dated (``cutoff``) like a training snapshot, without a label."""
+    frame = to_frame(build_features(dataset, as_of, config))
+    # As in snapshot, so that every column has the type the models were trained on.
+    frame["cutoff"] = pd.Timestamp(as_of)
+    if not frame["customer_id"].is_monotonic_increasing:
+        frame = frame.sort_values("customer_id", kind="stable", ignore_index=True)
+    return frame.reset_index(drop=True)
 
 
 def snapshot_table(

@@ -1,0 +1,34 @@
+"""``churnml-evaluate``: a registered (or exported) model on another out-of-time holdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from churnml.jobs.common import configure_tracking, engine_connection
+from churnml.jobs.train import print_comparison, report_context, training_plan
+
+
+def run(settings: Mapping[str, Any]) -> dict[str, float]:
+    """Evaluate a registered (or exported) model on a holdout cutoff and log it as its own run."""
+    from churnml import tracking
+    from churnml.features.build import FeatureConfig
+    from churnml.io.files import write_text_atomic
+    from churnml.io.sources import data_sources, load_data
+    from churnml.models.training import add_report, evaluate_model
+
+    mlflow_settings = configure_tracking(settings)
+    uri = settings["model_uri"]
+    model = tracking.load_model(uri)
+    name, version = tracking.model_version_of(uri)
+    plan = training_plan({**settings, "train": {**settings["train"], "calibration_snapshots": 1, "cv_folds": 0,
+                                                "bgnbd_features": any(f.startswith("bgnbd_") for f in model.feature_names_in_)}})
+    dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
+    outcome = evaluate_model(dataset, model, plan, FeatureConfig.from_dict(settings["features"]))
+    outcome = add_report(outcome, report_context(settings, outcome, f"{name} v{version}"))
+    fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
+    run_id = tracking.log_evaluation(outcome, settings, fingerprint, uri, run_name=f"evaluate-{name}-v{version}")
+    report_path = write_text_atomic(outcome.report_html, Path(settings["train"]["report_dir"]) / f"{name}-v{version}-{outcome.holdout_cutoff}.html")
+    print_comparison(outcome)
+    print(f"MLflow run {run_id} (experiment '{mlflow_settings['experiment']}'); report {report_path}")
+    return outcome.metrics

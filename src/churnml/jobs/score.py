@@ -1,0 +1,143 @@
+"""``churnml-score``: every customer with history scored at ``as_of``, one row each, tracked in MLflow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from churnml.jobs.common import configure_tracking, engine_connection
+
+log = logging.getLogger("churnml")
+
+
+def model_uris(score_settings: Mapping[str, Any], registered_model_prefix: str) -> dict[str, str]:
+    """Where the churn and repurchase models come from: ``score.model_dir`` when set (exported
+    directories ``<model_dir>/<prefix>-churn`` and ``-repurchase``), else the configured URIs."""
+    from churnml.features.labels import TARGETS
+    from churnml.models.registry import registered_name
+
+    model_dir = score_settings.get("model_dir")
+    if model_dir:
+        return {target: str(Path(model_dir) / registered_name(registered_model_prefix, target)) for target in TARGETS}
+    return {target: str(score_settings[f"{target}_model_uri"]) for target in TARGETS}
+
+
+def reference_profiles(models: Mapping[str, Any], identities: Mapping[str, Any]) -> dict[str, dict]:
+    """The drift reference of each model that has one; a warning names those that have none."""
+    profiles = {}
+    for target, model in models.items():
+        reference = getattr(model, "reference_profile_", None)
+        if reference is None:
+            log.warning("the %s model %s v%s has no reference profile (reference_profile_): no drift check",
+                        target, identities[target].name, identities[target].version)
+            continue
+        profiles[target] = reference
+    return profiles
+
+
+def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
+                      context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
+                      fmt: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Score the whole feature table in memory and write one file; return its path, the summary and the drift."""
+    from churnml.evaluation import drift
+    from churnml.features.snapshots import feature_frame
+    from churnml.scoring.summary import summarize
+    from churnml.scoring.table import model_inputs, score_customers, write_scores
+
+    features = feature_frame(dataset, as_of, feature_config)
+    # The features are in memory now: the engine's buffers (GBs for a million customers) can go.
+    dataset.con.disconnect()
+    # One BG/NBD fit on the scored population serves both models' priors.
+    if any(getattr(m, "prior", None) for m in models.values()):
+        from churnml.models.classifier import fit_population_priors
+
+        priors = fit_population_priors(features)
+        models = {target: model.with_population_prior(features, priors) for target, model in models.items()}
+    inputs = model_inputs(features, models)
+    scores = score_customers(inputs, models, as_of, config, context, identities)
+    psi = {target: drift.psi(profile, inputs[target], score=scores[f"{target}_probability"].to_numpy())
+           for target, profile in profiles.items()}
+    path = write_scores(scores, output, fmt)
+    return path, summarize(scores), psi
+
+
+def score_with_spark(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
+                     context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
+                     fmt: str) -> tuple[Path | str, dict[str, Any], dict[str, Any]]:
+    """Score the feature table where it is, on Spark, and write a directory of part files; return
+    its path, the summary and the drift."""
+    from churnml.features.build import build_features
+    from churnml.scoring import spark as spark_scoring
+
+    table = build_features(dataset, as_of, feature_config)
+    setup = spark_scoring.ScoringSetup(as_of, models, config, context, identities)
+    # The session may be shared (a notebook's, a test's): it is left running.
+    scored = spark_scoring.score_on_spark(dataset.con, table, setup, profiles, str(output), fmt)
+    path = output if "://" in str(output) else Path(output)
+    return path, scored.summary, scored.psi
+
+
+def default_score_output(as_of: Any, fmt: str, engine: str) -> Path:
+    """``scores/as_of=YYYY-MM-DD/scores.<fmt>``; on Spark the directory ``scores/as_of=YYYY-MM-DD``
+    of part files, a partition of the dataset ``scores/``."""
+    from churnml.scoring.table import default_output_path
+
+    path = default_output_path(as_of, fmt)
+    return path.parent if engine == "spark" else path
+
+
+def run(settings: Mapping[str, Any]) -> Path | str:
+    """Score every customer with history at ``score.as_of``, write one row each, track the run.
+
+    Nothing is written when the date is outside the data or the models do not fit the feature
+    table; the output is renamed into place only once complete. ``engine=spark`` scores on
+    Spark and writes a directory of part files (see :mod:`churnml.scoring.spark`).
+    """
+    from churnml import tracking
+    from churnml.evaluation.drift import drifted
+    from churnml.features.build import FeatureConfig
+    from churnml.features.dates import resolve_as_of
+    from churnml.io.sources import data_sources, load_data
+    from churnml.scoring.policy import ScoringConfig
+    from churnml.scoring.reasons import ReasonContext
+    from churnml.scoring.summary import format_summary
+    from churnml.scoring.table import FORMATS, ModelIdentity
+
+    score = settings["score"]
+    engine = settings.get("engine", "duckdb")
+    fmt = score.get("format") or "parquet"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown score.format '{fmt}': use one of {FORMATS}")
+    config = ScoringConfig.from_dict(score)
+    dataset = load_data(settings["data"], con=engine_connection(settings))
+    as_of = resolve_as_of(score.get("as_of"), dataset.first_date, dataset.last_date)
+
+    mlflow_settings = configure_tracking(settings)
+    uris = model_uris(score, mlflow_settings["registered_model_prefix"])
+    models = {target: tracking.load_model(uri) for target, uri in uris.items()}
+    identities = {target: ModelIdentity(*tracking.model_version_of(uri)) for target, uri in uris.items()}
+    feature_config = FeatureConfig.from_dict(settings["features"])
+    context = ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))
+    profiles = reference_profiles(models, identities)
+    output = score.get("output") or default_score_output(as_of, fmt, engine)
+    score_on_engine = score_with_spark if engine == "spark" else score_with_duckdb
+    path, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
+                                         profiles, output, fmt)
+    threshold = float(score.get("drift_threshold", 0.2))
+
+    fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
+    scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}
+    logged_settings = {**settings, "score": {**score, "as_of": str(as_of), "output": str(path)}}
+    run_id = tracking.log_scoring(logged_settings, scored_models, summary, path, psi, threshold, fingerprint,
+                                  run_name=f"score-{as_of}")
+
+    models_used = " and ".join(f"{identity.name} v{identity.version}" for identity in identities.values())
+    print(f"\nmodels: {models_used}")
+    for target, values in psi.items():
+        above = drifted(values, threshold)
+        listed = ", ".join(f"{name} {value:.2f}" for name, value in above.items())
+        print(f"drift of the {target} model's inputs (PSI > {threshold:g}): {listed or 'none'}")
+    print(format_summary(summary, as_of, path))
+    print(f"MLflow run {run_id} (experiment '{mlflow_settings['experiment']}', {mlflow_settings['tracking_uri']})")
+    return path

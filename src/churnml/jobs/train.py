@@ -1,0 +1,100 @@
+"""``churnml-train``: snapshots, a calibrated model, out-of-time evaluation against the classical
+scores, MLflow tracking, the registry and the champion export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from churnml.jobs.common import configure_tracking, engine_connection
+
+
+def build_model(model_settings: Mapping[str, Any], target: str, horizon_days: int):
+    """An unfitted ChurnModel around the estimator configured with ``_target_``."""
+    from hydra.utils import instantiate
+
+    from churnml.models.classifier import ChurnModel
+
+    return ChurnModel(
+        estimator=instantiate(model_settings["estimator"]),
+        preprocessing=model_settings.get("preprocessing", "native"),
+        calibration=model_settings.get("calibration", "sigmoid"),
+        early_stopping_rounds=int(model_settings.get("early_stopping_rounds", 0) or 0),
+        prior=model_settings.get("prior"),
+        target=target,
+        horizon_days=horizon_days,
+    )
+
+
+def training_plan(settings: Mapping[str, Any]):
+    """The :class:`~churnml.models.training.TrainingPlan` of the ``target``, ``cutoff`` and ``train`` nodes."""
+    from churnml.features.build import as_date
+    from churnml.models.training import TrainingPlan
+
+    train = settings["train"]
+    return TrainingPlan(
+        target=settings["target"]["name"],
+        horizon_days=int(settings["target"]["horizon_days"]),
+        holdout_cutoff=as_date(settings["cutoff"]) if settings.get("cutoff") else None,
+        step_days=int(train["step_days"]),
+        max_snapshots=int(train["max_snapshots"]),
+        min_snapshots=int(train["min_snapshots"]),
+        min_history_days=int(train["min_history_days"]),
+        calibration_snapshots=int(train["calibration_snapshots"]),
+        cv_folds=int(train["cv_folds"]),
+        bgnbd_features=bool(train["bgnbd_features"]),
+    )
+
+
+def report_context(settings: Mapping[str, Any], outcome: Any, model_label: str) -> dict[str, Any]:
+    """The facts the HTML report lists above the comparison."""
+    return {
+        "data": settings["data"]["name"], "target": outcome.plan.target, "horizon_days": outcome.plan.horizon_days,
+        "model": model_label, "holdout cutoff": outcome.holdout_cutoff,
+        "training cutoffs": f"{outcome.train_cutoffs[0]} .. {outcome.train_cutoffs[-1]} ({len(outcome.train_cutoffs)})",
+        "training rows": len(outcome.train_table), "holdout rows": len(outcome.holdout_table),
+        "holdout positive rate": round(float(outcome.holdout_table["label"].mean()), 4),
+    }
+
+
+def print_comparison(outcome: Any) -> None:
+    """The model against every classical score on the holdout, and the time-based CV, on the console."""
+    from churnml.evaluation.metrics import format_comparison
+
+    holdout = outcome.holdout_table
+    print(f"\n{outcome.plan.target} within {outcome.plan.horizon_days} days: holdout at {outcome.holdout_cutoff} "
+          f"({len(holdout):,} customers, positive rate {holdout['label'].mean():.3f})")
+    print(format_comparison(outcome.comparison))
+    if "cv_roc_auc_mean" in outcome.metrics:
+        print(f"time-based CV ({len(outcome.cv_folds)} folds): ROC AUC {outcome.metrics['cv_roc_auc_mean']:.4f} "
+              f"+/- {outcome.metrics['cv_roc_auc_std']:.4f}")
+
+
+def run(settings: Mapping[str, Any]) -> float:
+    """Train, evaluate, track and register one target's model; return the sweep objective."""
+    from churnml import tracking
+    from churnml.io.files import write_text_atomic
+    from churnml.io.sources import data_sources, load_data
+    from churnml.features.build import FeatureConfig
+    from churnml.models.registry import registered_name
+    from churnml.models.training import add_report, train_and_evaluate
+
+    plan = training_plan(settings)
+    dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
+    template = build_model(settings["model"], plan.target, plan.horizon_days)
+    outcome = train_and_evaluate(dataset, template, plan, FeatureConfig.from_dict(settings["features"]))
+    outcome = add_report(outcome, report_context(settings, outcome, settings["model"]["name"]))
+    mlflow_settings = configure_tracking(settings)
+    fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
+    name = registered_name(mlflow_settings["registered_model_prefix"], plan.target)
+    run_name = f"train-{plan.target}-{settings['model']['name']}-{settings['data']['name']}"
+    registered = tracking.log_training(outcome, settings, fingerprint, name, settings["train"]["champion_metric"], run_name)
+    report_path = Path(settings["train"]["report_dir"]) / f"{name}-v{registered.version}.html"
+    write_text_atomic(outcome.report_html, report_path)
+    exported = tracking.export_model(name, settings["train"]["export_dir"]) if settings["train"].get("export_dir") else None
+
+    print_comparison(outcome)
+    print(f"MLflow run {registered.run_id} (experiment '{mlflow_settings['experiment']}', {mlflow_settings['tracking_uri']})")
+    print(f"model {registered.model_uri}; {registered.champion_reason}")
+    print(f"report {report_path}" + (f"; champion exported to {exported}" if exported else ""))
+    return float(outcome.metrics.get(settings["train"]["objective"], float("nan")))

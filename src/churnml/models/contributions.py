@@ -1,0 +1,738 @@
+"""Exact per-customer contributions and top reasons of a model: LightGBM's ``pred_contrib`` as the
+reference path, and tabulated trees as an optional accelerator for small LightGBM trees."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import math
+import time
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel, category_codes
+
+log = logging.getLogger(__name__)
+
+
+# Reasons
+# --------------------------------------------------------------------------------------------
+
+
+def top_contributions(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the ``n`` largest positive entries of each row, largest first.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Contributions, one row per customer and one column per feature; only positive entries
+        are chosen (set a column to -inf to leave it out).
+    n : int
+        How many to keep.
+
+    Returns
+    -------
+    indices, contributions : numpy.ndarray
+        Shape ``(rows, n)``; where a row has fewer than ``n`` positive contributions the rest are
+        index -1 and contribution NaN.
+    """
+    n_rows, n_features = values.shape
+    indices = np.full((n_rows, n), -1, dtype=np.int64)
+    chosen = np.full((n_rows, n), np.nan)
+    if n_rows == 0:
+        return indices, chosen
+    # Entries that cannot be chosen (not positive, NaN) become -inf; argmax takes the first of
+    # equal values, so equal contributions come in feature order and reruns order them the same.
+    candidates = np.array(values, dtype=float, order="C")
+    candidates[~(candidates > 0)] = -np.inf
+    rows = np.arange(n_rows)
+    for slot in range(min(n, n_features)):
+        best = candidates.argmax(axis=1)
+        value = candidates[rows, best]
+        found = value > 0
+        indices[:, slot] = np.where(found, best, -1)
+        chosen[:, slot] = np.where(found, value, np.nan)
+        candidates[rows, best] = -np.inf
+    return indices, chosen
+
+
+@dataclass(frozen=True)
+class TopReasons:
+    """The risk-raising contributions kept for each customer.
+
+    Attributes
+    ----------
+    names : list of str
+        What ``indices`` point to: the contribution columns (the model's features, and
+        ``bgnbd_prior`` for a model that boosts from BG/NBD).
+    indices, contributions : numpy.ndarray
+        As :func:`top_contributions`.
+    prior_log_odds : numpy.ndarray or None
+        The BG/NBD prior of each row in log-odds (the probability it stands for, not its
+        contribution), for phrasing it; None without a prior.
+    """
+
+    names: list[str]
+    indices: np.ndarray
+    contributions: np.ndarray
+    prior_log_odds: np.ndarray | None = None
+
+
+def churn_reasons(model: ChurnModel, inputs: pd.DataFrame, n: int = 3, batch_size: int = 200_000) -> TopReasons:
+    """The ``n`` contributions that raise each customer's churn score most.
+
+    Contributions are the model's exact per-row contributions in log-odds (with the bias they sum
+    to the raw score). Without a prior they are computed ``batch_size`` rows at a time and only
+    the top ones kept, which bounds memory. A model that boosts from a BG/NBD prior fits that
+    prior on the rows it is given, as ``predict_proba`` does on the whole table, so its
+    contributions are computed on the whole table at once: per batch, each batch would get a
+    prior of its own and the contributions would no longer add up to the probabilities' score.
+    """
+    if getattr(model, "prior", None):
+        batch_size = max(len(inputs), 1)
+    names: list[str] = [*model.feature_names_in_]
+    tops = []
+    for start in range(0, len(inputs), batch_size):
+        contributions = model.contributions(inputs.iloc[start:start + batch_size])
+        names = list(contributions.columns)
+        values = contributions.to_numpy(dtype=float, copy=True)
+        del contributions
+        # The bias is the same for everyone: not a reason.
+        values[:, names.index(BIAS)] = -np.inf
+        tops.append(top_contributions(values, n))
+        del values
+    if not tops:
+        return TopReasons(names, np.full((0, n), -1, dtype=np.int64), np.full((0, n), np.nan))
+    return TopReasons(
+        names=names,
+        indices=np.concatenate([t[0] for t in tops]),
+        contributions=np.concatenate([t[1] for t in tops]),
+        prior_log_odds=model.prior_log_odds(inputs) if PRIOR in names else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Scores of one model: through its own methods, or through tabulated trees
+# --------------------------------------------------------------------------------------------
+#
+# LightGBM's pred_contrib walks every tree for every row with TreeSHAP, about 0.8 microseconds
+# per tree and row: for the default model (thousands of 7-leaf trees) and a million customers,
+# about half an hour. A small tree has few decision patterns (which way each split sends the
+# row: 2^6 for 7 leaves), and its exact TreeSHAP values depend on the row only through that
+# pattern. So each tree's values, and its output, are computed once per pattern, and scoring a
+# row is a table lookup per tree: about 10 nanoseconds, the same numbers to 1e-12. Each run
+# checks the tables against the model's own contributions and probabilities on a sample of the
+# rows and falls back to the model's methods if they differ (or if the trees are too large).
+
+MAX_TABULATED_SPLITS = 8
+# The table kernel tests this many of a tree's comparisons in one pass over the rows.
+_COMPARISONS_PER_PASS = 6
+VERIFICATION_ROWS = 256
+# The contribution of a tabulated tree equals pred_contrib's up to rounding.
+VERIFICATION_TOLERANCE = 1e-9
+_MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}
+# LightGBM's kZeroThreshold (1e-35f): values this close to 0 count as zero for missing type Zero.
+_ZERO_THRESHOLD = float(np.float32(1e-35))
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """What scoring needs from one model: the probability of each row and, when asked for, the
+    top risk-raising contributions."""
+
+    probability: np.ndarray
+    reasons: TopReasons | None = None
+
+
+@dataclass(frozen=True)
+class TreeTables:
+    """A LightGBM model's trees as lookup tables over their decision patterns.
+
+    Bit ``j`` of a row's pattern in tree ``t`` is set when split ``j`` sends the row left.
+
+    Attributes
+    ----------
+    n_splits : numpy.ndarray
+        Splits per tree (0 for a single-leaf tree), shape ``(trees,)``.
+    n_comparisons : numpy.ndarray
+        How many of a tree's splits, its first ones, are plain ``value <= threshold`` tests
+        (the others test categories or LightGBM's missing type Zero).
+    comparison_column, comparison_threshold : numpy.ndarray
+        Those tests in the table kernel's terms, ``(trees, k * 6)``: the split's feature, plus
+        the number of features where a missing value goes left (the kernel reads that feature
+        with -inf for NaN there), and the threshold; padded with NaN thresholds, which no value
+        passes.
+    split_feature, threshold, categorical, missing_type, default_left : numpy.ndarray
+        Each split's feature index, threshold, whether it tests categories, LightGBM missing
+        type (0 None, 1 Zero, 2 NaN) and default direction; shape ``(trees, max splits)``.
+    category_mask : numpy.ndarray
+        For categorical splits, the categories that go left as a bitset, ``(trees, max splits,
+        words)``.
+    n_used, used_features : numpy.ndarray
+        The distinct features each tree splits on.
+    shap : numpy.ndarray
+        ``shap[t, i, p]``: exact TreeSHAP value of tree ``t``'s ``i``-th used feature for
+        pattern ``p``.
+    output : numpy.ndarray
+        ``output[t, p]``: the tree's output (its leaf value) for pattern ``p``.
+    constant : float
+        Sum of the outputs of single-leaf trees.
+    expected_value : float
+        Sum over trees of the cover-weighted mean output: the ``bias`` of pred_contrib.
+    prior_offset : float
+        For a model boosted from a prior: the part of the prior its contributions put into the
+        bias (their ``bgnbd_prior`` column is the prior minus this); set by
+        :func:`verify_tables`.
+    """
+
+    n_splits: np.ndarray
+    n_comparisons: np.ndarray
+    comparison_column: np.ndarray
+    comparison_threshold: np.ndarray
+    split_feature: np.ndarray
+    threshold: np.ndarray
+    categorical: np.ndarray
+    missing_type: np.ndarray
+    default_left: np.ndarray
+    category_mask: np.ndarray
+    n_used: np.ndarray
+    used_features: np.ndarray
+    shap: np.ndarray
+    output: np.ndarray
+    constant: float
+    expected_value: float
+    prior_offset: float = 0.0
+
+
+def _splits_and_leaves(node: Mapping[str, Any], splits: dict[int, Mapping[str, Any]]) -> None:
+    if "split_index" in node:
+        splits[node["split_index"]] = node
+        _splits_and_leaves(node["left_child"], splits)
+        _splits_and_leaves(node["right_child"], splits)
+
+
+def _is_comparison(node: Mapping[str, Any]) -> bool:
+    """Whether a split is a plain ``value <= threshold`` test (not categories, not missing type
+    Zero), which the table kernel evaluates several at a time."""
+    return node["decision_type"] != "==" and node["missing_type"] != "Zero"
+
+
+def tabulate_tree(
+    structure: Mapping[str, Any],
+) -> tuple[list[Mapping[str, Any]], list[int], np.ndarray, np.ndarray, float]:
+    """Exact TreeSHAP values and output of one tree for every decision pattern.
+
+    TreeSHAP (path-dependent) is the Shapley value of the game ``v(S)``: the tree's output when
+    the features in ``S`` follow the row and the others split by training cover. ``v(S)`` is
+    computed here for every subset ``S`` of the tree's features and every pattern at once, and
+    the Shapley values from the ``v(S)`` by their definition.
+
+    Parameters
+    ----------
+    structure : mapping
+        ``tree_structure`` of one tree of ``Booster.dump_model()``.
+
+    Returns
+    -------
+    splits : list of mapping
+        Split nodes, the plain comparisons first: bit ``j`` of a pattern is ``splits[j]``.
+    features : list of int
+        The distinct features the tree splits on.
+    shap : numpy.ndarray
+        ``(len(features), 2 ** len(splits))``.
+    output : numpy.ndarray
+        ``(2 ** len(splits),)``.
+    expected_value : float
+        Cover-weighted mean output (``v`` of the empty set).
+    """
+    by_index: dict[int, Mapping[str, Any]] = {}
+    _splits_and_leaves(structure, by_index)
+    splits = sorted(by_index.values(), key=lambda node: (not _is_comparison(node), node["split_index"]))
+    bit_of = {node["split_index"]: bit for bit, node in enumerate(splits)}
+    features = sorted({int(node["split_feature"]) for node in splits})
+    n_subsets, n_patterns = 1 << len(features), 1 << len(splits)
+    subsets = np.arange(n_subsets)[:, None]
+    patterns = np.arange(n_patterns)[None, :]
+
+    def game(node: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+        if "split_index" not in node:
+            return np.full((n_subsets, n_patterns), float(node["leaf_value"])), float(node.get("leaf_count", 0))
+        left, left_cover = game(node["left_child"])
+        right, right_cover = game(node["right_child"])
+        followed = ((subsets >> features.index(int(node["split_feature"]))) & 1) == 1
+        goes_left = ((patterns >> bit_of[node["split_index"]]) & 1) == 1
+        cover = left_cover + right_cover
+        averaged = (left_cover * left + right_cover * right) / cover if cover > 0 else (left + right) / 2
+        return np.where(followed, np.where(goes_left, left, right), averaged), float(node.get("internal_count", cover))
+
+    value, _ = game(structure)
+    k = len(features)
+    sizes = np.array([bin(s).count("1") for s in range(n_subsets)])
+    shap = np.zeros((k, n_patterns))
+    for i in range(k):
+        without = np.array([s for s in range(n_subsets) if not (s >> i) & 1], dtype=np.int64)
+        weights = np.array([math.factorial(s) * math.factorial(k - s - 1) / math.factorial(k) for s in sizes[without]])
+        shap[i] = weights @ (value[without | (1 << i)] - value[without])
+    return splits, features, shap, value[n_subsets - 1], float(value[0, 0])
+
+
+def tabulate_model(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -> TreeTables | None:
+    """The model's trees as :class:`TreeTables`, or None when they cannot be tabulated.
+
+    Only LightGBM binary models with native preprocessing and trees of at most ``max_splits``
+    splits (``num_leaves <= max_splits + 1``) qualify: the tables grow as 4 ** splits.
+
+    The tables are kept on the model (``_tree_tables``, with the booster they came from), so a
+    model is tabulated once: one tabulated before it is shipped to Spark's executors arrives
+    with its tables.
+    """
+    booster = getattr(getattr(model, "estimator_", None), "booster_", None)
+    cached = getattr(model, "_tree_tables", None)
+    # Keyed by the booster itself: a refitted model has a new one (and pickling keeps the pair).
+    # The table fields are part of the key: a model saved with tables of another layout gets new ones.
+    key = (max_splits, tuple(f.name for f in fields(TreeTables)))
+    if cached is not None and cached[0] == key and cached[1] is booster:
+        return cached[2]
+    tables = _tabulated_trees(model, max_splits)
+    model._tree_tables = (key, booster, tables)
+    return tables
+
+
+def _tabulated_trees(model: ChurnModel, max_splits: int) -> TreeTables | None:
+    estimator = getattr(model, "estimator_", None)
+    if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
+        return None
+    dump = estimator.booster_.dump_model()
+    if dump.get("num_tree_per_iteration", 1) != 1 or dump.get("average_output"):
+        return None
+    trees = dump["tree_info"]
+    if any(tree.get("num_leaves", 1) - 1 > max_splits or _has_linear_leaves(tree["tree_structure"]) for tree in trees):
+        return None
+    # Tables as wide as the largest tree needs, so that a tree's tables are a few kB.
+    max_splits = max((tree.get("num_leaves", 1) - 1 for tree in trees), default=0) or 1
+    n_trees, n_patterns = len(trees), 1 << max_splits
+    n_features = len(model.feature_names_in_)
+    comparisons_width = -(-max_splits // _COMPARISONS_PER_PASS) * _COMPARISONS_PER_PASS
+    largest_category = max((int(c) for tree in trees for c in _category_lists(tree["tree_structure"])), default=0)
+    words = largest_category // 64 + 1
+    tables = TreeTables(
+        n_splits=np.zeros(n_trees, np.int64),
+        n_comparisons=np.zeros(n_trees, np.int64),
+        comparison_column=np.zeros((n_trees, comparisons_width), np.int64),
+        comparison_threshold=np.full((n_trees, comparisons_width), np.nan),
+        split_feature=np.zeros((n_trees, max_splits), np.int64),
+        threshold=np.zeros((n_trees, max_splits)),
+        categorical=np.zeros((n_trees, max_splits), np.bool_),
+        missing_type=np.zeros((n_trees, max_splits), np.int64),
+        default_left=np.zeros((n_trees, max_splits), np.bool_),
+        category_mask=np.zeros((n_trees, max_splits, words), np.uint64),
+        n_used=np.zeros(n_trees, np.int64),
+        used_features=np.zeros((n_trees, max_splits), np.int64),
+        shap=np.zeros((n_trees, max_splits, n_patterns)),
+        output=np.zeros((n_trees, n_patterns)),
+        constant=0.0,
+        expected_value=0.0,
+    )
+    constant = expected_value = 0.0
+    for t, tree in enumerate(trees):
+        structure = tree["tree_structure"]
+        if "split_index" not in structure:
+            constant += float(structure["leaf_value"])
+            expected_value += float(structure["leaf_value"])
+            continue
+        splits, features, shap, output, tree_expected = tabulate_tree(structure)
+        tables.n_splits[t] = len(splits)
+        tables.n_comparisons[t] = sum(map(_is_comparison, splits))
+        for j, node in enumerate(splits):
+            tables.split_feature[t, j] = int(node["split_feature"])
+            tables.missing_type[t, j] = _MISSING_TYPES[node["missing_type"]]
+            tables.default_left[t, j] = bool(node["default_left"])
+            if node["decision_type"] == "==":
+                tables.categorical[t, j] = True
+                for category in map(int, str(node["threshold"]).split("||")):
+                    tables.category_mask[t, j, category // 64] |= np.uint64(1) << np.uint64(category % 64)
+            else:
+                tables.threshold[t, j] = float(node["threshold"])
+            if j < tables.n_comparisons[t]:
+                nan_low = n_features if _missing_goes_left(node) else 0
+                tables.comparison_column[t, j] = tables.split_feature[t, j] + nan_low
+                tables.comparison_threshold[t, j] = tables.threshold[t, j]
+        tables.n_used[t] = len(features)
+        tables.used_features[t, :len(features)] = features
+        tables.shap[t, :len(features), :shap.shape[1]] = shap
+        tables.output[t, :len(output)] = output
+        expected_value += tree_expected
+    return replace(tables, constant=constant, expected_value=expected_value)
+
+
+def _missing_goes_left(node: Mapping[str, Any]) -> bool:
+    """Where a comparison sends a missing value: missing type NaN, the default direction; None,
+    where it sends 0."""
+    if node["missing_type"] == "NaN":
+        return bool(node["default_left"])
+    return 0.0 <= float(node["threshold"])
+
+
+def _has_linear_leaves(node: Mapping[str, Any]) -> bool:
+    if "split_index" not in node:
+        return "leaf_coeff" in node
+    return _has_linear_leaves(node["left_child"]) or _has_linear_leaves(node["right_child"])
+
+
+def _category_lists(node: Mapping[str, Any]) -> list[str]:
+    if "split_index" not in node:
+        return []
+    own = str(node["threshold"]).split("||") if node["decision_type"] == "==" else []
+    return own + _category_lists(node["left_child"]) + _category_lists(node["right_child"])
+
+
+def encode_for_trees(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
+    """The model's features as LightGBM reads them, one row per feature (``(features, rows)``).
+
+    Numbers as float64 (missing as NaN); text as the code of its training category (unknown or
+    missing as NaN), which is how LightGBM encodes the categoricals ChurnModel hands it.
+    """
+    encoded = np.empty((len(model.feature_names_in_), len(inputs)))
+    for position, name in enumerate(model.feature_names_in_):
+        values = inputs[name]
+        if name in model.categories_:
+            codes = category_codes(values, model.categories_[name]).astype(float)
+            codes[codes < 0] = np.nan
+            encoded[position] = codes
+        else:
+            encoded[position] = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return encoded
+
+
+@functools.cache
+def _tabulated_kernel() -> Callable[..., None]:
+    """The compiled loop over blocks of rows and trees (numba, compiled on first use)."""
+    import numba
+
+    # cache: the compiled loop is kept in __pycache__, which saves the next run a few seconds.
+    @numba.njit(nogil=True, parallel=True, cache=True)
+    def kernel(features, n_splits, n_comparisons, comparison_column, comparison_threshold, split_feature, threshold,
+               categorical, default_left, category_mask, n_used, used_features, shap, output, contributions, raw,
+               with_contributions, block):
+        n_features, n_rows = features.shape
+        n_words = category_mask.shape[2]
+        # Blocks of rows, trees inside: a tree's tables stay in cache while its rows stream by,
+        # and blocks are independent, so threads can share them out.
+        for b in numba.prange((n_rows + block - 1) // block):
+            start = b * block
+            size = min(n_rows, start + block) - start
+            # The block's features, then the same with -inf for NaN: NaN fails every comparison
+            # and goes right in ``value <= threshold``, -inf goes left (see comparison_column).
+            columns = np.empty((2 * n_features, size))
+            for f in range(n_features):
+                values = features[f, start:start + size]
+                as_is, nan_low = columns[f], columns[n_features + f]
+                for r in range(size):
+                    as_is[r] = values[r]
+                    nan_low[r] = values[r] if values[r] == values[r] else -np.inf
+            # One bit per split: at most MAX_TABULATED_SPLITS = 8, so a byte a row.
+            pattern = np.zeros(size, np.uint8)
+            total = np.zeros(size)
+            for t in range(n_splits.shape[0]):
+                if n_splits[t] == 0:
+                    continue
+                pattern[:] = 0
+                # Comparisons six at a time (padded with ones no value passes): one pass over the
+                # pattern serves them all, in a loop simple enough for the compiler to vectorise.
+                for j in range(0, n_comparisons[t], _COMPARISONS_PER_PASS):
+                    first, second = columns[comparison_column[t, j]], columns[comparison_column[t, j + 1]]
+                    third, fourth = columns[comparison_column[t, j + 2]], columns[comparison_column[t, j + 3]]
+                    fifth, sixth = columns[comparison_column[t, j + 4]], columns[comparison_column[t, j + 5]]
+                    first_limit, second_limit = comparison_threshold[t, j], comparison_threshold[t, j + 1]
+                    third_limit, fourth_limit = comparison_threshold[t, j + 2], comparison_threshold[t, j + 3]
+                    fifth_limit, sixth_limit = comparison_threshold[t, j + 4], comparison_threshold[t, j + 5]
+                    shift = np.uint8(j)
+                    for r in range(size):
+                        bits = (np.uint8(first[r] <= first_limit) | np.uint8(second[r] <= second_limit) << 1
+                                | np.uint8(third[r] <= third_limit) << 2 | np.uint8(fourth[r] <= fourth_limit) << 3
+                                | np.uint8(fifth[r] <= fifth_limit) << 4 | np.uint8(sixth[r] <= sixth_limit) << 5)
+                        pattern[r] |= bits << shift
+                for j in range(n_comparisons[t], n_splits[t]):
+                    bit = np.uint8(1 << j)
+                    values = features[split_feature[t, j], start:start + size]
+                    if categorical[t, j]:
+                        # LightGBM: missing and negative codes go right, as do codes beyond the mask.
+                        # Branch-free (NaN fails both comparisons): a branch per row costs more
+                        # than all of a tree's other splits.
+                        words = category_mask[t, j]
+                        limit = np.float64(n_words * 64)
+                        shift = np.uint8(j)
+                        for r in range(size):
+                            value = values[r]
+                            inside = (value >= 0.0) & (value < limit)
+                            code = np.int64(value if inside else 0.0)
+                            listed = (words[code >> 6] >> np.uint64(code & 63)) & np.uint64(1)
+                            pattern[r] |= np.uint8(listed & np.uint64(inside)) << shift
+                    else:
+                        # Missing type Zero: NaN counts as 0, and 0 takes the default direction.
+                        for r in range(size):
+                            value = values[r]
+                            if value != value:
+                                value = 0.0
+                            if -_ZERO_THRESHOLD <= value <= _ZERO_THRESHOLD:
+                                if default_left[t, j]:
+                                    pattern[r] |= bit
+                            elif value <= threshold[t, j]:
+                                pattern[r] |= bit
+                if not with_contributions:
+                    tree_output = output[t]
+                    for r in range(size):
+                        total[r] += tree_output[pattern[r]]
+                else:
+                    # The raw score is then the contributions' sum (plus the bias): a tree's
+                    # TreeSHAP values add up to its output, which saves a lookup per tree.
+                    # Features four at a time, then two, then one: the loop is bound by memory
+                    # reads, and one read of a row's pattern then serves several features.
+                    i = 0
+                    while i + 3 < n_used[t]:
+                        first = contributions[used_features[t, i], start:start + size]
+                        second = contributions[used_features[t, i + 1], start:start + size]
+                        third = contributions[used_features[t, i + 2], start:start + size]
+                        fourth = contributions[used_features[t, i + 3], start:start + size]
+                        first_values, second_values = shap[t, i], shap[t, i + 1]
+                        third_values, fourth_values = shap[t, i + 2], shap[t, i + 3]
+                        for r in range(size):
+                            p = pattern[r]
+                            first[r] += first_values[p]
+                            second[r] += second_values[p]
+                            third[r] += third_values[p]
+                            fourth[r] += fourth_values[p]
+                        i += 4
+                    if i + 1 < n_used[t]:
+                        first = contributions[used_features[t, i], start:start + size]
+                        second = contributions[used_features[t, i + 1], start:start + size]
+                        first_values, second_values = shap[t, i], shap[t, i + 1]
+                        for r in range(size):
+                            p = pattern[r]
+                            first[r] += first_values[p]
+                            second[r] += second_values[p]
+                        i += 2
+                    if i < n_used[t]:
+                        first = contributions[used_features[t, i], start:start + size]
+                        first_values = shap[t, i]
+                        for r in range(size):
+                            first[r] += first_values[pattern[r]]
+            if not with_contributions:
+                raw[start:start + size] = total
+
+    return kernel
+
+
+@functools.cache
+def _top_kernel() -> Callable[..., None]:
+    """The compiled selection behind :func:`top_contributions_by_column` (numba, compiled on first use)."""
+    import numba
+
+    @numba.njit(nogil=True, parallel=True, cache=True)
+    def kernel(columns, last, indices, chosen, block):
+        n_columns, n_rows = columns.shape
+        n = indices.shape[1]
+        for b in numba.prange((n_rows + block - 1) // block):
+            start = b * block
+            stop = min(n_rows, start + block)
+            for c in range(n_columns + (1 if last.shape[0] else 0)):
+                column = columns[c] if c < n_columns else last
+                for r in range(start, stop):
+                    value = column[r]
+                    # Only positive values; a value equal to a kept one goes after it (feature order).
+                    if not (value > 0.0) or (indices[r, n - 1] >= 0 and not (value > chosen[r, n - 1])):
+                        continue
+                    slot = n - 1
+                    while slot > 0 and (indices[r, slot - 1] < 0 or value > chosen[r, slot - 1]):
+                        indices[r, slot] = indices[r, slot - 1]
+                        chosen[r, slot] = chosen[r, slot - 1]
+                        slot -= 1
+                    indices[r, slot] = c
+                    chosen[r, slot] = value
+
+    return kernel
+
+
+def top_contributions_by_column(columns: np.ndarray, n: int, last: np.ndarray | None = None,
+                                block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_contributions` of contributions stored a feature per row, as
+    :func:`tabulated_scores` gives them, with ``last`` (one value per customer) as one more
+    feature after them; compiled, and without copying the contributions into rows.
+    """
+    n_rows = columns.shape[1]
+    indices = np.full((n_rows, n), -1, dtype=np.int64)
+    chosen = np.full((n_rows, n), np.nan)
+    if n_rows and n:
+        last = np.zeros(0) if last is None else np.ascontiguousarray(last, dtype=float)
+        _top_kernel()(np.ascontiguousarray(columns, dtype=float), last, indices, chosen, block)
+    return indices, chosen
+
+
+def tabulated_scores(
+    tables: TreeTables, features: np.ndarray, with_contributions: bool = True, block: int = 4096,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw tree score (without any prior) of each row and, optionally, its exact contributions.
+
+    Parameters
+    ----------
+    tables : TreeTables
+    features : numpy.ndarray
+        ``(features, rows)`` from :func:`encode_for_trees`.
+    with_contributions : bool
+        Also compute the contributions (about 1.5x the work of the raw score alone, which is
+        then their sum plus ``tables.expected_value``).
+    block : int
+        Rows per block: a block's features and contributions stay in cache across trees.
+    threads : int, optional
+        Threads sharing the blocks; default all cores.
+
+    Returns
+    -------
+    raw : numpy.ndarray
+        ``(rows,)``: what LightGBM's ``predict(raw_score=True)`` gives.
+    contributions : numpy.ndarray or None
+        ``(features, rows)``: what ``pred_contrib`` gives, bias (``tables.expected_value``) apart.
+    """
+    import numba
+
+    features = np.ascontiguousarray(features, dtype=float)
+    n_features, n_rows = features.shape
+    raw = np.zeros(0 if with_contributions else n_rows)
+    contributions = np.zeros((n_features, n_rows) if with_contributions else (n_features, 0))
+    kernel = _tabulated_kernel()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        kernel(features, tables.n_splits, tables.n_comparisons, tables.comparison_column, tables.comparison_threshold,
+               tables.split_feature, tables.threshold, tables.categorical, tables.default_left, tables.category_mask,
+               tables.n_used, tables.used_features, tables.shap, tables.output, contributions, raw, with_contributions,
+               block)
+    finally:
+        numba.set_num_threads(previous)
+    if with_contributions:
+        return contributions.sum(axis=0) + tables.expected_value, contributions
+    return raw + tables.constant, None
+
+
+def probability_from_raw_score(model: ChurnModel, raw_score: np.ndarray) -> np.ndarray:
+    """The model's probability for a raw score (log-odds, prior included), as ``predict_proba``
+    maps it: through the fitted calibrator, or the logistic function without one."""
+    calibrator = getattr(model, "calibrator_", None)
+    if calibrator is None:
+        return 1.0 / (1.0 + np.exp(-raw_score))
+    if model.calibration == "sigmoid":
+        return calibrator.predict_proba(raw_score.reshape(-1, 1))[:, 1]
+    return calibrator.predict(raw_score)
+
+
+def _prior_log_odds(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
+    return model.prior_log_odds(inputs) if getattr(model, "prior", None) else np.zeros(len(inputs))
+
+
+def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
+                  n_rows: int = VERIFICATION_ROWS, tolerance: float = VERIFICATION_TOLERANCE,
+                  with_contributions: bool = True) -> TreeTables | None:
+    """The tables, if they give the model's own probabilities (and, ``with_contributions``, its
+    contributions) on a sample of rows; None (with a warning) if they do not.
+
+    The sample is scored on its own (a prior is fitted on the sample) on both paths alike. For a
+    model with a prior, the returned tables also know how the model's contributions split the
+    prior between its ``bgnbd_prior`` column and the bias (``prior_offset``).
+    """
+    rows = np.unique(np.linspace(0, len(inputs) - 1, min(n_rows, len(inputs))).astype(int))
+    sample = inputs.iloc[rows]
+    raw, contributions = tabulated_scores(tables, encode_for_trees(model, sample), with_contributions=with_contributions)
+    prior = _prior_log_odds(model, sample)
+    checks = {
+        "probability": float(np.max(np.abs(probability_from_raw_score(model, raw + prior)
+                                           - model.predict_proba(sample)[:, 1]), initial=0.0)),
+    }
+    offset = 0.0
+    if with_contributions:
+        expected = model.contributions(sample)
+        offset = float(expected[BIAS].iloc[0]) - tables.expected_value if PRIOR in expected.columns else 0.0
+        reported_prior = expected[PRIOR].to_numpy() if PRIOR in expected.columns else prior - offset
+        checks.update({
+            "contributions": float(np.max(np.abs(expected[list(model.feature_names_in_)].to_numpy().T - contributions),
+                                          initial=0.0)),
+            "bias": abs(float(expected[BIAS].iloc[0]) - tables.expected_value - offset),
+            "prior": float(np.max(np.abs(reported_prior - (prior - offset)), initial=0.0)),
+        })
+    if all(np.isfinite(value) and value <= tolerance for value in checks.values()):
+        return replace(tables, prior_offset=offset)
+    log.warning("tabulated trees differ from the model (%s); using the model's own, slower, methods", checks)
+    return None
+
+
+def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables, n_reasons: int = 0,
+                      threads: int | None = None, encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
+    """Probabilities and top contributions from tabulated trees (see :func:`tabulate_model`).
+
+    ``encodings`` keeps :func:`encode_for_trees` tables for the next model that reads the same
+    rows the same way (the churn and repurchase models usually share their inputs).
+    """
+    prior = _prior_log_odds(model, inputs)
+    key = _encoding_key(model, inputs)
+    encoded = encodings.get(key) if encodings is not None else None
+    if encoded is None:
+        encoded = encode_for_trees(model, inputs)
+        if encodings is not None:
+            encodings[key] = encoded
+    raw, contributions = tabulated_scores(tables, encoded, with_contributions=n_reasons > 0, threads=threads)
+    probability = probability_from_raw_score(model, raw + prior)
+    if not n_reasons:
+        return ModelScores(probability)
+    names = [*model.feature_names_in_]
+    has_prior = bool(getattr(model, "prior", None))
+    if has_prior:
+        names.append(PRIOR)
+    # As in the model's contributions: the prior relative to its share of the bias.
+    indices, chosen = top_contributions_by_column(contributions, n_reasons,
+                                                  prior - tables.prior_offset if has_prior else None)
+    del contributions
+    reasons = TopReasons(names, indices, chosen, prior if has_prior else None)
+    return ModelScores(probability, reasons)
+
+
+def score_with_model(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0,
+                     batch_size: int = 200_000) -> ModelScores:
+    """Probabilities and top contributions through the model's ``predict_proba`` and ``contributions``."""
+    probability = model.predict_proba(inputs)[:, 1]
+    return ModelScores(probability, churn_reasons(model, inputs, n_reasons, batch_size) if n_reasons else None)
+
+
+def _encoding_key(model: ChurnModel, inputs: pd.DataFrame) -> tuple:
+    categories = tuple((name, tuple(map(str, values))) for name, values in model.categories_.items())
+    return id(inputs), tuple(model.feature_names_in_), categories
+
+
+def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, batch_size: int = 200_000,
+                 tabulate: bool = True, threads: int | None = None,
+                 encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
+    """A model's probabilities (and top contributions when ``n_reasons``), the fast way when the
+    model's trees can be tabulated and the tables agree with the model, else the model's own way.
+    ``encodings`` is passed on to :func:`score_with_tables`.
+    """
+    started = time.perf_counter()
+    # numba compiles the table lookups; it comes with shap, but the slow path needs nothing.
+    if tabulate and len(inputs) and importlib.util.find_spec("numba") is not None:
+        tables = tabulate_model(model)
+        verified = (verify_tables(model, inputs, tables, with_contributions=n_reasons > 0)
+                    if tables is not None else None)
+        if verified is not None:
+            scores = score_with_tables(model, inputs, verified, n_reasons, threads, encodings)
+            log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
+                     len(verified.n_splits), time.perf_counter() - started)
+            return scores
+        if tables is None:
+            log.info("%s model: trees too large (or not LightGBM) to tabulate; using its own methods", model.target)
+    scores = score_with_model(model, inputs, n_reasons, batch_size)
+    log.info("%s model: %s rows through its own methods in %.1f s", model.target, f"{len(inputs):,}",
+             time.perf_counter() - started)
+    return scores
+
