@@ -26,7 +26,7 @@ def run_case(cutoff: str, horizon_days: int) -> tuple[list[dict], bool, float]:
     from churnml.models.training import train_and_evaluate
     from test_config import compose_resolved
 
-    settings = compose_resolved("train", ["data=cdnow", "target=repurchase", f"target.horizon_days={horizon_days}", f"cutoff={cutoff}"])
+    settings = compose_resolved("train", ["data=cdnow", "target=repurchase", f"target.horizon_days={horizon_days}", f"as_of={cutoff}"])
     start = time.perf_counter()
     dataset = load_data(settings["data"], materialize=True)
     plan = training_plan(settings)

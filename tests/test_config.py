@@ -7,6 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from churnml.config import register_configs
 from churnml.jobs.common import compose_settings, config_dir
 
 CONF = config_dir()
@@ -46,13 +47,63 @@ def test_cleaning_rules_are_in_every_data_config():
 
 
 def test_files_data_needs_a_transactions_path():
-    from omegaconf.errors import MissingMandatoryValue
+    from churnml.io.sources import data_sources
 
-    with pytest.raises(MissingMandatoryValue):
-        compose_resolved("features", ["data=files"])
+    with pytest.raises(ValueError, match="data.transactions.path is required"):
+        data_sources(compose_resolved("features", ["data=files"])["data"])
+
+
+@pytest.mark.parametrize("override, key, expected", [
+    ("train.max_snapshots=abc", "train.max_snapshots", "Integer"),
+    ("target.horizon_days=ninety", "target.horizon_days", "Integer"),
+    ("features.windows_days=[30,soon]", "features.windows_days", "Integer"),
+    ("data.cleaning.drop_zero_amount=maybe", "data.cleaning.drop_zero_amount", "bool"),
+])
+def test_a_value_of_the_wrong_type_names_its_key_and_type(override, key, expected):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_resolved("train", [override])
+    said = f"{raised.value} {raised.value.__cause__}"
+    assert key in said and expected in said
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_an_unknown_key_is_refused_in_every_stage(name):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="features.window_days"):
+        compose_resolved(name, ["features.window_days=[30]"])
+
+
+def test_the_schemas_take_their_defaults_from_the_library():
+    from churnml.features.build import FeatureConfig
+    from churnml.models.training import TrainingPlan
+    from churnml.scoring.policy import ScoringConfig
+
+    composed = compose_resolved("train", [])
+    assert composed["features"]["windows_days"] == list(FeatureConfig().windows_days)
+    assert composed["features"]["segments"]["core"]["min_annual_spend"] == FeatureConfig().segments.core.min_annual_spend
+    assert composed["train"]["max_snapshots"] == TrainingPlan().max_snapshots
+    assert compose_resolved("score", [])["score"]["reasons"] == ScoringConfig().n_reasons
+    assert ScoringConfig.from_dict(compose_resolved("score", [])["score"]) == ScoringConfig()
+
+
+def test_as_of_is_the_date_of_every_stage_and_cutoff_a_deprecated_alias():
+    from churnml.config import stage_as_of
+
+    for name in PRIMARY:
+        assert stage_as_of(compose_resolved(name, ["as_of=2024-06-30"])) == "2024-06-30"
+    with pytest.warns(FutureWarning, match="cutoff is deprecated"):
+        assert stage_as_of(compose_resolved("train", ["cutoff=2024-06-30"])) == "2024-06-30"
+    with pytest.warns(FutureWarning, match="score.as_of is deprecated"):
+        assert stage_as_of(compose_resolved("score", ["score.as_of=2024-06-30"])) == "2024-06-30"
+    with pytest.raises(ValueError, match="conflicting dates"), pytest.warns(FutureWarning):
+        stage_as_of(compose_resolved("train", ["cutoff=2024-06-30", "as_of=2024-05-31"]))
 
 
 def test_optuna_search_composes_with_the_optuna_sweeper():
+    register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=["+hparams_search=lightgbm_optuna"], return_hydra_config=True)
     sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)

@@ -151,7 +151,7 @@ def test_the_features_stage_on_spark_writes_a_directory_atomically(shop_director
     output = tmp_path / "features" / f"cutoff={cutoff}"
     files = [f"data.{name}.path={shop_directory / f'{name}.parquet'}" for name in TABLES]
     # A URI, as for hdfs://: the write goes through Hadoop's FileSystem, not local paths.
-    settings = compose_resolved("features", ["engine=spark", "data=files", *files, f"cutoff={cutoff}",
+    settings = compose_resolved("features", ["engine=spark", "data=files", *files, f"as_of={cutoff}",
                                              f"features.output='file://{output}'"])
     for _ in range(2):  # a rerun replaces the directory
         written = run_features(settings)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_cdnow_features_have_one_row_per_customer_with_history(tmp_path):
     output = tmp_path / "f.parquet"
-    settings = compose_resolved("features", ["data=cdnow", "cutoff=1997-12-31", f"features.output={output}"])
+    settings = compose_resolved("features", ["data=cdnow", "as_of=1997-12-31", f"features.output={output}"])
     run_features(settings)
     features = pd.read_parquet(output)
     from churnml.io.sources import cdnow_transactions
@@ -53,8 +53,8 @@ def test_console_script_maps_user_columns(tmp_path):
     output = tmp_path / "f.parquet"
     command = [
         sys.executable, "-m", "churnml.cli", "features",
-        "data=files", f"data.transactions.path={source}", "+data.transactions.columns.customer_id=Cust",
-        "+data.transactions.columns.ts=When", "+data.transactions.columns.amount=Total",
+        "data=files", f"data.transactions.path={source}", "data.transactions.columns.customer_id=Cust",
+        "data.transactions.columns.ts=When", "data.transactions.columns.amount=Total",
         f"features.output={output}", "hydra.run.dir=" + str(tmp_path / "hydra"),
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)

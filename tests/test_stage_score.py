@@ -105,7 +105,7 @@ def test_rescoring_gives_a_byte_identical_file(shop, tmp_path):
 
 def test_default_output_is_under_scores_by_as_of(shop, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    path = run_score(settings_for(shop, "score.as_of=2024-06-30", "score.format=csv"))
+    path = run_score(settings_for(shop, "as_of=2024-06-30", "score.format=csv"))
     assert path == Path("scores/as_of=2024-06-30/scores.csv")
     scores = pd.read_csv(tmp_path / path)
     assert (scores["as_of"] == "2024-06-30").all()
@@ -129,9 +129,9 @@ def test_drift_is_tracked_for_models_with_a_reference_profile(shop, tmp_path, ca
 def test_as_of_outside_the_data_writes_nothing(shop, tmp_path):
     output = tmp_path / "out" / "scores.parquet"
     with pytest.raises(ValueError, match="after the last date in the data"):
-        run_score(settings_for(shop, "score.as_of=2030-01-01", f"score.output={output}"))
+        run_score(settings_for(shop, "as_of=2030-01-01", f"score.output={output}"))
     with pytest.raises(ValueError, match="before the first date in the data"):
-        run_score(settings_for(shop, "score.as_of=2001-01-01", f"score.output={output}"))
+        run_score(settings_for(shop, "as_of=2001-01-01", f"score.output={output}"))
     assert not output.parent.exists()
 
 

@@ -7,8 +7,9 @@ directory of one's own joins them with ``--config-dir DIR`` or ``hydra.searchpat
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -21,42 +22,34 @@ def settings_from(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="features")
-def features_app(cfg: DictConfig) -> None:
-    from churnml.jobs import features
+def _stage_app(config_name: str, stage: str) -> Callable[[], Any]:
+    """The console script of a stage: register the schemas, then run ``churnml.jobs.<stage>.run``
+    as a Hydra app on the config ``config_name``."""
 
-    features.run(settings_from(cfg))
+    @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
+    def app(cfg: DictConfig) -> Any:
+        job = importlib.import_module(f"churnml.jobs.{stage}")
+        return job.run(settings_from(cfg))
 
+    def main() -> Any:
+        from churnml.config import register_configs
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def train_app(cfg: DictConfig) -> float:
-    from churnml.jobs import train
+        register_configs()
+        return app()
 
-    return train.run(settings_from(cfg))
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
-def evaluate_app(cfg: DictConfig) -> None:
-    from churnml.jobs import evaluate
-
-    evaluate.run(settings_from(cfg))
+    main.__name__ = f"{stage}_app"
+    return main
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="score")
-def score_app(cfg: DictConfig) -> None:
-    from churnml.jobs import score
-
-    score.run(settings_from(cfg))
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def export_app(cfg: DictConfig) -> None:
-    from churnml.jobs import export
-
-    export.run(settings_from(cfg))
+features_app = _stage_app("features", "features")
+train_app = _stage_app("train", "train")
+evaluate_app = _stage_app("evaluate", "evaluate")
+score_app = _stage_app("score", "score")
+export_app = _stage_app("train", "export")
 
 
 def notebooks_app() -> None:
+    """``churnml-notebooks``: run the notebooks headless (argparse, not Hydra)."""
     from churnml.jobs import notebooks
 
     notebooks.main(sys.argv[1:])

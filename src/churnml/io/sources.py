@@ -66,7 +66,9 @@ def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
             sources[name] = None
             continue
         sources[name] = TableSource(
-            path=str(path), columns=dict(entry.get("columns") or {}), ts_format=entry.get("ts_format")
+            path=str(path),
+            columns={name: column for name, column in (entry.get("columns") or {}).items() if column},
+            ts_format=entry.get("ts_format"),
         )
     return sources
 

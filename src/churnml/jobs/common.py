@@ -43,6 +43,9 @@ def compose_settings(config_name: str = "score", overrides: Sequence[str] = ()) 
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from churnml.config import register_configs
+
+    register_configs()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         config = compose(config_name=config_name, overrides=list(overrides))
     return OmegaConf.to_container(config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]

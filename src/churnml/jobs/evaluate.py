@@ -18,7 +18,10 @@ def run(settings: Mapping[str, Any]) -> dict[str, float]:
     from churnml.models.training import add_report, evaluate_model
 
     mlflow_settings = configure_tracking(settings)
-    uri = settings["model_uri"]
+    from churnml.models.registry import registered_model_uri, registered_name
+
+    uri = settings.get("model_uri") or registered_model_uri(
+        registered_name(mlflow_settings["registered_model_prefix"], settings["target"]["name"]))
     model = tracking.load_model(uri)
     name, version = tracking.model_version_of(uri)
     plan = training_plan({**settings, "train": {**settings["train"], "calibration_snapshots": 1, "cv_folds": 0,

@@ -13,14 +13,17 @@ log = logging.getLogger("churnml")
 
 def model_uris(score_settings: Mapping[str, Any], registered_model_prefix: str) -> dict[str, str]:
     """Where the churn and repurchase models come from: ``score.model_dir`` when set (exported
-    directories ``<model_dir>/<prefix>-churn`` and ``-repurchase``), else the configured URIs."""
+    directories ``<model_dir>/<prefix>-churn`` and ``-repurchase``), else the configured URIs,
+    else the registered champions (``models:/<prefix>-churn@champion``)."""
     from churnml.features.labels import TARGETS
-    from churnml.models.registry import registered_name
+    from churnml.models.registry import registered_model_uri, registered_name
 
     model_dir = score_settings.get("model_dir")
+    names = {target: registered_name(registered_model_prefix, target) for target in TARGETS}
     if model_dir:
-        return {target: str(Path(model_dir) / registered_name(registered_model_prefix, target)) for target in TARGETS}
-    return {target: str(score_settings[f"{target}_model_uri"]) for target in TARGETS}
+        return {target: str(Path(model_dir) / names[target]) for target in TARGETS}
+    return {target: str(score_settings.get(f"{target}_model_uri") or registered_model_uri(names[target]))
+            for target in TARGETS}
 
 
 def reference_profiles(models: Mapping[str, Any], identities: Mapping[str, Any]) -> dict[str, dict]:
@@ -88,13 +91,14 @@ def default_score_output(as_of: Any, fmt: str, engine: str) -> Path:
 
 
 def run(settings: Mapping[str, Any]) -> Path | str:
-    """Score every customer with history at ``score.as_of``, write one row each, track the run.
+    """Score every customer with history at ``as_of``, write one row each, track the run.
 
     Nothing is written when the date is outside the data or the models do not fit the feature
     table; the output is renamed into place only once complete. ``engine=spark`` scores on
     Spark and writes a directory of part files (see :mod:`churnml.scoring.spark`).
     """
     from churnml import tracking
+    from churnml.config import stage_as_of
     from churnml.evaluation.drift import drifted
     from churnml.features.build import FeatureConfig
     from churnml.features.dates import resolve_as_of
@@ -111,7 +115,7 @@ def run(settings: Mapping[str, Any]) -> Path | str:
         raise ValueError(f"unknown score.format '{fmt}': use one of {FORMATS}")
     config = ScoringConfig.from_dict(score)
     dataset = load_data(settings["data"], con=engine_connection(settings))
-    as_of = resolve_as_of(score.get("as_of"), dataset.first_date, dataset.last_date)
+    as_of = resolve_as_of(stage_as_of(settings), dataset.first_date, dataset.last_date)
 
     mlflow_settings = configure_tracking(settings)
     uris = model_uris(score, mlflow_settings["registered_model_prefix"])
@@ -128,7 +132,7 @@ def run(settings: Mapping[str, Any]) -> Path | str:
 
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
     scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}
-    logged_settings = {**settings, "score": {**score, "as_of": str(as_of), "output": str(path)}}
+    logged_settings = {**settings, "as_of": str(as_of), "score": {**score, "output": str(path)}}
     run_id = tracking.log_scoring(logged_settings, scored_models, summary, path, psi, threshold, fingerprint,
                                   run_name=f"score-{as_of}")
 

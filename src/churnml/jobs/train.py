@@ -27,15 +27,16 @@ def build_model(model_settings: Mapping[str, Any], target: str, horizon_days: in
 
 
 def training_plan(settings: Mapping[str, Any]):
-    """The :class:`~churnml.models.training.TrainingPlan` of the ``target``, ``cutoff`` and ``train`` nodes."""
-    from churnml.features.build import as_date
+    """The :class:`~churnml.models.training.TrainingPlan` of the ``target``, ``as_of`` and ``train`` nodes."""
+    from churnml.config import stage_as_of
+    from churnml.features.dates import as_date
     from churnml.models.training import TrainingPlan
 
     train = settings["train"]
     return TrainingPlan(
         target=settings["target"]["name"],
         horizon_days=int(settings["target"]["horizon_days"]),
-        holdout_cutoff=as_date(settings["cutoff"]) if settings.get("cutoff") else None,
+        holdout_cutoff=as_date(stage_as_of(settings)) if stage_as_of(settings) else None,
         step_days=int(train["step_days"]),
         max_snapshots=int(train["max_snapshots"]),
         min_snapshots=int(train["min_snapshots"]),

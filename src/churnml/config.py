@@ -1,0 +1,356 @@
+"""Typed configuration of every stage: the schemas Hydra validates the composed config against.
+
+Each default lives once. Settings that a library function takes (the feature set, the loading
+rules, the training schedule, how scores become bands, reasons and actions) keep their defaults
+in that function's own dataclass (:class:`~churnml.features.build.FeatureConfig`,
+:class:`~churnml.io.load.LoadOptions`, :class:`~churnml.models.training.TrainingPlan`,
+:class:`~churnml.scoring.policy.ScoringConfig`); the schemas here mirror those dataclasses or
+read their defaults, and add what only a stage needs (engine, paths, MLflow). The YAML files
+under ``conf/`` choose among alternatives (data sets, models, targets) and hold no default of
+their own.
+
+A value of the wrong type or an unknown key stops a stage before it starts, with the key's
+full name (``train.max_snapshots``) and the type expected. :func:`register_configs` puts the
+schemas in Hydra's ConfigStore; nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+import warnings
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from churnml.features.build import FeatureConfig
+from churnml.io.contract import SPECS, TableSpec
+from churnml.io.load import LoadOptions
+from churnml.models.training import TrainingPlan
+from churnml.scoring.policy import RiskBands, ScoringConfig
+
+# --------------------------------------------------------------------------------------------
+# Mirrors of the library's dataclasses, for Hydra
+# --------------------------------------------------------------------------------------------
+
+_MIRRORS: dict[type, type] = {}
+
+
+def _schema_type(annotation: Any) -> Any:
+    """The OmegaConf-typed counterpart of a dataclass field's annotation."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [_schema_type(a) for a in args if a is not type(None)]
+        return Optional[inner[0]] if len(inner) == 1 and inner[0] is not Any else Any
+    if origin is tuple:
+        return List[_schema_type(args[0])] if args else List[Any]
+    if origin in (dict, typing.Mapping) or (origin is not None and getattr(origin, "__name__", "") == "Mapping"):
+        return Dict[_schema_type(args[0]), _schema_type(args[1])] if args else Dict[str, Any]
+    if dataclasses.is_dataclass(annotation):
+        return mirror(annotation)
+    if annotation in (int, float, str, bool):
+        return annotation
+    return Any
+
+
+def _schema_value(value: Any) -> Any:
+    """A default value in the form its mirrored field holds (tuples as lists, dataclasses mirrored)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return mirror(type(value))(**{f.name: _schema_value(getattr(value, f.name))
+                                      for f in dataclasses.fields(value) if f.name in _mirrored_fields(type(value))})
+    if isinstance(value, tuple):
+        return [_schema_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _schema_value(v) for k, v in value.items()}
+    return value
+
+
+def _mirrored_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(mirror(cls))]
+
+
+def _default_of(spec: dataclasses.Field) -> Any:
+    if spec.default is not MISSING:
+        return spec.default
+    if spec.default_factory is not MISSING:
+        return spec.default_factory()
+    return "???"  # OmegaConf's mandatory value: the config must give it
+
+
+def mirror(cls: type, exclude: tuple[str, ...] = ()) -> type:
+    """A plain (mutable, OmegaConf-typed) dataclass with the fields and defaults of ``cls``.
+
+    Tuples become lists, ``X | None`` becomes ``Optional[X]``, nested dataclasses are mirrored
+    too; fields of types a config cannot hold (datetimes, frames) are left out, as are
+    ``exclude``. The defaults are read from ``cls``, not copied by hand.
+    """
+    if cls in _MIRRORS and not exclude:
+        return _MIRRORS[cls]
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for spec in dataclasses.fields(cls):
+        if spec.name in exclude or not spec.init:
+            continue
+        annotation = _schema_type(hints[spec.name])
+        if annotation is Any and hints[spec.name] is not Any:
+            continue
+        default = _default_of(spec)
+        specs.append((spec.name, annotation, field(default_factory=lambda d=default: _schema_value(d))))
+    made = dataclasses.make_dataclass(f"{cls.__name__}Schema", specs)
+    made.__doc__ = f"Hydra schema of :class:`{cls.__module__}.{cls.__qualname__}`."
+    if not exclude:
+        _MIRRORS[cls] = made
+    return made
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes
+# --------------------------------------------------------------------------------------------
+
+CleaningSettings = mirror(LoadOptions)
+RiskBandSettings = mirror(RiskBands)
+FeatureSettings = dataclasses.make_dataclass(
+    "FeatureSettings",
+    # Where churnml-features writes; None: outputs/features/<data>/as_of=<as_of>/features.parquet.
+    [("output", Optional[str], field(default=None))],
+    bases=(mirror(FeatureConfig),),
+)
+FeatureSettings.__doc__ = "``features``: the feature set (:class:`~churnml.features.build.FeatureConfig`) and the output of churnml-features."
+
+
+def _table_files(spec: TableSpec) -> type:
+    """The ``data.<table>`` node of one contract table: path, column names, date format."""
+    title = spec.name.title()
+    # One key per contract column, so that data.transactions.columns.customer_id=CustID needs no
+    # "+" and a misspelt contract name is refused.
+    columns = dataclasses.make_dataclass(f"{title}Columns", [(c, Optional[str], field(default=None)) for c in spec.kinds])
+    columns.__doc__ = f"The file's name of each {spec.name} contract column, where it differs."
+    made = dataclasses.make_dataclass(f"{title}Files", [
+        ("path", Optional[str], field(default=None)),  # CSV or Parquet (a file, a directory or a glob)
+        ("columns", columns, field(default_factory=columns)),
+        # strptime format for dates that are not ISO 8601, e.g. "%d/%m/%Y %H:%M".
+        ("ts_format", Optional[str], field(default=None)),
+    ])
+    made.__doc__ = f"``data.{spec.name}``: where the {spec.name} table is and how to read it."
+    return made
+
+
+TransactionsFiles = _table_files(SPECS["transactions"])
+InteractionsFiles = _table_files(SPECS["interactions"])
+CustomersFiles = _table_files(SPECS["customers"])
+
+
+@dataclass
+class DataSettings:
+    """``data``: which data set, and how it is loaded. The options under ``conf/data/`` set
+    ``kind`` and the keys of their kind."""
+
+    name: str = "???"
+    kind: str = "???"  # demo | cdnow | files
+    # demo (values in conf/data/demo.yaml): a seeded simulated shop, generated on first use into ``directory``.
+    n_customers: Optional[int] = None
+    start: Optional[str] = None
+    end: Optional[str] = None
+    seed: Optional[int] = None
+    format: Optional[str] = None
+    directory: Optional[str] = None
+    # files: the user's tables (transactions required).
+    transactions: TransactionsFiles = field(default_factory=TransactionsFiles)  # type: ignore[valid-type]
+    interactions: InteractionsFiles = field(default_factory=InteractionsFiles)  # type: ignore[valid-type]
+    customers: CustomersFiles = field(default_factory=CustomersFiles)  # type: ignore[valid-type]
+    cleaning: CleaningSettings = field(default_factory=CleaningSettings)  # type: ignore[valid-type]
+
+
+@dataclass
+class SparkSettings:
+    """``spark``: used when ``engine=spark``."""
+
+    master: Optional[str] = None  # None: local[2], unless spark-submit chose one
+    shuffle_partitions: Optional[int] = None  # also the number of pieces scored (one per partition)
+    conf: Dict[str, Any] = field(default_factory=dict)  # e.g. {spark.driver.memory: 8g}
+
+
+@dataclass
+class MlflowSettings:
+    """``mlflow``: a SQLite file in the project by default; a team server is one line."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "churnml"
+    artifact_root: Optional[str] = "mlartifacts"  # used when the experiment is created
+    registered_model_prefix: str = "churnml"
+
+
+@dataclass
+class TargetSettings:
+    """``target``: churn = no purchase in (as_of, as_of + horizon]; repurchase = at least one."""
+
+    name: str = TrainingPlan.target
+    horizon_days: int = TrainingPlan.horizon_days
+
+
+@dataclass
+class ModelSettings:
+    """``model``: the estimator (instantiated from ``estimator._target_``) and how it is wrapped.
+
+    The hyperparameters at the top level are what sweeps override (``model.learning_rate=0.05``);
+    the options under ``conf/model/`` interpolate them into ``estimator``.
+    """
+
+    name: str = "lightgbm"
+    preprocessing: str = "native"  # native | scaled
+    calibration: str = "sigmoid"  # sigmoid | isotonic | none
+    early_stopping_rounds: int = 0
+    prior: Optional[str] = None  # bgnbd | None
+    learning_rate: Optional[float] = None
+    num_leaves: Optional[int] = None
+    min_child_samples: Optional[int] = None
+    n_estimators: Optional[int] = None
+    C: Optional[float] = None
+    estimator: Dict[str, Any] = field(default_factory=dict)
+
+
+_SCHEDULE = ("step_days", "max_snapshots", "min_snapshots", "min_history_days", "calibration_snapshots", "cv_folds",
+             "bgnbd_features")
+
+
+@dataclass
+class TrainSettings:
+    """``train``: the snapshot schedule (defaults of :class:`~churnml.models.training.TrainingPlan`),
+    champion rule, sweep objective and where reports and the exported champion go."""
+
+    step_days: int = TrainingPlan.step_days
+    max_snapshots: int = TrainingPlan.max_snapshots
+    min_snapshots: int = TrainingPlan.min_snapshots
+    min_history_days: int = TrainingPlan.min_history_days
+    calibration_snapshots: int = TrainingPlan.calibration_snapshots
+    cv_folds: int = TrainingPlan.cv_folds
+    bgnbd_features: bool = TrainingPlan.bgnbd_features
+    champion_metric: str = "holdout_roc_auc"
+    objective: str = "cv_roc_auc_mean"  # what a sweep maximises: CV, never the holdout
+    export_dir: Optional[str] = "models"
+    report_dir: str = "reports/train"
+
+
+@dataclass
+class PlaybookRuleSettings:
+    """One playbook rule: an action and the conditions (lists of allowed values) a customer meets."""
+
+    action: str = "???"
+    tier: Optional[List[str]] = None
+    value_segment: Optional[List[str]] = None
+    risk_band: Optional[List[str]] = None
+    overdue: Optional[bool] = None
+
+
+_SCORING_DEFAULTS = ScoringConfig()
+
+
+@dataclass
+class ScoreSettings:
+    """``score``: where the models come from, where the scores go, and the policy of
+    :class:`~churnml.scoring.policy.ScoringConfig` (bands, reasons, playbook)."""
+
+    as_of: Optional[str] = None  # deprecated: use the top-level as_of
+    # None: the registered champions, models:/<prefix>-churn@champion and -repurchase@champion.
+    churn_model_uri: Optional[str] = None
+    repurchase_model_uri: Optional[str] = None
+    model_dir: Optional[str] = None  # e.g. models: load <model_dir>/<prefix>-churn and -repurchase instead
+    output: Optional[str] = None  # None: scores/as_of=<as_of>/scores.<format>; on Spark the directory
+    format: str = "parquet"  # parquet | csv
+    drift_threshold: float = 0.2  # PSI above which a feature (or the score) is reported as drifted
+    risk_bands: RiskBandSettings = field(default_factory=RiskBandSettings)  # type: ignore[valid-type]
+    reasons: int = _SCORING_DEFAULTS.n_reasons
+    batch_size: int = _SCORING_DEFAULTS.batch_size
+    tabulate_trees: bool = _SCORING_DEFAULTS.tabulate_trees
+    threads: Optional[int] = _SCORING_DEFAULTS.threads
+    # Rules by name; the first matching rule wins, a rule matches when every condition it names
+    # holds. None: the default playbook (churnml.scoring.policy.DEFAULT_PLAYBOOK); a playbook
+    # given here replaces it whole.
+    playbook: Optional[Dict[str, PlaybookRuleSettings]] = None
+    default_action: str = _SCORING_DEFAULTS.default_action
+
+
+# --------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------
+
+
+def _stage_fields(*, mlflow: bool) -> list[tuple]:
+    common = [
+        ("data", DataSettings, field(default_factory=DataSettings)),
+        ("features", FeatureSettings, field(default_factory=FeatureSettings)),
+        ("engine", str, field(default="duckdb")),  # duckdb | spark
+        ("spark", SparkSettings, field(default_factory=SparkSettings)),
+        ("as_of", Optional[str], field(default=None)),
+        ("cutoff", Optional[str], field(default=None)),  # deprecated alias of as_of
+    ]
+    if mlflow:
+        common.append(("mlflow", MlflowSettings, field(default_factory=MlflowSettings)))
+    return common
+
+
+def stage_schemas() -> dict[str, type]:
+    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``."""
+    for_features, with_mlflow = _stage_fields(mlflow=False), _stage_fields(mlflow=True)
+    return {
+        "features": dataclasses.make_dataclass("FeaturesStage", for_features),
+        "train": dataclasses.make_dataclass("TrainStage", [
+            *with_mlflow,
+            ("target", TargetSettings, field(default_factory=TargetSettings)),
+            ("model", ModelSettings, field(default_factory=ModelSettings)),
+            ("seed", int, field(default=42)),
+            ("train", TrainSettings, field(default_factory=TrainSettings)),
+        ]),
+        "evaluate": dataclasses.make_dataclass("EvaluateStage", [
+            *with_mlflow,
+            ("target", TargetSettings, field(default_factory=TargetSettings)),
+            ("seed", int, field(default=42)),
+            # None: the registered champion of the target; or an exported directory.
+            ("model_uri", Optional[str], field(default=None)),
+            ("train", TrainSettings, field(default_factory=lambda: TrainSettings(report_dir="reports/evaluate"))),
+        ]),
+        "score": dataclasses.make_dataclass("ScoreStage", [
+            *with_mlflow,
+            ("score", ScoreSettings, field(default_factory=ScoreSettings)),
+        ]),
+    }
+
+
+def register_configs() -> None:
+    """Put the stage schemas (``<stage>_schema``) and the group schemas (``data/schema``,
+    ``model/schema``, ``target/schema``) in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, schema in stage_schemas().items():
+        store.store(name=f"{name}_schema", node=schema)
+    store.store(group="data", name="schema", node=DataSettings)
+    store.store(group="model", name="schema", node=ModelSettings)
+    store.store(group="target", name="schema", node=TargetSettings)
+
+
+def deprecated_keys(settings: typing.Mapping[str, Any]) -> list[str]:
+    """The deprecated keys a composed config sets (``cutoff``, ``score.as_of``), for a warning."""
+    found = ["cutoff"] if settings.get("cutoff") else []
+    if (settings.get("score") or {}).get("as_of"):
+        found.append("score.as_of")
+    return found
+
+
+def stage_as_of(settings: typing.Mapping[str, Any]) -> Optional[str]:
+    """The date a stage is asked for: ``as_of``, else the deprecated ``cutoff`` or ``score.as_of``
+    (which warn, with a FutureWarning, that they are deprecated).
+
+    Raises
+    ------
+    ValueError
+        If two of them are set to different dates.
+    """
+    for key in deprecated_keys(settings):
+        warnings.warn(f"{key} is deprecated and will be removed: use as_of", FutureWarning, stacklevel=2)
+    given = {key: value for key, value in (("as_of", settings.get("as_of")), ("cutoff", settings.get("cutoff")),
+                                           ("score.as_of", (settings.get("score") or {}).get("as_of"))) if value}
+    if len({str(v) for v in given.values()}) > 1:
+        listed = ", ".join(f"{k}={v}" for k, v in given.items())
+        raise ValueError(f"conflicting dates {listed}: give as_of only")
+    return str(next(iter(given.values()))) if given else None
