@@ -18,6 +18,7 @@ from churnml.models import contributions as tree_contributions
 from churnml.scoring import policy
 from churnml.scoring import reasons
 from churnml.scoring import summary as score_summary
+from churnml.features import segments
 from churnml.features.segments import TIERS, VALUE_SEGMENTS
 from churnml.jobs.score import model_uris
 from churnml.scoring import table
@@ -107,7 +108,8 @@ def test_one_row_per_customer_with_history_in_the_documented_columns(scores, dat
         assert scores[column].between(0, 1).all() and scores[column].notna().all()
     assert set(scores["risk_band"]) <= set(policy.RISK_BANDS)
     assert scores["reason_1"].notna().all() and scores["recommended_action"].notna().all()
-    assert set(scores["value_segment"]) == set(VALUE_SEGMENTS)
+    assert set(scores["value_segment"]) <= set(VALUE_SEGMENTS)
+    assert set(scores["predicted_value_segment"]) == set(VALUE_SEGMENTS)
     assert set(scores["tier"]) <= set(TIERS)
     assert (scores[["churn_model_name", "churn_model_version"]].drop_duplicates().to_numpy().tolist()
             == [["churnml-churn", "3"]])
@@ -292,23 +294,23 @@ def test_risk_bands_follow_the_thresholds():
 def test_value_segment_splits_at_the_medians():
     ltv = np.array([0.0, 0.0, 0.0, 100.0, 500.0])
     repurchase = np.array([0.9, 0.1, 0.5, 0.8, 0.2])
-    segments = policy.scoring_value_segment(ltv, repurchase)
+    labels = segments.predicted_value_segment(ltv, repurchase)
     # The median LTV is 0: customers without value are not high value.
-    assert segments.tolist() == ["low_value_high_potential", "low_value_low_potential", "low_value_low_potential",
+    assert labels.tolist() == ["low_value_high_potential", "low_value_low_potential", "low_value_low_potential",
                                  "high_value_high_potential", "high_value_low_potential"]
 
 
 def test_value_segment_of_a_piece_uses_the_populations_medians():
     ltv = np.array([0.0, 0.0, 0.0, 100.0, 500.0, 40.0])
     repurchase = np.array([0.9, 0.1, 0.5, 0.8, 0.2, 0.6])
-    population = policy.value_thresholds(ltv, repurchase)
+    population = segments.value_thresholds(ltv, repurchase)
     assert (population.ltv, population.repurchase_probability) == (20.0, 0.55)
-    whole = policy.scoring_value_segment(ltv, repurchase)
-    pieces = np.concatenate([policy.scoring_value_segment(ltv[i:i + 2], repurchase[i:i + 2], population)
+    whole = segments.predicted_value_segment(ltv, repurchase)
+    pieces = np.concatenate([segments.predicted_value_segment(ltv[i:i + 2], repurchase[i:i + 2], population)
                              for i in range(0, len(ltv), 2)])
     assert pieces.tolist() == whole.tolist()
     # Without the population's medians a piece splits at its own.
-    assert policy.scoring_value_segment(ltv[3:5], repurchase[3:5]).tolist() != whole[3:5].tolist()
+    assert segments.predicted_value_segment(ltv[3:5], repurchase[3:5]).tolist() != whole[3:5].tolist()
 
 
 def test_playbook_first_matching_rule_wins():
@@ -322,7 +324,7 @@ def test_playbook_first_matching_rule_wins():
         ("core", "high_value_high_potential", "low", np.nan),
         ("core", "high_value_high_potential", "medium", np.nan),
         ("basic", "low_value_low_potential", "high", np.nan),    # nothing matches
-    ], columns=["tier", "value_segment", "risk_band", "days_overdue"])
+    ], columns=["tier", "predicted_value_segment", "risk_band", "days_overdue"])
     actions = policy.recommend_actions(rows)
     assert actions.tolist() == ["dedicated account manager", "dedicated account manager", "win-back offer",
                                 "replenishment reminder", "nurture email", "upgrade offer", "loyalty reward",
@@ -637,3 +639,16 @@ def test_explain_scores_are_the_batch_path(dataset, models, inputs):
     expected = table.score_customers(inputs, models, dataset.last_date, config)
     pd.testing.assert_frame_equal(explain.score_frame(features, models, config), expected)
     assert set(expected["risk_band"]) == {"high", "medium", "low"}
+
+
+def test_the_value_segment_of_a_score_row_is_the_one_its_reasons_quote(inputs, scores):
+    """One value_segment: the feature's, which the model can quote; the score-time view has its own name."""
+    features = inputs["churn"].set_index("customer_id")
+    rows = scores.set_index("customer_id")
+    assert rows["value_segment"].tolist() == features.loc[rows.index, "value_segment"].tolist()
+    said = reasons.describe("value_segment", features.head(50))
+    assert (said.str.removeprefix("segment: ").str.replace(" ", "_") == features["value_segment"].head(50)).all()
+    for k in (1, 2, 3):
+        quoted = rows[rows[f"reason_{k}_feature"] == "value_segment"]
+        phrases = quoted[f"reason_{k}"].str.removeprefix("segment: ").str.replace(" ", "_")
+        assert phrases.tolist() == quoted["value_segment"].tolist()

@@ -238,6 +238,7 @@ class PlaybookRuleSettings:
     action: str = "???"
     tier: Optional[List[str]] = None
     value_segment: Optional[List[str]] = None
+    predicted_value_segment: Optional[List[str]] = None
     risk_band: Optional[List[str]] = None
     overdue: Optional[bool] = None
 

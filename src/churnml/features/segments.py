@@ -1,6 +1,8 @@
-"""Loyalty tiers, value x potential segments and lifetime value, from features at a cutoff.
+"""Loyalty tiers, value x potential segments and lifetime value: the one owner of their vocabulary.
 
-The functions add columns to a feature table and work on any Ibis backend.
+The Ibis functions add columns to a feature table and work on any Ibis backend; the value segment
+also has a score-time view (:func:`predicted_value_segment`), with potential read from the
+repurchase model instead of the recent buying rate.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import ibis
+import numpy as np
+import pandas as pd
 import ibis.expr.types as ir
 
 TIERS = ("core", "potential", "basic", "dormant")
@@ -118,3 +122,46 @@ def add_segments(table: ir.Table, config: SegmentConfig, has_interactions: bool)
     trend = table[trend_column] if trend_column else ibis.literal(1.0)
     threshold = table.ltv.quantile(config.value_quantile).over(ibis.window())
     return table.mutate(value_segment=value_segment(table.ltv, trend, threshold))
+
+
+@dataclass(frozen=True)
+class ValueThresholds:
+    """The medians that split value (LTV) and potential (repurchase probability)."""
+
+    ltv: float
+    repurchase_probability: float
+
+
+def value_thresholds(ltv: pd.Series | np.ndarray, repurchase_probability: pd.Series | np.ndarray) -> ValueThresholds:
+    """Median LTV (missing counts as 0) and median repurchase probability of the customers scored."""
+    value = np.nan_to_num(np.asarray(ltv, dtype=float), nan=0.0)
+    potential = np.asarray(repurchase_probability, dtype=float)
+    if value.size == 0:
+        return ValueThresholds(np.nan, np.nan)
+    return ValueThresholds(float(np.median(value)), float(np.median(potential)))
+
+
+def predicted_value_segment(
+    ltv: pd.Series | np.ndarray,
+    repurchase_probability: pd.Series | np.ndarray,
+    thresholds: ValueThresholds | None = None,
+) -> np.ndarray:
+    """Value x predicted potential, the score-time view of :func:`value_segment` (same vocabulary).
+
+    Value is high when LTV is above the median LTV of the customers scored, potential is high when
+    the repurchase probability is above the median repurchase probability. "Above", not "at
+    least": when most customers have no LTV the median is 0, and 0 is not high value. Scoring in
+    pieces (one Spark partition at a time) passes the whole population's ``thresholds``.
+    """
+    value = np.nan_to_num(np.asarray(ltv, dtype=float), nan=0.0)
+    potential = np.asarray(repurchase_probability, dtype=float)
+    if value.size == 0:
+        return np.array([], dtype=object)
+    thresholds = thresholds or value_thresholds(value, potential)
+    high_value = value > thresholds.ltv
+    high_potential = potential > thresholds.repurchase_probability
+    return np.select(
+        [high_value & high_potential, high_value, high_potential],
+        list(VALUE_SEGMENTS[:3]),
+        default=VALUE_SEGMENTS[3],
+    ).astype(object)

@@ -15,6 +15,8 @@ from churnml.features.segments import TIERS, VALUE_SEGMENTS
 log = logging.getLogger(__name__)
 
 RISK_BANDS = ("high", "medium", "low")
+# The columns a playbook rule can name, with lists of allowed values.
+RULE_CONDITIONS = ("tier", "value_segment", "predicted_value_segment", "risk_band")
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ class PlaybookRule:
         Rule name, for messages.
     action : str
         What the retention team should do.
-    tier, value_segment, risk_band : tuple of str, optional
+    tier, value_segment, predicted_value_segment, risk_band : tuple of str, optional
         Allowed values of those columns.
     overdue : bool, optional
         ``True``: only customers whose next purchase is overdue (``days_overdue > 0``);
@@ -58,11 +60,13 @@ class PlaybookRule:
     action: str
     tier: tuple[str, ...] | None = None
     value_segment: tuple[str, ...] | None = None
+    predicted_value_segment: tuple[str, ...] | None = None
     risk_band: tuple[str, ...] | None = None
     overdue: bool | None = None
 
     def __post_init__(self) -> None:
-        allowed = {"tier": TIERS, "value_segment": VALUE_SEGMENTS, "risk_band": RISK_BANDS}
+        allowed = {"tier": TIERS, "value_segment": VALUE_SEGMENTS, "predicted_value_segment": VALUE_SEGMENTS,
+                   "risk_band": RISK_BANDS}
         for column, known in allowed.items():
             values = getattr(self, column)
             if values is None:
@@ -82,7 +86,7 @@ class PlaybookRule:
         if not settings.get("action"):
             raise ValueError(f"playbook rule '{name}' needs an action")
         values = dict(settings)
-        for key in ("tier", "value_segment", "risk_band"):
+        for key in RULE_CONDITIONS:
             if values.get(key) is not None and not isinstance(values[key], str):
                 values[key] = tuple(values[key])
         return cls(name=name, **values)
@@ -90,7 +94,7 @@ class PlaybookRule:
 
 DEFAULT_PLAYBOOK = (
     PlaybookRule("high_value_at_risk", "dedicated account manager",
-                 value_segment=("high_value_high_potential", "high_value_low_potential"), risk_band=("high",)),
+                 predicted_value_segment=("high_value_high_potential", "high_value_low_potential"), risk_band=("high",)),
     PlaybookRule("win_back", "win-back offer", tier=("dormant",)),
     PlaybookRule("replenishment", "replenishment reminder", overdue=True, risk_band=("high", "medium")),
     PlaybookRule("upgrade", "upgrade offer", tier=("potential",)),
@@ -151,49 +155,6 @@ def risk_band(churn_probability: pd.Series | np.ndarray, bands: RiskBands = Risk
     return np.where(p >= bands.high, "high", np.where(p >= bands.medium, "medium", "low")).astype(object)
 
 
-@dataclass(frozen=True)
-class ValueThresholds:
-    """The medians that split value (LTV) and potential (repurchase probability)."""
-
-    ltv: float
-    repurchase_probability: float
-
-
-def value_thresholds(ltv: pd.Series | np.ndarray, repurchase_probability: pd.Series | np.ndarray) -> ValueThresholds:
-    """Median LTV (missing counts as 0) and median repurchase probability of the customers scored."""
-    value = np.nan_to_num(np.asarray(ltv, dtype=float), nan=0.0)
-    potential = np.asarray(repurchase_probability, dtype=float)
-    if value.size == 0:
-        return ValueThresholds(np.nan, np.nan)
-    return ValueThresholds(float(np.median(value)), float(np.median(potential)))
-
-
-def scoring_value_segment(
-    ltv: pd.Series | np.ndarray,
-    repurchase_probability: pd.Series | np.ndarray,
-    thresholds: ValueThresholds | None = None,
-) -> np.ndarray:
-    """Value x potential at scoring time.
-
-    Value is high when LTV is above the median LTV of the customers scored, potential is high when
-    the repurchase probability is above the median repurchase probability. "Above", not "at
-    least": when most customers have no LTV the median is 0, and 0 is not high value. Scoring in
-    pieces (one Spark partition at a time) passes the whole population's ``thresholds``.
-    """
-    value = np.nan_to_num(np.asarray(ltv, dtype=float), nan=0.0)
-    potential = np.asarray(repurchase_probability, dtype=float)
-    if value.size == 0:
-        return np.array([], dtype=object)
-    thresholds = thresholds or value_thresholds(value, potential)
-    high_value = value > thresholds.ltv
-    high_potential = potential > thresholds.repurchase_probability
-    return np.select(
-        [high_value & high_potential, high_value, high_potential],
-        list(VALUE_SEGMENTS[:3]),
-        default=VALUE_SEGMENTS[3],
-    ).astype(object)
-
-
 def recommend_actions(
     rows: pd.DataFrame, playbook: Sequence[PlaybookRule] = DEFAULT_PLAYBOOK, default_action: str = DEFAULT_ACTION
 ) -> np.ndarray:
@@ -202,7 +163,7 @@ def recommend_actions(
     Parameters
     ----------
     rows : pandas.DataFrame
-        Columns ``tier``, ``value_segment``, ``risk_band`` and, for rules about overdue
+        Columns ``tier``, ``value_segment``, ``predicted_value_segment``, ``risk_band`` and, for rules about overdue
         purchases, ``days_overdue`` (missing counts as not overdue).
     """
     actions = np.full(len(rows), None, dtype=object)
@@ -210,7 +171,7 @@ def recommend_actions(
     overdue = None
     for rule in playbook:
         match = undecided.copy()
-        for column in ("tier", "value_segment", "risk_band"):
+        for column in RULE_CONDITIONS:
             allowed = getattr(rule, column)
             if allowed is not None:
                 match &= rows[column].isin(allowed).to_numpy()

@@ -39,7 +39,8 @@ from churnml.models.contributions import model_scores, tabulate_model
 from churnml.scoring.policy import RISK_BANDS
 from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
 from churnml.scoring.reasons import ReasonContext
-from churnml.scoring.policy import ScoringConfig, ValueThresholds, value_thresholds
+from churnml.features.segments import ValueThresholds, value_thresholds
+from churnml.scoring.policy import ScoringConfig
 
 log = logging.getLogger(__name__)
 

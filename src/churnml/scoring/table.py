@@ -13,13 +13,15 @@ writes the file. One output row per customer:
   BG/NBD, the prior's log-odds count as one more contribution, ``bgnbd_prior``). Only
   risk-raising contributions are reported; a customer with none gets one phrase saying so.
 - ``tier``: the loyalty tier of the feature table.
-- ``value_segment``: value x potential, re-derived at scoring time: value is high when the
+- ``value_segment``: the feature table's value x potential (LTV against the peers' median x
+  buying at least as often lately), the segment the model may quote as a reason.
+- ``predicted_value_segment``: the same vocabulary at scoring time: value is high when the
   customer's LTV is above the median LTV of the customers scored, potential is high when the
   repurchase probability is above the median repurchase probability.
 - ``ltv``: the feature table's lifetime value (average order value x purchases per year x
   expected years), not adjusted for the churn risk.
-- ``recommended_action``: the first playbook rule that matches tier, value segment, risk band
-  and whether a purchase is overdue.
+- ``recommended_action``: the first playbook rule that matches tier, segments, risk band and
+  whether a purchase is overdue.
 - ``churn_model_name`` / ``churn_model_version`` and the same for the repurchase model.
 
 For LightGBM models with small trees (the default has 7 leaves) probabilities and exact
@@ -44,7 +46,8 @@ from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
 from churnml.io.files import write_frame_atomic
 from churnml.models.classifier import PRIOR, ChurnModel
 from churnml.models.contributions import model_scores
-from churnml.scoring.policy import ScoringConfig, ValueThresholds, recommend_actions, risk_band, scoring_value_segment
+from churnml.features.segments import ValueThresholds, predicted_value_segment
+from churnml.scoring.policy import ScoringConfig, recommend_actions, risk_band
 from churnml.scoring.reasons import ReasonContext, reason_phrases
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ def score_columns(n_reasons: int = 3) -> list[str]:
     reasons = [c for k in range(1, n_reasons + 1)
                for c in (f"reason_{k}", f"reason_{k}_feature", f"reason_{k}_contribution")]
     return ["customer_id", "as_of", "churn_probability", "repurchase_probability", "risk_band", *reasons,
-            "tier", "value_segment", "ltv", "recommended_action",
+            "tier", "value_segment", "predicted_value_segment", "ltv", "recommended_action",
             "churn_model_name", "churn_model_version", "repurchase_model_name", "repurchase_model_version"]
 
 
@@ -180,11 +183,13 @@ def score_customers(
 
     bands = _text_array(risk_band(churn_probability, config.risk_bands))
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    segments = _text_array(scoring_value_segment(ltv, repurchase_probability, thresholds))
+    segments = _text_column(churn_inputs["value_segment"])
+    predicted_segments = _text_array(predicted_value_segment(ltv, repurchase_probability, thresholds))
     tiers = _text_column(churn_inputs["tier"])
     playbook_rows = pd.DataFrame({
         "tier": tiers,
         "value_segment": segments,
+        "predicted_value_segment": predicted_segments,
         "risk_band": bands,
         "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
     })
@@ -203,6 +208,7 @@ def score_customers(
     columns.update({
         "tier": tiers,
         "value_segment": segments,
+        "predicted_value_segment": predicted_segments,
         # Cents: sums of amounts may differ in the last bits between engine runs.
         "ltv": np.round(ltv, 2),
         "recommended_action": _text_array(recommend_actions(playbook_rows, config.playbook, config.default_action)),
