@@ -36,7 +36,7 @@ from churnml.evaluation import drift
 from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, BGNBD_SOURCE_COLUMNS, BGNBDFitError, bgnbd_inputs, fit_bgnbd, fitted_bgnbd_features
 from churnml.models.classifier import ChurnModel, fit_population_priors
 from churnml.models.contributions import model_scores, tabulate_model
-from churnml.scoring.policy import RISK_BANDS
+from churnml.scoring.summary import summary_of_groups
 from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
 from churnml.scoring.reasons import ReasonContext
 from churnml.features.segments import ValueThresholds, value_thresholds
@@ -217,30 +217,6 @@ def summed_counts(rows: Any) -> dict[str, dict[str, np.ndarray]]:
 # --------------------------------------------------------------------------------------------
 # Summary
 # --------------------------------------------------------------------------------------------
-
-
-def summary_of_groups(groups: pd.DataFrame, n_top_reasons: int = 5) -> dict[str, Any]:
-    """:func:`churnml.scoring.summarize` from row counts and probability sums grouped by
-    ``risk_band``, ``recommended_action`` and ``reason_1_feature`` (columns ``rows``,
-    ``churn_probability_sum``, ``repurchase_probability_sum``)."""
-    rows = int(groups["rows"].sum())
-    bands = groups.groupby("risk_band")["rows"].sum()
-    # By count, ties by name, as summarize orders them.
-    actions = groups.groupby("recommended_action")["rows"].sum().sort_values(ascending=False, kind="stable")
-    reasons = groups.dropna(subset=["reason_1_feature"]).groupby("reason_1_feature")["rows"].sum()
-    reasons = reasons.sort_values(ascending=False, kind="stable")
-
-    def mean(column: str) -> float:
-        return float(groups[column].sum()) / rows if rows else float("nan")
-
-    return {
-        "rows": rows,
-        "bands": {band: int(bands.get(band, 0)) for band in RISK_BANDS},
-        "mean_churn_probability": mean("churn_probability_sum"),
-        "mean_repurchase_probability": mean("repurchase_probability_sum"),
-        "actions": {str(k): int(v) for k, v in actions.items()},
-        "top_reasons": {str(k): int(v) for k, v in reasons.head(n_top_reasons).items()},
-    }
 
 
 def summarize_scores(scores: Any, n_top_reasons: int = 5) -> dict[str, Any]:
