@@ -83,7 +83,7 @@ class Import:
     module: str      # the importing module
     target: str      # the imported module (a churnml module resolved to the deepest one that exists)
     line: int
-    top_level: bool  # executed when the module is imported (not inside a function)
+    top_level: bool  # run when the module is imported (not in a function, not under TYPE_CHECKING)
 
     def __str__(self) -> str:
         return f"{MODULES[self.module].relative_to(SRC.parent)}:{self.line} imports {self.target}"
@@ -97,10 +97,19 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def _in_function(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Whether ``node`` stands where importing the module does not run it: in a function or
+    under ``if TYPE_CHECKING:``."""
     while node in parents:
-        node = parents[node]
+        child, node = node, parents[node]
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return True
+        if isinstance(node, ast.If) and _is_type_checking(node.test) and child in node.body:
             return True
     return False
 
@@ -244,7 +253,9 @@ def test_importing_every_module_does_no_work(tmp_path):
 
 @pytest.mark.parametrize("source, top_level", [("import x", True), ("def f():\n    import x", False),
                                                ("class A:\n    def f(self):\n        import x", False),
-                                               ("if True:\n    import x", True)])
+                                               ("if True:\n    import x", True),
+                                               ("if TYPE_CHECKING:\n    import x", False),
+                                               ("if TYPE_CHECKING:\n    pass\nelse:\n    import x", True)])
 def test_imports_inside_functions_are_told_apart(source, top_level):
     tree = ast.parse(source)
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
