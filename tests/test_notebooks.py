@@ -60,6 +60,19 @@ def test_a_parameter_no_notebook_defines_is_refused():
         notebooks.check_parameters({"a": small_notebook()}, {"size": 1, "sampel_size": 2})
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "sampel_size=3"], "unknown notebook parameter(s): sampel_size"),
+    (["no_such_notebook"], "no notebook 'no_such_notebook'"),
+    (["-p", "not a pair"], "a parameter is key=value"),
+])
+def test_the_command_line_refuses_a_mistake_before_running_anything(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        notebooks.main([*argv, "--no-mlflow", "--output-dir", str(tmp_path / "html")])
+    assert stopped.value.code == 2
+    assert f"churnml-notebooks: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "html").exists()
+
+
 @pytest.fixture
 def foreign_python3_kernelspec(tmp_path, monkeypatch):
     """A ``python3`` kernelspec first on the Jupyter path whose kernel cannot start."""

@@ -256,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         parameters = dict(parse_parameter(p) for p in args.parameter)
-    except ValueError as error:
+        check_parameters({name: read_notebook(notebook_path(name)) for name in args.notebooks}, parameters)
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout, progress=True)
     if not args.no_mlflow:
