@@ -6,6 +6,7 @@ import json
 import sys
 
 import nbformat
+import papermill
 import pytest
 
 from churnml.jobs import notebooks
@@ -24,6 +25,9 @@ def test_stored_notebooks_have_no_outputs_and_one_parameters_cell(path):
     assert notebooks.cells_with_outputs(notebook) == [], f"clear the outputs of {path.name} before committing it"
     assert notebooks.parameter_names(notebook), f"{path.name} has an empty parameters cell"
     assert not any(notebooks.INJECTED_TAG in c.get("metadata", {}).get("tags", []) for c in notebook.cells)
+    # papermill reads the parameters cell line by line and warns of "unknown" parameters it missed.
+    assert list(papermill.inspect_notebook(notebook)) == notebooks.parameter_names(notebook), (
+        f"papermill cannot parse a line of {path.name}'s parameters cell (an '=' or quote in a comment?)")
 
 
 def small_notebook(*sources: str, parameters: str = "size = 10\nname = 'a'") -> nbformat.NotebookNode:
