@@ -9,6 +9,7 @@ import nbformat
 import papermill
 import pytest
 
+import churnml
 from churnml.jobs import notebooks
 
 STORED = sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb"))
@@ -91,13 +92,15 @@ def foreign_python3_kernelspec(tmp_path, monkeypatch):
 def test_parameters_reach_a_kernel_of_this_interpreter_started_in_the_workdir(tmp_path, foreign_python3_kernelspec):
     workdir = tmp_path / "work"
     workdir.mkdir()
-    notebook = small_notebook("import os, sys\nprint(sys.executable, os.getcwd(), size, name)")
+    notebook = small_notebook("import os, sys\nprint(sys.executable, os.getcwd(), size, name)",
+                              "import churnml\nprint(churnml.__file__)")
     executed = notebooks.execute_notebook(notebook, {"size": [1, "x"], "name": None}, workdir, timeout=120)
 
     assert [c.metadata.get("tags") for c in executed.cells[1:3]] == [["parameters"], [notebooks.INJECTED_TAG]]
     assert "size = [1, \"x\"]" in executed.cells[2].source and "name = None" in executed.cells[2].source
     assert executed.cells[3].outputs[0]["text"].strip() == f"{sys.executable} {workdir.resolve()} [1, 'x'] None"
-    assert len(notebook.cells) == 3 and notebooks.cells_with_outputs(notebook) == [], "the notebook given is left as it was"
+    assert executed.cells[4].outputs[0]["text"].strip() == churnml.__file__, "the kernel imports another churnml"
+    assert len(notebook.cells) == 4 and notebooks.cells_with_outputs(notebook) == [], "the notebook given is left as it was"
 
 
 @pytest.mark.slow

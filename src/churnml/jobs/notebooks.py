@@ -126,17 +126,25 @@ def _this_interpreter_kernel_manager() -> type:
     """A kernel manager class whose kernels run ipykernel on ``sys.executable``.
 
     Whatever ``python3`` kernelspec the Jupyter paths hold (a system Python, another venv), the
-    notebooks then see the packages of the interpreter that runs them.
+    notebooks then see the packages of the interpreter that runs them. Relative ``PYTHONPATH``
+    entries are made absolute, since the kernel starts in another working directory.
     """
+    import os
+
     from ipykernel.kernelspec import get_kernel_dict
     from jupyter_client.kernelspec import KernelSpec
     from jupyter_client.manager import AsyncKernelManager
 
+    # Resolved here, in the caller's working directory (papermill changes it before the kernel starts).
+    env = {}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+
     class ThisInterpreterKernelManager(AsyncKernelManager):
         @property
         def kernel_spec(self) -> KernelSpec:
-            spec = get_kernel_dict()
-            return KernelSpec(name=KERNEL_NAME, resource_dir="", **{k: v for k, v in spec.items() if k in KernelSpec.class_trait_names()})
+            spec = {k: v for k, v in get_kernel_dict().items() if k in KernelSpec.class_trait_names()}
+            return KernelSpec(name=KERNEL_NAME, resource_dir="", **{**spec, "env": {**spec.get("env", {}), **env}})
 
     return ThisInterpreterKernelManager
 
