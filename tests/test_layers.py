@@ -240,7 +240,7 @@ def test_importing_every_module_does_no_work(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
     result = subprocess.run(
         [sys.executable, "-P", "-c", _IMPORT_PROBE, json.dumps(sorted(MODULES)), json.dumps(_third_party_top_level_imports())],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     probe = json.loads(result.stdout.strip().splitlines()[-1])
