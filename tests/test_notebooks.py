@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import sys
+
 import nbformat
+import papermill
 import pytest
 
+import churnml
 from churnml.jobs import notebooks
 
 STORED = sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb"))
@@ -21,6 +26,9 @@ def test_stored_notebooks_have_no_outputs_and_one_parameters_cell(path):
     assert notebooks.cells_with_outputs(notebook) == [], f"clear the outputs of {path.name} before committing it"
     assert notebooks.parameter_names(notebook), f"{path.name} has an empty parameters cell"
     assert not any(notebooks.INJECTED_TAG in c.get("metadata", {}).get("tags", []) for c in notebook.cells)
+    # papermill reads the parameters cell line by line and warns of "unknown" parameters it missed.
+    assert list(papermill.inspect_notebook(notebook)) == notebooks.parameter_names(notebook), (
+        f"papermill cannot parse a line of {path.name}'s parameters cell (an '=' or quote in a comment?)")
 
 
 def small_notebook(*sources: str, parameters: str = "size = 10\nname = 'a'") -> nbformat.NotebookNode:
@@ -30,14 +38,9 @@ def small_notebook(*sources: str, parameters: str = "size = 10\nname = 'a'") -> 
     return nbformat.v4.new_notebook(cells=cells)
 
 
-def test_parameters_are_injected_right_after_the_parameters_cell_and_replaced_on_reinjection():
-    notebook = small_notebook("print(size)")
-    assert notebooks.parameter_names(notebook) == ["size", "name"]
-    once = notebooks.inject_parameters(notebook, {"size": 3, "name": None})
-    twice = notebooks.inject_parameters(once, {"size": [1, "x"]})
-    assert [c.source for c in twice.cells[2:]] == ["# Injected parameters\nsize = [1, 'x']", "print(size)"]
-    assert twice.cells[2].metadata["tags"] == [notebooks.INJECTED_TAG]
-    assert len(notebook.cells) == 3, "the original notebook is left as it was"
+def test_parameter_names_are_read_from_the_parameters_cell_even_with_quotes_in_comments():
+    notebook = small_notebook(parameters='size = 10   # rows, as in `make x ARGS="..."`\nname: str = "a"\nsize2 = size * 2')
+    assert notebooks.parameter_names(notebook) == ["size", "name", "size2"]
 
 
 def test_a_notebook_needs_exactly_one_parameters_cell():
@@ -62,13 +65,51 @@ def test_a_parameter_no_notebook_defines_is_refused():
         notebooks.check_parameters({"a": small_notebook()}, {"size": 1, "sampel_size": 2})
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["-p", "sampel_size=3"], "unknown notebook parameter(s): sampel_size"),
+    (["no_such_notebook"], "no notebook 'no_such_notebook'"),
+    (["-p", "not a pair"], "a parameter is key=value"),
+])
+def test_the_command_line_refuses_a_mistake_before_running_anything(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        notebooks.main([*argv, "--no-mlflow", "--output-dir", str(tmp_path / "html")])
+    assert stopped.value.code == 2
+    assert f"churnml-notebooks: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "html").exists()
+
+
+@pytest.fixture
+def foreign_python3_kernelspec(tmp_path, monkeypatch):
+    """A ``python3`` kernelspec first on the Jupyter path whose kernel cannot start."""
+    kernel = tmp_path / "jupyter" / "kernels" / "python3"
+    kernel.mkdir(parents=True)
+    kernel.joinpath("kernel.json").write_text(json.dumps({"argv": ["/bin/false", "{connection_file}"],
+                                                          "display_name": "not this interpreter", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+
+
+@pytest.mark.slow
+def test_parameters_reach_a_kernel_of_this_interpreter_started_in_the_workdir(tmp_path, foreign_python3_kernelspec):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    notebook = small_notebook("import os, sys\nprint(sys.executable, os.getcwd(), size, name)",
+                              "import churnml\nprint(churnml.__file__)")
+    executed = notebooks.execute_notebook(notebook, {"size": [1, "x"], "name": None}, workdir, timeout=120)
+
+    assert [c.metadata.get("tags") for c in executed.cells[1:3]] == [["parameters"], [notebooks.INJECTED_TAG]]
+    assert "size = [1, \"x\"]" in executed.cells[2].source and "name = None" in executed.cells[2].source
+    assert executed.cells[3].outputs[0]["text"].strip() == f"{sys.executable} {workdir.resolve()} [1, 'x'] None"
+    assert executed.cells[4].outputs[0]["text"].strip() == churnml.__file__, "the kernel imports another churnml"
+    assert len(notebook.cells) == 4 and notebooks.cells_with_outputs(notebook) == [], "the notebook given is left as it was"
+
+
 @pytest.mark.slow
 def test_a_failing_cell_stops_the_run(tmp_path):
-    from nbclient.exceptions import CellExecutionError
+    from papermill import PapermillExecutionError
 
-    notebook = notebooks.inject_parameters(small_notebook("import sys; print(sys.executable)", "1 / 0"), {"size": 2})
-    with pytest.raises(CellExecutionError, match="ZeroDivisionError"):
-        notebooks.execute_notebook(notebook, tmp_path, timeout=120)
+    notebook = small_notebook("1 / 0", "print('after')")
+    with pytest.raises(PapermillExecutionError, match="ZeroDivisionError"):
+        notebooks.execute_notebook(notebook, {"size": 2}, tmp_path, timeout=120)
 
 
 # --------------------------------------------------------------------------------------------

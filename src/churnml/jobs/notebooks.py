@@ -1,21 +1,22 @@
 """Run the notebooks in ``notebooks/`` headless, with parameters, and keep HTML copies.
 
 ``churnml-notebooks [NOTEBOOK ...] [--output-dir reports/notebooks] [-p key=value ...]``
-executes each notebook top to bottom on a kernel of the running interpreter, stops at the first
-cell that fails, writes ``<output-dir>/<notebook>.html`` with the plots embedded, and attaches
-the HTML files to the MLflow run of the champion churn model.
+executes each notebook top to bottom with papermill on a kernel of the running interpreter, stops
+at the first cell that fails, writes ``<output-dir>/<notebook>.html`` with the plots embedded, and
+attaches the HTML files to the MLflow run of the champion churn model (unless ``--no-mlflow``).
 
-Parameters follow papermill's convention: the notebook's cell tagged ``parameters`` holds the
-defaults; the values given here go into a cell tagged ``injected-parameters`` right after it.
-The notebooks read the project's configuration with :func:`compose_settings` (``conf/score.yaml``
-and its overrides, shared by both notebooks, as in ``make score ARGS="..."``).
+Parameters are papermill's: the notebook's cell tagged ``parameters`` holds the defaults; the
+values given here go into a cell tagged ``injected-parameters`` right after it. A value is read
+as JSON, else kept as text; a name that no notebook defines is an error.
+
+The notebooks read the project's configuration with :func:`compose_settings` (``score.yaml`` of
+the package's configs and its overrides, shared by both notebooks, as in ``make score ARGS="..."``).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import json
 import logging
 import sys
@@ -32,6 +33,8 @@ INJECTED_TAG = "injected-parameters"
 DEFAULT_OUTPUT_DIR = "reports/notebooks"
 ARTIFACT_DIR = "notebooks"
 CELL_TIMEOUT_SECONDS = 1800
+KERNEL_START_SECONDS = 120
+KERNEL_NAME = "python3"
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +75,7 @@ def _tagged(cell: Any, tag: str) -> bool:
 
 
 def parameters_cell_index(notebook: Any) -> int:
-    """Position of the one code cell tagged ``parameters``.
+    """Position of the one code cell tagged ``parameters`` (papermill injects after the first).
 
     Raises
     ------
@@ -86,7 +89,11 @@ def parameters_cell_index(notebook: Any) -> int:
 
 
 def parameter_names(notebook: Any) -> list[str]:
-    """Names assigned in the notebook's ``parameters`` cell, in order."""
+    """Names assigned in the notebook's ``parameters`` cell, in order.
+
+    Read with ``ast`` rather than papermill's line parser, which skips a line whose comment holds
+    a quote.
+    """
     source = notebook.cells[parameters_cell_index(notebook)].source
     names = []
     for node in ast.parse(source).body:
@@ -95,26 +102,9 @@ def parameter_names(notebook: Any) -> list[str]:
     return names
 
 
-def inject_parameters(notebook: Any, parameters: Mapping[str, Any]) -> Any:
-    """A copy of ``notebook`` with ``parameters`` set in a cell right after the ``parameters`` cell.
-
-    A cell injected before is replaced. Values are written with ``repr``, so they must be Python
-    literals (numbers, text, None, lists, dicts).
-    """
-    import nbformat
-
-    injected = copy.deepcopy(notebook)
-    injected.cells = [cell for cell in injected.cells if not _tagged(cell, INJECTED_TAG)]
-    if not parameters:
-        return injected
-    lines = ["# Injected parameters"] + [f"{key} = {value!r}" for key, value in parameters.items()]
-    cell = nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": [INJECTED_TAG]})
-    injected.cells.insert(parameters_cell_index(injected) + 1, cell)
-    return injected
-
-
 def check_parameters(notebooks: Mapping[str, Any], parameters: Mapping[str, Any]) -> None:
-    """Raise ValueError for a parameter that none of the notebooks defines (a typo, most likely)."""
+    """Raise ValueError for a parameter that none of the notebooks defines (a typo, most likely;
+    papermill would only warn)."""
     known = {name for notebook in notebooks.values() for name in parameter_names(notebook)}
     unknown = sorted(set(parameters) - known)
     if unknown:
@@ -136,42 +126,61 @@ def _this_interpreter_kernel_manager() -> type:
     """A kernel manager class whose kernels run ipykernel on ``sys.executable``.
 
     Whatever ``python3`` kernelspec the Jupyter paths hold (a system Python, another venv), the
-    notebooks then see the packages of the interpreter that runs them.
+    notebooks then see the packages of the interpreter that runs them. Relative ``PYTHONPATH``
+    entries are made absolute, since the kernel starts in another working directory.
     """
+    import os
+
     from ipykernel.kernelspec import get_kernel_dict
     from jupyter_client.kernelspec import KernelSpec
     from jupyter_client.manager import AsyncKernelManager
 
+    # Resolved here, in the caller's working directory (papermill changes it before the kernel starts).
+    env = {}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+
     class ThisInterpreterKernelManager(AsyncKernelManager):
         @property
         def kernel_spec(self) -> KernelSpec:
-            spec = get_kernel_dict()
-            return KernelSpec(name="python3", resource_dir="", **{k: v for k, v in spec.items() if k in KernelSpec.class_trait_names()})
+            spec = {k: v for k, v in get_kernel_dict().items() if k in KernelSpec.class_trait_names()}
+            return KernelSpec(name=KERNEL_NAME, resource_dir="", **{**spec, "env": {**spec.get("env", {}), **env}})
 
     return ThisInterpreterKernelManager
 
 
-def execute_notebook(notebook: Any, workdir: str | Path, timeout: int = CELL_TIMEOUT_SECONDS) -> Any:
-    """Run every cell of ``notebook`` in a fresh kernel started in ``workdir``; return the executed copy.
+def execute_notebook(
+    notebook: Any,
+    parameters: Mapping[str, Any],
+    workdir: str | Path,
+    timeout: int = CELL_TIMEOUT_SECONDS,
+    progress: bool = False,
+) -> Any:
+    """Run ``notebook`` with papermill: ``parameters`` in a cell tagged ``injected-parameters``
+    after the ``parameters`` cell, every cell in a fresh kernel of this interpreter started in
+    ``workdir``. Returns the executed copy; ``notebook`` is left as it was.
 
     Raises
     ------
-    nbclient.exceptions.CellExecutionError
+    papermill.PapermillExecutionError
         At the first cell that raises, with its traceback.
     """
-    from nbclient import NotebookClient
+    import papermill
 
-    executed = copy.deepcopy(notebook)
-    client = NotebookClient(
-        executed,
-        timeout=timeout,
-        kernel_name="python3",
+    return papermill.execute_notebook(
+        notebook,
+        None,
+        parameters=dict(parameters),
+        kernel_name=KERNEL_NAME,
+        language="python",
+        cwd=str(Path(workdir).resolve()),
+        progress_bar=progress,
+        request_save_on_cell_execute=False,
+        start_timeout=KERNEL_START_SECONDS,
+        execution_timeout=timeout,
+        # Passed on to nbclient: the kernel runs on sys.executable, whatever kernelspec is installed.
         kernel_manager_class=_this_interpreter_kernel_manager(),
-        allow_errors=False,
-        resources={"metadata": {"path": str(Path(workdir).resolve())}},
     )
-    client.execute()
-    return executed
 
 
 def to_html(notebook: Any) -> str:
@@ -205,6 +214,7 @@ def run_notebooks(
     output_dir: str | Path = DEFAULT_OUTPUT_DIR,
     workdir: str | Path = ".",
     timeout: int = CELL_TIMEOUT_SECONDS,
+    progress: bool = False,
 ) -> list[Path]:
     """Execute notebooks with ``parameters`` and write ``<output_dir>/<stem>.html`` for each.
 
@@ -220,7 +230,7 @@ def run_notebooks(
     for name, notebook in notebooks.items():
         own = {k: v for k, v in parameters.items() if k in parameter_names(notebook)}
         log.info("executing %s with %s", name, own or "its default parameters")
-        executed = execute_notebook(inject_parameters(notebook, own), workdir, timeout)
+        executed = execute_notebook(notebook, own, workdir, timeout, progress)
         path = write_text_atomic(to_html(executed), Path(output_dir) / f"{notebook_path(name).stem}.html")
         log.info("wrote %s", path)
         written.append(Path(path))
@@ -254,9 +264,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         parameters = dict(parse_parameter(p) for p in args.parameter)
-    except ValueError as error:
+        check_parameters({name: read_notebook(notebook_path(name)) for name in args.notebooks}, parameters)
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout)
+    paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout, progress=True)
     if not args.no_mlflow:
         run_id = log_to_champion_run(paths, compose_settings(parameters.get("overrides") or []))
         print(f"logged {len(paths)} report(s) to MLflow run {run_id} under '{ARTIFACT_DIR}/'")
