@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup features train evaluate score export explain test test-fast test-spark bench ui clean
+.PHONY: help setup features train evaluate score export explain test test-fast test-spark lint bench ui clean
 TARGETS ?= churn,repurchase
 
 help: ## List the targets
@@ -17,7 +17,7 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $@
 
@@ -44,14 +44,19 @@ explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in repor
 ui: $(STAMP) ## Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-test: $(STAMP) ## Run every test, slow ones included
+test: $(STAMP) ## Run ruff and every test, slow ones included
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest $(ARGS)
 
 test-spark: $(STAMP) ## Run the Spark parity tests (a local Spark session, Java 17)
 	$(BIN)/python -m pytest -m spark $(ARGS)
 
-test-fast: $(STAMP) ## Run the tests not marked slow
+test-fast: $(STAMP) ## Run ruff and the tests not marked slow
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: $(STAMP) ## Check the code with ruff (pyflakes, import order, docstrings)
+	$(BIN)/ruff check src tests bench
 
 bench: $(STAMP) ## Run the benchmarks under bench/ (ratios against a reference run measured alongside)
 	$(BIN)/python bench/run.py $(ARGS)

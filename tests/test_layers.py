@@ -8,23 +8,23 @@ those under ``if TYPE_CHECKING:`` (they state a dependency just the same). The r
     ====  ==========================================  ===========================================
     rank  layer                                       notes
     ====  ==========================================  ===========================================
-    0     ``churnml`` (``__init__``), ``config``,       the version; typed schemas; Hydra's YAML
-          ``conf``
+    0     ``churnml`` (``__init__``), ``conf``          the package; Hydra's YAML
     1     ``io``, ``simulate``                          ``io.sources`` writes the demo shop
     2     ``features``
     3     ``evaluation``                                arrays in, numbers out; knows no models
     4     ``models``                                    training reports with evaluation's metrics
     5     ``scoring``, ``loyalty``, ``programs``
     6     ``explain``, ``serve``                        reuse scoring
-    7     ``tracking``                                  MLflow; above what it logs, below the jobs
+    7     ``tracking``, ``config``                      MLflow; the stage schemas, which read the
+                                                      defaults of the library's dataclasses
     8     ``jobs``                                      one ``run(settings)`` per stage
     9     ``cli``                                       the Hydra apps
     ====  ==========================================  ===========================================
 
 A module of a layer missing from this table fails the test: give it a rank here first.
 
-Besides the ranks: only ``churnml.tracking`` imports ``mlflow``; only ``jobs/`` and ``cli.py``
-import ``hydra`` or ``omegaconf``; and importing every module does no work beyond definitions
+Besides the ranks: only ``churnml.tracking`` imports ``mlflow``; only ``jobs/``, ``cli.py`` and
+``config.py`` (which registers the schemas in Hydra's ConfigStore) import ``hydra`` or ``omegaconf``; and importing every module does no work beyond definitions
 (checked in a fresh interpreter: no file opened under its working directory, none written there,
 and little time spent beyond importing the third-party modules the package imports at top level).
 """
@@ -45,19 +45,19 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "churnml"
 
 RANKS = {
-    "churnml": 0, "config": 0, "conf": 0,
+    "churnml": 0, "conf": 0,
     "io": 1, "simulate": 1,
     "features": 2,
     "evaluation": 3,
     "models": 4,
     "scoring": 5, "loyalty": 5, "programs": 5,
     "explain": 6, "serve": 6,
-    "tracking": 7,
+    "tracking": 7, "config": 7,
     "jobs": 8,
     "cli": 9,
 }
 MLFLOW_IMPORTERS = {"churnml.tracking"}
-HYDRA_LAYERS = {"jobs", "cli"}
+HYDRA_LAYERS = {"jobs", "cli", "config"}
 # Seconds that importing every churnml module may take once the third-party modules they import at
 # top level are loaded: definitions cost milliseconds; a data load or a model fit costs seconds.
 OWN_IMPORT_SECONDS = 2.0
