@@ -12,6 +12,9 @@ writes the file. One output row per customer:
   churn model's raw score in log-odds (LightGBM ``pred_contrib``; for a model boosted from
   BG/NBD, the prior's log-odds count as one more contribution, ``bgnbd_prior``). Only
   risk-raising contributions are reported; a customer with none gets one phrase saying so.
+  ``score.reasons_for`` may limit reasons to the high and medium risk bands (``actionable``) or
+  to the riskiest share of customers (``top_fraction``): the others get empty (null) reason
+  columns, and their contributions are not computed.
 - ``tier``: the loyalty tier of the feature table.
 - ``value_segment``: value x potential, re-derived at scoring time: value is high when the
   customer's LTV is above the median LTV of the customers scored, potential is high when the
@@ -33,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,7 +48,8 @@ from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
 from churnml.io.files import write_frame_atomic
 from churnml.models.classifier import PRIOR, ChurnModel
 from churnml.models.contributions import model_scores
-from churnml.scoring.policy import ScoringConfig, ValueThresholds, recommend_actions, risk_band, scoring_value_segment
+from churnml.scoring.policy import (ReasonCut, ScoringConfig, ValueThresholds, recommend_actions, risk_band,
+                                    rows_with_reasons, scoring_value_segment)
 from churnml.scoring.reasons import ReasonContext, reason_phrases
 
 log = logging.getLogger(__name__)
@@ -129,6 +134,7 @@ def score_customers(
     context: ReasonContext | None = None,
     identities: Mapping[str, ModelIdentity] | None = None,
     thresholds: ValueThresholds | None = None,
+    reason_cut: ReasonCut | None = None,
 ) -> pd.DataFrame:
     """One row per customer: probabilities, band, reasons, tier, segment, LTV, action, models.
 
@@ -151,6 +157,10 @@ def score_customers(
     thresholds : ValueThresholds, optional
         The medians that split the value segments; default: those of the customers in ``inputs``
         (pass the whole population's when ``inputs`` is one piece of it).
+    reason_cut : ReasonCut, optional
+        For ``config.reasons_for="top_fraction"``: who gets reasons, decided on the whole
+        population (:func:`churnml.scoring.policy.reason_cut`); default: the riskiest share of
+        the customers in ``inputs``.
 
     Returns
     -------
@@ -165,8 +175,11 @@ def score_customers(
     identities = identities or {t: ModelIdentity(t, "unknown") for t in TARGETS}
 
     encodings: dict[tuple, np.ndarray] = {}
+    # Who gets reasons is decided on the probabilities, before any contribution is computed.
+    chooser = (None if config.reasons_for == "all"
+               else partial(rows_with_reasons, config, customer_ids=churn_inputs["customer_id"], cut=reason_cut))
     churn = model_scores(churn_model, churn_inputs, config.n_reasons, config.batch_size, config.tabulate_trees,
-                         config.threads, encodings)
+                         config.threads, encodings, reason_rows=chooser)
     repurchase = model_scores(repurchase_model, repurchase_inputs, 0, config.batch_size, config.tabulate_trees,
                               config.threads, encodings)
     # The encoded rows are as large as the feature table: freed before the reasons are phrased.
@@ -175,8 +188,13 @@ def score_customers(
     quoted = churn_inputs if reasons.prior_log_odds is None else churn_inputs.assign(**{PRIOR: reasons.prior_log_odds})
     phrases = reason_phrases(reasons.names, reasons.indices, quoted, context)
     contributions = reasons.contributions
-    # Every customer gets at least one reason, even when no feature pushes the risk up.
-    phrases[:, 0] = np.where(pd.isna(phrases[:, 0]), NO_RISK_FACTOR, phrases[:, 0])
+    # Every customer given reasons gets at least one, even when no feature pushes the risk up.
+    unexplained = pd.isna(phrases[:, 0])
+    if churn.reason_rows is not None:
+        explained = np.zeros(len(churn_inputs), dtype=bool)
+        explained[churn.reason_rows] = True
+        unexplained &= explained
+    phrases[:, 0] = np.where(unexplained, NO_RISK_FACTOR, phrases[:, 0])
 
     bands = _text_array(risk_band(churn_probability, config.risk_bands))
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
