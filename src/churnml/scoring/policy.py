@@ -221,7 +221,7 @@ def reason_cut(churn_probability: np.ndarray, customer_ids: Any, fraction: float
     return ReasonCut(lowest, ids[rows[p[rows] == lowest][-1]])
 
 
-def rows_with_reasons(config: "ScoringConfig", churn_probability: np.ndarray, customer_ids: Any = None,
+def rows_with_reasons(config: ScoringConfig, churn_probability: np.ndarray, customer_ids: Any = None,
                       cut: ReasonCut | None = None) -> np.ndarray | None:
     """Positions (ascending) of the customers who get reasons under ``config.reasons_for``.
 
