@@ -17,7 +17,8 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77' wheel
+	# The build backend of pyproject.toml, so that a wheel builds offline (setuptools below 81: see pyproject).
+	$(BIN)/python -m pip install --quiet --upgrade pip 'setuptools>=77,<81' wheel
 	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
 	touch $@
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from functools import partial
 
 from dataclasses import replace
@@ -554,7 +555,7 @@ def test_tabulated_trees_follow_category_splits_past_the_first_64_categories():
     np.testing.assert_allclose(raw, model.raw_score(fresh), rtol=0, atol=1e-12)
 
 
-def test_a_model_is_tabulated_once_and_again_when_refitted():
+def test_tables_are_kept_on_the_model_only_when_asked_and_a_refit_drops_them():
     import pickle
 
     frame, label = synthetic_frame()
@@ -562,31 +563,90 @@ def test_a_model_is_tabulated_once_and_again_when_refitted():
                                deterministic=True, force_row_wise=True, random_state=0)
     model = ChurnModel(estimator, calibration="none", early_stopping_rounds=0).fit(frame, label)
     tables = tree_contributions.tabulate_model(model)
-    assert tree_contributions.tabulate_model(model) is tables
+    assert tables is not None and not hasattr(model, "tree_tables_")
+    assert tree_contributions.attach_tree_tables(model) is None
+    assert isinstance(model.tree_tables_, tree_contributions.TreeTables)
+    assert model.tree_tables_.output.tobytes() == tables.output.tobytes()
     shipped = pickle.loads(pickle.dumps(model))
-    assert tree_contributions.tabulate_model(shipped).output.tobytes() == tables.output.tobytes()
-    assert shipped._tree_tables[1] is shipped.estimator_.booster_
+    assert shipped.tree_tables_.output.tobytes() == tables.output.tobytes()
     model.fit(frame, 1 - label)
+    assert not hasattr(model, "tree_tables_")
     refitted = tree_contributions.tabulate_model(model)
-    assert refitted is not tables
     np.testing.assert_allclose(tree_contributions.tabulated_scores(refitted, tree_contributions.encode_for_trees(model, frame))[0],
                                model.raw_score(frame), rtol=0, atol=1e-12)
 
 
-def test_a_trained_model_is_shipped_with_its_tables(models, inputs, monkeypatch):
+def test_a_trained_model_carries_its_tables_and_scores_with_them(models, inputs, monkeypatch):
     import pickle
 
+    for model in models.values():
+        assert isinstance(model.tree_tables_, tree_contributions.TreeTables)
+        assert len(model.tree_tables_.n_splits) == model.estimator_.booster_.num_trees()
     shipped = pickle.loads(pickle.dumps(models["churn"]))
 
     def tabulate_again(*args):
         raise AssertionError("a trained model should arrive tabulated")
 
     monkeypatch.setattr(tree_contributions, "_tabulated_trees", tabulate_again)
-    tables = tree_contributions.tabulate_model(shipped)
-    assert tables is not None and len(tables.n_splits) == shipped.estimator_.booster_.num_trees()
+    assert tree_contributions.with_tree_tables(shipped) is shipped
     frame = inputs["churn"]
-    raw, _ = tree_contributions.tabulated_scores(tables, tree_contributions.encode_for_trees(shipped, frame))
-    np.testing.assert_allclose(raw + shipped.prior_log_odds(frame), shipped.raw_score(frame), rtol=0, atol=1e-9)
+    scores = tree_contributions.model_scores(shipped, frame, n_reasons=3)
+    np.testing.assert_allclose(scores.probability, shipped.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
+    assert scores.reasons.indices.shape == (len(frame), 3)
+
+
+def test_a_fold_model_is_not_tabulated():
+    template = ChurnModel(small_lightgbm(), calibration="none", early_stopping_rounds=0)
+    assert not hasattr(fit_model(template, untabulatable_table(), keep_reference=False), "tree_tables_")
+
+
+def test_a_model_pickled_with_the_former_private_tables_still_scores(models, inputs):
+    import copy
+
+    model, frame = models["churn"], inputs["churn"]
+    former = copy.copy(model)
+    del former.tree_tables_
+    # What tabulate_model used to leave on a model: (key, booster, tables).
+    former._tree_tables = (("a key of another layout",), None, None)
+    expected = tree_contributions.model_scores(model, frame, n_reasons=3)
+    scores = tree_contributions.model_scores(former, frame, n_reasons=3)
+    np.testing.assert_array_equal(scores.probability, expected.probability)
+    np.testing.assert_array_equal(scores.reasons.indices, expected.reasons.indices)
+    assert not hasattr(former, "tree_tables_")
+    shipped = tree_contributions.with_tree_tables(former)
+    assert shipped is not former and not hasattr(shipped, "_tree_tables")
+    assert shipped.tree_tables_.output.tobytes() == model.tree_tables_.output.tobytes()
+
+
+def untabulatable_table(n_per_cutoff: int = 3000) -> pd.DataFrame:
+    """Two snapshots of the synthetic rows, enough for trees of many leaves."""
+    frames = []
+    for k, cutoff in enumerate(("2024-05-31", "2024-06-30")):
+        frame, label = synthetic_frame(n_per_cutoff, seed=10 + k)
+        frames.append(frame.assign(cutoff=pd.Timestamp(cutoff), label=label))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_training_warns_about_trees_too_large_to_tabulate(caplog):
+    table = untabulatable_table()
+    template = ChurnModel(LGBMClassifier(n_estimators=20, num_leaves=31, min_child_samples=5, n_jobs=1, verbose=-1,
+                                         deterministic=True, force_row_wise=True, random_state=0),
+                          calibration="sigmoid", early_stopping_rounds=0)
+    with caplog.at_level("WARNING", logger="churnml.models.training"):
+        model = fit_model(template, table)
+    largest = max(t["num_leaves"] for t in model.estimator_.booster_.dump_model()["tree_info"])
+    assert largest > 9
+    note = tree_contributions.tabulation_note(model)
+    assert note and f"trees of up to {largest} leaves" in note and "at most 9 leaves" in note and "pred_contrib" in note
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "churnml.models.training"]
+    assert len(warnings) == 1 and note in warnings[0].getMessage()
+    assert model.tree_tables_ is None
+    small = ChurnModel(small_lightgbm(), calibration="sigmoid", early_stopping_rounds=0)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="churnml.models.training"):
+        tabulated = fit_model(small, table)
+    assert tree_contributions.tabulation_note(tabulated) is None and tabulated.tree_tables_ is not None
+    assert not [r for r in caplog.records if r.name == "churnml.models.training"]
 
 
 def test_large_trees_and_linear_models_use_the_models_own_methods():
@@ -620,15 +680,20 @@ def test_probabilities_alone_are_checked_on_probabilities_alone(models, inputs, 
     np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-12)
 
 
-def test_tables_that_disagree_with_the_model_are_not_used(models, inputs, monkeypatch, caplog):
-    model, frame = models["churn"], inputs["churn"]
-    tables = tree_contributions.tabulate_model(model)
-    broken = replace(tables, expected_value=tables.expected_value + 0.01)
-    monkeypatch.setattr(tree_contributions, "tabulate_model", lambda model, *args, **kwargs: broken)
+def test_tables_that_disagree_with_the_model_are_not_used(models, inputs, caplog):
+    import copy
+
+    model, frame = copy.copy(models["churn"]), inputs["churn"]
+    model.tree_tables_ = replace(model.tree_tables_, expected_value=model.tree_tables_.expected_value + 0.01)
     with caplog.at_level("WARNING", logger="churnml.models.contributions"):
         scores = tree_contributions.model_scores(model, frame, n_reasons=3)
     assert "tabulated trees differ from the model" in caplog.text
     np.testing.assert_allclose(scores.probability, model.predict_proba(frame)[:, 1], rtol=0, atol=1e-15)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="churnml.models.contributions"):
+        values = tree_contributions.contributions(model, frame)
+    assert "tabulated trees differ from the model" in caplog.text
+    pd.testing.assert_frame_equal(values, model.contributions(frame), rtol=0, atol=0)
 
 
 def test_explain_scores_are_the_batch_path(dataset, models, inputs):
@@ -652,3 +717,145 @@ def test_the_value_segment_of_a_score_row_is_the_one_its_reasons_quote(inputs, s
         quoted = rows[rows[f"reason_{k}_feature"] == "value_segment"]
         phrases = quoted[f"reason_{k}"].str.removeprefix("segment: ").str.replace(" ", "_")
         assert phrases.tolist() == quoted["value_segment"].tolist()
+
+
+# --- contributions --------------------------------------------------------------------------------
+
+
+def rows_scored_by_tables(monkeypatch) -> list[tuple[int, bool]]:
+    """Record (rows, with contributions) of every call of the table kernel."""
+    calls: list[tuple[int, bool]] = []
+    tabulated_scores = tree_contributions.tabulated_scores
+
+    def recorded(tables, features, with_contributions=True, *args, **kwargs):
+        calls.append((features.shape[1], with_contributions))
+        return tabulated_scores(tables, features, with_contributions, *args, **kwargs)
+
+    monkeypatch.setattr(tree_contributions, "tabulated_scores", recorded)
+    return calls
+
+
+@pytest.mark.parametrize("target", ["churn", "repurchase"])
+def test_contributions_are_the_models_own_with_and_without_tables(models, inputs, target, monkeypatch):
+    import copy
+
+    model, frame = models[target], inputs[target]
+    expected = model.contributions(frame)
+    assert list(expected.columns) == [*model.feature_names_in_, *([PRIOR] if model.prior else []), BIAS]
+    calls = rows_scored_by_tables(monkeypatch)
+    fast = tree_contributions.contributions(model, frame, threads=1)
+    assert (len(frame), True) in calls
+    pd.testing.assert_frame_equal(fast, expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fast.sum(axis=1), model.raw_score(frame), rtol=0, atol=1e-9)
+
+    untabulated = copy.copy(model)
+    untabulated.tree_tables_ = None
+    calls.clear()
+    slow = tree_contributions.contributions(untabulated, frame)
+    assert calls == []
+    pd.testing.assert_frame_equal(slow, expected, rtol=0, atol=0)
+    # Tables given explicitly are used (and checked) even when the model has none.
+    given = tree_contributions.contributions(untabulated, frame, tables=model.tree_tables_)
+    assert (len(frame), True) in calls
+    pd.testing.assert_frame_equal(given, expected, rtol=0, atol=1e-9)
+
+
+def test_contributions_without_numba_are_the_models_own(models, inputs, monkeypatch):
+    import importlib.util
+
+    model, frame = models["churn"], inputs["churn"]
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else find_spec(name, *a))
+    calls = rows_scored_by_tables(monkeypatch)
+    pd.testing.assert_frame_equal(tree_contributions.contributions(model, frame), model.contributions(frame),
+                                  rtol=0, atol=0)
+    assert calls == []
+
+
+# --- who gets reasons -----------------------------------------------------------------------------
+
+
+REASON_COLUMNS = [c for k in (1, 2, 3) for c in (f"reason_{k}", f"reason_{k}_feature", f"reason_{k}_contribution")]
+
+
+def assert_same_apart_from_reasons(limited: pd.DataFrame, everyone: pd.DataFrame, chosen: np.ndarray) -> None:
+    """Probabilities, bands, segments and actions as for everyone; the chosen rows' reasons exactly
+    those they get when everyone gets reasons, and the other rows none."""
+    others = np.setdiff1d(np.arange(len(everyone)), chosen)
+    assert limited.iloc[others][REASON_COLUMNS].isna().all().all()
+    pd.testing.assert_frame_equal(limited.iloc[chosen][REASON_COLUMNS], everyone.iloc[chosen][REASON_COLUMNS],
+                                  check_exact=True)
+    rest = [c for c in everyone.columns if c not in REASON_COLUMNS]
+    numbers = ["churn_probability", "repurchase_probability"]
+    pd.testing.assert_frame_equal(limited[numbers], everyone[numbers], rtol=0, atol=1e-12)
+    pd.testing.assert_frame_equal(limited[[c for c in rest if c not in numbers]],
+                                  everyone[[c for c in rest if c not in numbers]])
+
+
+@pytest.mark.parametrize("tabulate", [True, False])
+def test_actionable_reasons_are_those_of_everyone_for_the_high_and_medium_bands(models, inputs, dataset, tabulate,
+                                                                                  monkeypatch):
+    config = policy.ScoringConfig(tabulate_trees=tabulate)
+    everyone = table.score_customers(inputs, models, dataset.last_date, config)
+    chosen = np.flatnonzero(everyone["risk_band"].to_numpy() != "low")
+    assert 0 < len(chosen) < len(everyone) - 10
+    calls = rows_scored_by_tables(monkeypatch)
+    contribution_rows = []
+    own = ChurnModel.contributions
+
+    def counted(self, frame):
+        contribution_rows.append(len(frame))
+        return own(self, frame)
+
+    monkeypatch.setattr(ChurnModel, "contributions", counted)
+    actionable = table.score_customers(inputs, models, dataset.last_date, replace(config, reasons_for="actionable"))
+    assert_same_apart_from_reasons(actionable, everyone, chosen)
+    # Contributions of the chosen rows only (besides the rows checked against the model).
+    sample = min(tree_contributions.VERIFICATION_ROWS, len(everyone))
+    if tabulate:
+        assert sorted(n for n, with_contributions in calls if with_contributions) == sorted([sample, len(chosen)])
+        assert contribution_rows == [sample]
+    else:
+        assert calls == [] and contribution_rows == [len(chosen)]
+
+
+@pytest.mark.parametrize("tabulate", [True, False])
+def test_top_fraction_reasons_go_to_the_riskiest_share(models, inputs, dataset, tabulate):
+    config = policy.ScoringConfig(tabulate_trees=tabulate)
+    everyone = table.score_customers(inputs, models, dataset.last_date, config)
+    fraction = 0.15
+    top = table.score_customers(inputs, models, dataset.last_date,
+                                replace(config, reasons_for="top_fraction", reasons_top_fraction=fraction))
+    explained = np.flatnonzero(top["reason_1"].notna().to_numpy())
+    assert len(explained) == math.ceil(fraction * len(everyone)) == policy.top_count(len(everyone), fraction)
+    probability = top["churn_probability"].to_numpy()
+    others = np.setdiff1d(np.arange(len(top)), explained)
+    assert probability[explained].min() >= probability[others].max()
+    np.testing.assert_array_equal(explained, policy.riskiest_rows(probability, fraction))
+    assert_same_apart_from_reasons(top, everyone, explained)
+    whole = table.score_customers(inputs, models, dataset.last_date, replace(config, reasons_for="top_fraction",
+                                                                            reasons_top_fraction=1.0))
+    pd.testing.assert_frame_equal(whole[REASON_COLUMNS], everyone[REASON_COLUMNS], check_exact=True)
+
+
+def test_top_count_is_the_ceiling_of_the_share_and_ties_go_to_earlier_customers():
+    assert [policy.top_count(10, f) for f in (0.7, 0.71, 0.1, 1.0)] == [7, 8, 1, 10]
+    assert policy.top_count(3, 0.2) == 1 and policy.top_count(0, 0.5) == 0 and policy.top_count(1001, 0.2) == 201
+    probability = np.array([0.5, 0.9, 0.5, np.nan, 0.5, 0.1])
+    np.testing.assert_array_equal(policy.riskiest_rows(probability, 0.5), [0, 1, 2])
+    np.testing.assert_array_equal(policy.riskiest_rows(probability, 0.6), [0, 1, 2, 4])
+    np.testing.assert_array_equal(policy.riskiest_rows(probability, 1.0), np.arange(6))
+
+
+def test_reasons_for_is_validated_and_read_from_the_config():
+    for bad in ("everyone", "top", ""):
+        with pytest.raises(ValueError, match=r"score\.reasons_for must be one of all, actionable, top_fraction"):
+            policy.ScoringConfig(reasons_for=bad)
+    with pytest.raises(ValueError, match=r"score\.reasons_for .* got 'Actionable'"):
+        policy.ScoringConfig.from_dict({"reasons_for": "Actionable"})
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"score\.reasons_top_fraction must be in \(0, 1\]"):
+            policy.ScoringConfig(reasons_for="top_fraction", reasons_top_fraction=bad)
+    config = policy.ScoringConfig.from_dict({"reasons_for": "top_fraction", "reasons_top_fraction": 0.35})
+    assert (config.reasons_for, config.reasons_top_fraction) == ("top_fraction", 0.35)
+    assert policy.ScoringConfig.from_dict({}).reasons_for == "all"

@@ -1,6 +1,7 @@
-"""The parts of scoring on Spark that combine pieces: drift from bin counts and the summary from
-grouped counts give what the whole table gives. Plain pandas, no Spark session; the stage itself
-is compared with DuckDB's in test_spark_parity.py."""
+"""The parts of scoring on Spark that combine pieces: drift from bin counts, the summary from
+grouped counts and who gets reasons from the population's cut give what the whole table gives.
+Plain pandas, no Spark session, except the last test (the stage with reasons for the riskiest
+share); the stage itself is compared with DuckDB's in test_spark_parity.py."""
 
 from __future__ import annotations
 
@@ -119,3 +120,72 @@ def test_the_spark_schema_lists_the_score_columns_in_order():
     columns = [part.split("` ")[0].strip(" `") for part in score_schema(2).split(", ")]
     assert columns == table.score_columns(2)
     assert "`as_of` date" in score_schema(2) and "`reason_2_contribution` double" in score_schema(2)
+
+
+def test_the_populations_cut_gives_each_piece_the_rows_the_whole_table_gives():
+    rng = np.random.default_rng(6)
+    n = 1000
+    # Few distinct probabilities: ties straddle the cut and the pieces' edges.
+    probability = rng.choice([0.1, 0.35, 0.5, 0.62, 0.8], n, p=[0.4, 0.2, 0.2, 0.1, 0.1])
+    ids = np.array([f"C{i:05d}" for i in range(n)], dtype=object)
+    for fraction in (0.05, 0.15, 0.2, 0.33, 1.0):
+        config = policy.ScoringConfig(reasons_for="top_fraction", reasons_top_fraction=fraction)
+        whole = policy.rows_with_reasons(config, probability)
+        assert len(whole) == policy.top_count(n, fraction)
+        cut = policy.reason_cut(probability, ids, fraction)
+        chosen = []
+        for rows in np.array_split(np.arange(n), 7):
+            chosen.extend(rows[policy.rows_with_reasons(config, probability[rows], ids[rows], cut)])
+        np.testing.assert_array_equal(chosen, whole)
+    # Actionable needs no population: the band of each row.
+    actionable = policy.rows_with_reasons(policy.ScoringConfig(reasons_for="actionable"), probability)
+    np.testing.assert_array_equal(actionable, np.flatnonzero(probability >= 0.3))
+    assert policy.rows_with_reasons(policy.ScoringConfig(), probability) is None
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_gives_reasons_to_the_customers_duckdb_does(small_shop, tmp_path):
+    """The stage on both engines with the same models and score.reasons_for=top_fraction, then
+    actionable: the same customers get the same reasons."""
+    from churnml.io.sources import load_data
+    from churnml.io.spark import connect_spark, stop_spark
+    from churnml.jobs.score import run as run_score
+    from churnml.simulate import write_shop
+    from test_config import compose_resolved
+    from test_scoring import REASON_COLUMNS, train_small_models, with_edge_customers
+    from test_stage_score import save_exported
+
+    tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
+    paths = write_shop(tables, tmp_path / "data")
+    models, _ = train_small_models(load_data({"kind": "files", **{n: {"path": str(p)} for n, p in paths.items()}},
+                                             materialize=True))
+    for target, model in models.items():
+        save_exported(model, tmp_path / "models", f"churnml-{target}", "1")
+    common = ["data=files", *(f"data.{name}.path={path}" for name, path in paths.items()),
+              f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"mlflow.artifact_root={tmp_path}/artifacts",
+              "mlflow.experiment=churnml-spark-reasons-test", f"score.model_dir={tmp_path}/models",
+              "spark.shuffle_partitions=3"]
+    con = connect_spark()
+    try:
+        for reasons_for in ("reasons_for=top_fraction score.reasons_top_fraction=0.3", "reasons_for=actionable"):
+            settings = [*common, *(f"score.{s}" for s in reasons_for.split(" score."))]
+            name = reasons_for.split(" ")[0].split("=")[1]
+            on_duckdb = run_score(compose_resolved("score", [*settings, f"score.output={tmp_path}/{name}/duckdb.parquet"]))
+            run_score(compose_resolved("score", [*settings, "engine=spark", f"score.output={tmp_path}/{name}/spark"]))
+            expected = pd.read_parquet(on_duckdb)
+            actual = pd.read_parquet(tmp_path / name / "spark")
+            assert actual["customer_id"].tolist() == expected["customer_id"].tolist()
+            explained = expected["reason_1"].notna()
+            if name == "top_fraction":
+                assert explained.sum() == policy.top_count(len(expected), 0.3)
+            else:
+                assert explained.tolist() == (expected["risk_band"] != "low").tolist()
+            assert 0 < explained.sum() < len(expected)
+            assert actual["reason_1"].notna().tolist() == explained.tolist()
+            texts = [c for c in REASON_COLUMNS if not c.endswith("_contribution")]
+            pd.testing.assert_frame_equal(actual[texts], expected[texts], check_dtype=False)
+            numbers = [c for c in REASON_COLUMNS if c.endswith("_contribution")]
+            np.testing.assert_allclose(actual[numbers], expected[numbers], rtol=1e-9, atol=1e-12)
+    finally:
+        stop_spark(con)

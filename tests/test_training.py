@@ -38,6 +38,23 @@ def outcome(shop_dataset):
     return train_and_evaluate(shop_dataset, quick_model(), PLAN, progress=False)
 
 
+def test_a_model_with_small_trees_is_trained_tabulated_and_without_a_note(outcome):
+    assert outcome.tabulation_note is None
+    assert outcome.model.tree_tables_ is not None
+
+
+def test_a_model_with_large_trees_is_reported_at_training_time(shop_dataset, caplog):
+    estimator = lightgbm.LGBMClassifier(n_estimators=40, num_leaves=31, min_child_samples=5, random_state=0, n_jobs=1,
+                                        verbose=-1)
+    plan = TrainingPlan(target="churn", horizon_days=90, holdout_cutoff=dt.date(2024, 9, 30), step_days=30,
+                        max_snapshots=4, cv_folds=0)
+    with caplog.at_level("WARNING", logger="churnml.models.training"):
+        large = train_and_evaluate(shop_dataset, ChurnModel(estimator), plan, progress=False)
+    assert large.model.tree_tables_ is None
+    assert large.tabulation_note and "tables cover at most 9 leaves" in large.tabulation_note
+    assert any(r.levelname == "WARNING" and large.tabulation_note in r.getMessage() for r in caplog.records)
+
+
 def test_calibration_slice_is_later_than_the_fit():
     table = pd.DataFrame({"cutoff": pd.to_datetime(["2024-01-01", "2024-02-01", "2024-03-01", "2024-03-01"])})
     fit, calibration = split_by_cutoff(table, 1)

@@ -260,7 +260,12 @@ class ScoreSettings:
     format: str = "parquet"  # parquet | csv
     drift_threshold: float = 0.2  # PSI above which a feature (or the score) is reported as drifted
     risk_bands: RiskBandSettings = field(default_factory=RiskBandSettings)  # type: ignore[valid-type]
-    reasons: int = _SCORING_DEFAULTS.n_reasons
+    reasons: int = _SCORING_DEFAULTS.n_reasons  # risk-raising features reported per customer
+    # Who gets reasons: all | actionable (high and medium risk bands) | top_fraction (the riskiest
+    # reasons_top_fraction of customers, ties in customer order); the others get empty reason
+    # columns and cost no contributions.
+    reasons_for: str = _SCORING_DEFAULTS.reasons_for
+    reasons_top_fraction: float = _SCORING_DEFAULTS.reasons_top_fraction  # in (0, 1]
     batch_size: int = _SCORING_DEFAULTS.batch_size
     tabulate_trees: bool = _SCORING_DEFAULTS.tabulate_trees
     threads: Optional[int] = _SCORING_DEFAULTS.threads

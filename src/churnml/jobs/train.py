@@ -95,6 +95,8 @@ def run(settings: Mapping[str, Any]) -> float:
     exported = tracking.export_model(name, settings["train"]["export_dir"]) if settings["train"].get("export_dir") else None
 
     print_comparison(outcome)
+    if outcome.tabulation_note:
+        print(f"warning: {outcome.tabulation_note}")
     print(f"MLflow run {registered.run_id} (experiment '{mlflow_settings['experiment']}', {mlflow_settings['tracking_uri']})")
     print(f"model {registered.model_uri}; {registered.champion_reason}")
     print(f"report {report_path}" + (f"; champion exported to {exported}" if exported else ""))

@@ -98,6 +98,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     prior_mean_ : float
         Mean prior of the training rows; contributions show the prior relative to it.
     classes_ : ndarray
+    tree_tables_ : churnml.models.contributions.TreeTables or None
+        The LightGBM trees as exact lookup tables, which score probabilities and contributions
+        in a small fraction of LightGBM's time. Set by training after ``fit``
+        (:func:`churnml.models.contributions.attach_tree_tables`, called by
+        :func:`churnml.models.training.fit_model`), dropped by ``fit``; None when the trees
+        cannot be tabulated (training warns why). Without it, scoring tabulates on the fly.
     """
 
     def __init__(
@@ -132,6 +138,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             raise ValueError(f"prior must be one of {PRIORS}, got '{self.prior}'")
         if self.prior and not (_is_lightgbm(self.estimator) and self.preprocessing == "native"):
             raise ValueError("prior='bgnbd' needs a LightGBM estimator with native preprocessing")
+        # Tables of the trees of an earlier fit (also as kept before tree_tables_) describe other trees.
+        for stale in ("tree_tables_", "_tree_tables"):
+            self.__dict__.pop(stale, None)
         y = np.asarray(y).astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError("the training labels hold one class only; use more snapshots or a longer history")

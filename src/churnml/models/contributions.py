@@ -1,8 +1,14 @@
 """Exact per-customer contributions and top reasons of a model: LightGBM's ``pred_contrib`` as the
-reference path, and tabulated trees as an optional accelerator for small LightGBM trees."""
+reference path, and tabulated trees as an optional accelerator for small LightGBM trees.
+
+:func:`contributions` gives every row's contributions, :func:`model_scores` what scoring needs
+(probabilities and each row's top contributions, memory-bounded); both choose between the two
+paths the same way.
+"""
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import logging
@@ -127,6 +133,8 @@ def churn_reasons(model: ChurnModel, inputs: pd.DataFrame, n: int = 3, batch_siz
 # row is a table lookup per tree: about 10 nanoseconds, the same numbers to 1e-12. Each run
 # checks the tables against the model's own contributions and probabilities on a sample of the
 # rows and falls back to the model's methods if they differ (or if the trees are too large).
+# Training tabulates a model once and keeps the tables on it (``tree_tables_``, set by
+# attach_tree_tables), and warns when its trees are too large (tabulation_note).
 
 MAX_TABULATED_SPLITS = 8
 # The table kernel tests this many of a tree's comparisons in one pass over the rows.
@@ -142,10 +150,22 @@ _ZERO_THRESHOLD = float(np.float32(1e-35))
 @dataclass(frozen=True)
 class ModelScores:
     """What scoring needs from one model: the probability of each row and, when asked for, the
-    top risk-raising contributions."""
+    top risk-raising contributions.
+
+    Attributes
+    ----------
+    probability : numpy.ndarray
+        ``(rows,)``.
+    reasons : TopReasons or None
+        One row per input row; rows left out of ``reason_rows`` have index -1, contribution NaN
+        and prior NaN.
+    reason_rows : numpy.ndarray or None
+        Positions (ascending) of the rows whose contributions were computed; None: every row.
+    """
 
     probability: np.ndarray
     reasons: TopReasons | None = None
+    reason_rows: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -284,34 +304,110 @@ def tabulate_model(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) ->
     """The model's trees as :class:`TreeTables`, or None when they cannot be tabulated.
 
     Only LightGBM binary models with native preprocessing and trees of at most ``max_splits``
-    splits (``num_leaves <= max_splits + 1``) qualify: the tables grow as 4 ** splits.
+    splits (``num_leaves <= max_splits + 1``) qualify: the tables grow as 4 ** splits
+    (:func:`tabulation_note` says why a model does not).
 
-    The tables are kept on the model (``_tree_tables``, with the booster they came from), so a
-    model is tabulated once: one tabulated before it is shipped to Spark's executors arrives
-    with its tables.
+    The model is left as it is: :func:`attach_tree_tables` keeps the tables on it, as training
+    does.
     """
-    booster = getattr(getattr(model, "estimator_", None), "booster_", None)
-    cached = getattr(model, "_tree_tables", None)
-    # Keyed by the booster itself: a refitted model has a new one (and pickling keeps the pair).
-    # The table fields are part of the key: a model saved with tables of another layout gets new ones.
-    key = (max_splits, tuple(f.name for f in fields(TreeTables)))
-    if cached is not None and cached[0] == key and cached[1] is booster:
-        return cached[2]
-    tables = _tabulated_trees(model, max_splits)
-    model._tree_tables = (key, booster, tables)
-    return tables
-
-
-def _tabulated_trees(model: ChurnModel, max_splits: int) -> TreeTables | None:
     estimator = getattr(model, "estimator_", None)
     if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
         return None
     dump = estimator.booster_.dump_model()
-    if dump.get("num_tree_per_iteration", 1) != 1 or dump.get("average_output"):
+    if _untabulated_reason(dump, max_splits) is not None:
         return None
+    return _tabulated_trees(model, dump)
+
+
+def tabulation_note(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -> str | None:
+    """Why scoring cannot look the model's trees up in tables, or None when it can (or when the
+    model has no trees: a linear model's own contributions are fast).
+
+    Parameters
+    ----------
+    model : ChurnModel
+        A fitted model; one carrying ``tree_tables_`` is answered from them.
+    max_splits : int
+        The largest tree the tables cover, in splits.
+
+    Returns
+    -------
+    str or None
+        E.g. ``"trees of up to 31 leaves: tables cover at most 9 leaves; ..."``.
+    """
+    if getattr(model, "tree_tables_", None) is not None:
+        return None
+    estimator = getattr(model, "estimator_", None)
+    if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
+        return None
+    return _untabulated_reason(estimator.booster_.dump_model(), max_splits)
+
+
+def attach_tree_tables(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -> str | None:
+    """Tabulate a fitted model's trees and keep the tables on it as ``tree_tables_``.
+
+    Training calls this once, so that the tables travel with the model (pickled with it, shipped
+    to Spark's executors) and no scoring run rebuilds them. ``tree_tables_`` is None when the
+    trees cannot be tabulated: scoring then uses the model's own methods without trying again.
+
+    Parameters
+    ----------
+    model : ChurnModel
+        A fitted model; modified in place.
+    max_splits : int
+        The largest tree the tables cover, in splits.
+
+    Returns
+    -------
+    str or None
+        :func:`tabulation_note`: why the trees could not be tabulated, None when they were (or
+        when the model has no trees).
+    """
+    model.tree_tables_ = tabulate_model(model, max_splits)
+    return tabulation_note(model, max_splits)
+
+
+def with_tree_tables(model: ChurnModel) -> ChurnModel:
+    """The model if it carries ``tree_tables_``, else a shallow copy that does (the model itself
+    is left as it is), for shipping to where it scores: every copy sent arrives tabulated.
+
+    A model pickled before ``tree_tables_`` existed loses the private tables it carried then.
+    """
+    if hasattr(model, "tree_tables_"):
+        return model
+    tabulated = copy.copy(model)
+    tabulated.__dict__.pop(_LEGACY_TABLES, None)
+    tabulated.tree_tables_ = tabulate_model(model)
+    return tabulated
+
+
+# Where models kept their tables before ``tree_tables_``; ignored, and dropped from copies.
+_LEGACY_TABLES = "_tree_tables"
+
+
+def _fallback(reason: str) -> str:
+    return f"{reason}; scoring 1M customers with exact reasons falls back to LightGBM pred_contrib"
+
+
+def _untabulated_reason(dump: Mapping[str, Any], max_splits: int) -> str | None:
+    """Why the trees of ``Booster.dump_model()`` cannot be tabulated, or None."""
     trees = dump["tree_info"]
-    if any(tree.get("num_leaves", 1) - 1 > max_splits or _has_linear_leaves(tree["tree_structure"]) for tree in trees):
-        return None
+    if dump.get("num_tree_per_iteration", 1) != 1:
+        return _fallback(f"{dump['num_tree_per_iteration']} trees per iteration: tables cover binary models only")
+    if dump.get("average_output"):
+        return _fallback("averaged trees (boosting=rf): tables cover boosted trees only")
+    largest = max((tree.get("num_leaves", 1) for tree in trees), default=1)
+    if largest - 1 > max_splits:
+        return _fallback(f"trees of up to {largest} leaves: tables cover at most {max_splits + 1} leaves "
+                         f"(model.num_leaves <= {max_splits + 1})")
+    if any(_has_linear_leaves(tree["tree_structure"]) for tree in trees):
+        return _fallback("linear trees (linear_tree=true): tables cover constant leaves only")
+    return None
+
+
+def _tabulated_trees(model: ChurnModel, dump: Mapping[str, Any]) -> TreeTables:
+    """:func:`tabulate_model` of trees known to fit the tables."""
+    trees = dump["tree_info"]
     # Tables as wide as the largest tree needs, so that a tree's tables are a few kB.
     max_splits = max((tree.get("num_leaves", 1) - 1 for tree in trees), default=0) or 1
     n_trees, n_patterns = len(trees), 1 << max_splits
@@ -636,7 +732,7 @@ def _prior_log_odds(model: ChurnModel, inputs: pd.DataFrame) -> np.ndarray:
 
 def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
                   n_rows: int = VERIFICATION_ROWS, tolerance: float = VERIFICATION_TOLERANCE,
-                  with_contributions: bool = True) -> TreeTables | None:
+                  with_contributions: bool = True, threads: int | None = None) -> TreeTables | None:
     """The tables, if they give the model's own probabilities (and, ``with_contributions``, its
     contributions) on a sample of rows; None (with a warning) if they do not.
 
@@ -646,7 +742,8 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
     """
     rows = np.unique(np.linspace(0, len(inputs) - 1, min(n_rows, len(inputs))).astype(int))
     sample = inputs.iloc[rows]
-    raw, contributions = tabulated_scores(tables, encode_for_trees(model, sample), with_contributions=with_contributions)
+    raw, contributions = tabulated_scores(tables, encode_for_trees(model, sample), with_contributions=with_contributions,
+                                          threads=threads)
     prior = _prior_log_odds(model, sample)
     checks = {
         "probability": float(np.max(np.abs(probability_from_raw_score(model, raw + prior)
@@ -670,11 +767,14 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
 
 
 def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables, n_reasons: int = 0,
-                      threads: int | None = None, encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
+                      threads: int | None = None, encodings: dict[tuple, np.ndarray] | None = None,
+                      reason_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> ModelScores:
     """Probabilities and top contributions from tabulated trees (see :func:`tabulate_model`).
 
     ``encodings`` keeps :func:`encode_for_trees` tables for the next model that reads the same
     rows the same way (the churn and repurchase models usually share their inputs).
+    ``reason_rows`` as in :func:`model_scores`: then every row's probability comes from its raw
+    score alone, and contributions are computed for the chosen rows only.
     """
     prior = _prior_log_odds(model, inputs)
     key = _encoding_key(model, inputs)
@@ -683,27 +783,69 @@ def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTable
         encoded = encode_for_trees(model, inputs)
         if encodings is not None:
             encodings[key] = encoded
-    raw, contributions = tabulated_scores(tables, encoded, with_contributions=n_reasons > 0, threads=threads)
+    rows = None
+    if n_reasons and reason_rows is None:
+        raw, contributions = tabulated_scores(tables, encoded, with_contributions=True, threads=threads)
+    else:
+        raw, _ = tabulated_scores(tables, encoded, with_contributions=False, threads=threads)
     probability = probability_from_raw_score(model, raw + prior)
     if not n_reasons:
         return ModelScores(probability)
+    if reason_rows is not None:
+        rows = _positions(reason_rows(probability), len(inputs))
+        _, contributions = tabulated_scores(tables, encoded[:, rows], with_contributions=True, threads=threads)
     names = [*model.feature_names_in_]
     has_prior = bool(getattr(model, "prior", None))
     if has_prior:
         names.append(PRIOR)
+    chosen_prior = prior if rows is None else prior[rows]
     # As in the model's contributions: the prior relative to its share of the bias.
     indices, chosen = top_contributions_by_column(contributions, n_reasons,
-                                                  prior - tables.prior_offset if has_prior else None)
+                                                  chosen_prior - tables.prior_offset if has_prior else None)
     del contributions
-    reasons = TopReasons(names, indices, chosen, prior if has_prior else None)
-    return ModelScores(probability, reasons)
+    reasons = TopReasons(names, indices, chosen, chosen_prior if has_prior else None)
+    return ModelScores(probability, _spread(reasons, rows, len(inputs)), rows)
 
 
-def score_with_model(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0,
-                     batch_size: int = 200_000) -> ModelScores:
-    """Probabilities and top contributions through the model's ``predict_proba`` and ``contributions``."""
+def score_with_model(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, batch_size: int = 200_000,
+                     reason_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> ModelScores:
+    """Probabilities and top contributions through the model's ``predict_proba`` and
+    ``contributions`` (``reason_rows`` as in :func:`model_scores`)."""
     probability = model.predict_proba(inputs)[:, 1]
-    return ModelScores(probability, churn_reasons(model, inputs, n_reasons, batch_size) if n_reasons else None)
+    if not n_reasons:
+        return ModelScores(probability)
+    if reason_rows is None:
+        return ModelScores(probability, churn_reasons(model, inputs, n_reasons, batch_size))
+    rows = _positions(reason_rows(probability), len(inputs))
+    if getattr(model, "prior", None) and getattr(model, "population_priors_", None) is None:
+        # The prior of the chosen rows as of all the rows: fitted once on them, as predict_proba
+        # fitted it, rather than on the chosen rows alone.
+        model = model.with_population_prior(inputs)
+    reasons = churn_reasons(model, inputs.iloc[rows], n_reasons, batch_size)
+    return ModelScores(probability, _spread(reasons, rows, len(inputs)), rows)
+
+
+def _positions(rows: Any, n_rows: int) -> np.ndarray:
+    """Row positions as an ascending array without repeats, checked against the row count."""
+    positions = np.unique(np.asarray(rows, dtype=np.int64))
+    if positions.size and (positions[0] < 0 or positions[-1] >= n_rows):
+        raise IndexError(f"reason rows must be positions in 0..{n_rows - 1}")
+    return positions
+
+
+def _spread(reasons: TopReasons, rows: np.ndarray | None, n_rows: int) -> TopReasons:
+    """Reasons of the rows at ``rows`` as reasons of all ``n_rows`` rows (none for the others)."""
+    if rows is None:
+        return reasons
+    n = reasons.indices.shape[1]
+    indices = np.full((n_rows, n), -1, dtype=np.int64)
+    chosen = np.full((n_rows, n), np.nan)
+    indices[rows], chosen[rows] = reasons.indices, reasons.contributions
+    prior = None
+    if reasons.prior_log_odds is not None:
+        prior = np.full(n_rows, np.nan)
+        prior[rows] = reasons.prior_log_odds
+    return TopReasons(reasons.names, indices, chosen, prior)
 
 
 def _encoding_key(model: ChurnModel, inputs: pd.DataFrame) -> tuple:
@@ -711,28 +853,126 @@ def _encoding_key(model: ChurnModel, inputs: pd.DataFrame) -> tuple:
     return id(inputs), tuple(model.feature_names_in_), categories
 
 
+def _stored_tables(model: ChurnModel) -> TreeTables | None:
+    """The model's ``tree_tables_``; tabulated now when it has none (the model is left as it is)."""
+    if not hasattr(model, "tree_tables_"):
+        return tabulate_model(model)
+    tables = model.tree_tables_
+    if tables is None:
+        return None
+    # Tables pickled with another layout of TreeTables are rebuilt (tables of another booster
+    # fail verify_tables).
+    if not isinstance(tables, TreeTables) or any(f.name not in vars(tables) for f in fields(TreeTables)):
+        return tabulate_model(model)
+    return tables
+
+
+def _verified_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables | None, with_contributions: bool,
+                     threads: int | None) -> TreeTables | None:
+    """The tables to score ``inputs`` with, or None for the model's own methods.
+
+    ``tables`` or else the model's (:func:`_stored_tables`), if numba is there to run them and
+    they agree with the model on a sample of ``inputs`` (:func:`verify_tables`).
+    """
+    # numba compiles the table lookups; it comes with shap, but the slow path needs nothing.
+    if not len(inputs) or importlib.util.find_spec("numba") is None:
+        return None
+    tables = tables if tables is not None else _stored_tables(model)
+    if tables is None:
+        log.info("%s model: trees too large (or not LightGBM) to tabulate; using its own methods",
+                 getattr(model, "target", "the"))
+        return None
+    return verify_tables(model, inputs, tables, with_contributions=with_contributions, threads=threads)
+
+
+def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = None,
+                  tables: TreeTables | None = None) -> pd.DataFrame:
+    """Exact per-row contributions of each feature to the model's raw score, in log-odds.
+
+    Through tabulated trees when the model's trees can be tabulated, numba is installed and the
+    tables agree with the model on a sample of the rows (:func:`verify_tables`); else through
+    the model's own :meth:`ChurnModel.contributions` (LightGBM ``pred_contrib``), the reference
+    the tables are checked against. Both give the same numbers to 1e-9.
+
+    Parameters
+    ----------
+    model : ChurnModel
+        A fitted model.
+    X : pandas.DataFrame
+        Rows with the model's features, ``(rows, columns)``; a model with a BG/NBD prior fits it
+        on these rows, as ``predict_proba`` does.
+    threads : int, optional
+        Threads for the tabulated trees; default all cores.
+    tables : TreeTables, optional
+        Tables to use (checked like the model's own); default the model's ``tree_tables_``, or
+        tables built now when it has none.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``(rows, features [+ 1] + 1)``, index of ``X``: one column per model feature, then
+        ``bgnbd_prior`` for a model boosted from BG/NBD, then ``bias``; each row sums to
+        ``model.raw_score(X)``.
+
+    Raises
+    ------
+    FeatureMismatchError
+        If ``X`` lacks a model feature or holds one with another type.
+    NotImplementedError
+        From the model's own method, for models without exact contributions.
+    """
+    model.check_features(X)
+    verified = _verified_tables(model, X, tables, with_contributions=True, threads=threads)
+    if verified is None:
+        return model.contributions(X)
+    _, values = tabulated_scores(verified, encode_for_trees(model, X), with_contributions=True, threads=threads)
+    frame = pd.DataFrame(values.T, columns=list(model.feature_names_in_), index=X.index)
+    if getattr(model, "prior", None):
+        frame[PRIOR] = _prior_log_odds(model, X) - verified.prior_offset
+    frame[BIAS] = verified.expected_value + verified.prior_offset
+    return frame
+
+
 def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, batch_size: int = 200_000,
                  tabulate: bool = True, threads: int | None = None,
-                 encodings: dict[tuple, np.ndarray] | None = None) -> ModelScores:
-    """A model's probabilities (and top contributions when ``n_reasons``), the fast way when the
-    model's trees can be tabulated and the tables agree with the model, else the model's own way.
-    ``encodings`` is passed on to :func:`score_with_tables`.
+                 encodings: dict[tuple, np.ndarray] | None = None,
+                 reason_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> ModelScores:
+    """A model's probabilities and, when ``n_reasons``, each row's top contributions: what
+    scoring needs, without holding every row's contributions at once.
+
+    The tables or the model's own methods are chosen as in :func:`contributions`.
+
+    Parameters
+    ----------
+    model : ChurnModel
+    inputs : pandas.DataFrame
+        ``(rows, columns)`` with the model's features.
+    n_reasons : int
+        Top contributions kept per row; 0 for probabilities alone.
+    batch_size : int
+        Rows per batch of the model's own contributions (bounds their memory).
+    tabulate : bool
+        Try the tabulated trees at all.
+    threads : int, optional
+        Threads for the tabulated trees; default all cores.
+    encodings : dict, optional
+        Passed on to :func:`score_with_tables`.
+    reason_rows : callable, optional
+        Given every row's probability, the positions of the rows that need contributions; the
+        others get none (and cost none). Default: every row.
+
+    Returns
+    -------
+    ModelScores
     """
     started = time.perf_counter()
-    # numba compiles the table lookups; it comes with shap, but the slow path needs nothing.
-    if tabulate and len(inputs) and importlib.util.find_spec("numba") is not None:
-        tables = tabulate_model(model)
-        verified = (verify_tables(model, inputs, tables, with_contributions=n_reasons > 0)
-                    if tables is not None else None)
-        if verified is not None:
-            scores = score_with_tables(model, inputs, verified, n_reasons, threads, encodings)
-            log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
-                     len(verified.n_splits), time.perf_counter() - started)
-            return scores
-        if tables is None:
-            log.info("%s model: trees too large (or not LightGBM) to tabulate; using its own methods", model.target)
-    scores = score_with_model(model, inputs, n_reasons, batch_size)
+    tables = _verified_tables(model, inputs, None, n_reasons > 0, threads) if tabulate else None
+    if tables is not None:
+        scores = score_with_tables(model, inputs, tables, n_reasons, threads, encodings, reason_rows)
+        log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
+                 len(tables.n_splits), time.perf_counter() - started)
+        return scores
+    scores = score_with_model(model, inputs, n_reasons, batch_size, reason_rows)
     log.info("%s model: %s rows through its own methods in %.1f s", model.target, f"{len(inputs):,}",
              time.perf_counter() - started)
     return scores
-

@@ -23,7 +23,7 @@ from churnml.features.build import FeatureConfig
 from churnml.io.load import Dataset
 from churnml.features.dates import resolve_as_of
 from churnml.models.classifier import ChurnModel
-from churnml.models.contributions import tabulate_model
+from churnml.models.contributions import attach_tree_tables, tabulation_note
 from churnml.features.snapshots import snapshot_table, training_cutoffs
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,9 @@ class Outcome:
     cv_folds: pd.DataFrame
     figures: dict[str, Any] = field(default_factory=dict)
     report_html: str = ""
+    # Why scoring cannot use tabulated trees for this model (and falls back to LightGBM's slow
+    # pred_contrib for exact reasons); None when it can.
+    tabulation_note: str | None = None
 
 
 def split_by_cutoff(table: pd.DataFrame, n_latest: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -87,8 +90,10 @@ def fit_model(
 
     With ``keep_reference``, the model is made ready to be shipped: the latest snapshot's features
     and scores are kept with it (``reference_profile_``) as the reference for drift when it scores
-    new data, and its trees are tabulated for scoring (:func:`churnml.scoring.tabulate_model`),
-    which every scoring run would otherwise redo.
+    new data, and its trees are tabulated for scoring (``tree_tables_``, by
+    :func:`churnml.models.contributions.attach_tree_tables`), which every scoring run would
+    otherwise redo. Trees too large to tabulate are reported here, as a warning, rather than
+    found out in a slow scoring run (:func:`churnml.models.contributions.tabulation_note`).
     """
     fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
     model = clone(template)
@@ -97,7 +102,9 @@ def fit_model(
         return model
     latest = table[table["cutoff"] == table["cutoff"].max()]
     model.reference_profile_ = drift.profile(latest, model.feature_names_in_, score=model.predict_proba(latest)[:, 1])
-    tabulate_model(model)
+    note = attach_tree_tables(model)
+    if note:
+        log.warning("%s model: %s", model.target, note)
     return model
 
 
@@ -213,6 +220,7 @@ def train_and_evaluate(
         comparison=evaluation_metrics.comparison_table(probabilities, y_holdout),
         metrics=metrics,
         cv_folds=folds,
+        tabulation_note=tabulation_note(model),
     )
 
 

@@ -4,6 +4,7 @@ playbook that turns tier, segment and band into a recommended action."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 RISK_BANDS = ("high", "medium", "low")
 # The columns a playbook rule can name, with lists of allowed values.
 RULE_CONDITIONS = ("tier", "value_segment", "predicted_value_segment", "risk_band")
+# Who gets reasons: everyone, the high and medium risk bands, or the riskiest share.
+REASONS_FOR = ("all", "actionable", "top_fraction")
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,12 +120,20 @@ class ScoringConfig:
     tabulate_trees: bool = True
     # Threads for the tabulated trees; None = all cores.
     threads: int | None = None
+    # Customers who get reasons (see rows_with_reasons); the others get empty reason columns.
+    reasons_for: str = "all"
+    # For reasons_for="top_fraction": the share of customers, the riskiest, who get reasons.
+    reasons_top_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if self.n_reasons < 1:
             raise ValueError(f"score.reasons must be at least 1, got {self.n_reasons}")
         if self.batch_size < 1:
             raise ValueError(f"score.batch_size must be positive, got {self.batch_size}")
+        if self.reasons_for not in REASONS_FOR:
+            raise ValueError(f"score.reasons_for must be one of {', '.join(REASONS_FOR)}; got '{self.reasons_for}'")
+        if not 0.0 < self.reasons_top_fraction <= 1.0:
+            raise ValueError(f"score.reasons_top_fraction must be in (0, 1], got {self.reasons_top_fraction}")
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "ScoringConfig":
@@ -142,6 +153,10 @@ class ScoringConfig:
             values["tabulate_trees"] = bool(settings["tabulate_trees"])
         if settings.get("threads"):
             values["threads"] = int(settings["threads"])
+        if settings.get("reasons_for") is not None:
+            values["reasons_for"] = str(settings["reasons_for"])
+        if settings.get("reasons_top_fraction") is not None:
+            values["reasons_top_fraction"] = float(settings["reasons_top_fraction"])
         return cls(**values)
 
 # --------------------------------------------------------------------------------------------
@@ -153,6 +168,95 @@ def risk_band(churn_probability: pd.Series | np.ndarray, bands: RiskBands = Risk
     """``high`` / ``medium`` / ``low`` for each churn probability."""
     p = np.asarray(churn_probability, dtype=float)
     return np.where(p >= bands.high, "high", np.where(p >= bands.medium, "medium", "low")).astype(object)
+
+
+# Who gets reasons
+# --------------------------------------------------------------------------------------------
+
+
+def top_count(n_rows: int, fraction: float) -> int:
+    """How many rows ``reasons_for="top_fraction"`` gives reasons: ``ceil(fraction * n_rows)``,
+    the product first rounded to 6 decimals (so that 0.7 of 10 rows is 7, not 8 for 0.7's
+    binary rounding). At least one row when there are any, since ``fraction > 0``."""
+    return min(n_rows, math.ceil(round(fraction * n_rows, 6)))
+
+
+def riskiest_rows(churn_probability: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions (ascending) of the :func:`top_count` rows of highest churn probability.
+
+    Ties go to the earlier row (customer order), so the choice is the same at every run; a
+    missing probability counts as the lowest.
+    """
+    p = np.nan_to_num(np.asarray(churn_probability, dtype=float), nan=-np.inf)
+    order = np.argsort(-p, kind="stable")
+    return np.sort(order[:top_count(len(p), fraction)])
+
+
+@dataclass(frozen=True)
+class ReasonCut:
+    """Where ``reasons_for="top_fraction"`` stops in a whole population, for scoring it in pieces.
+
+    A customer gets reasons when their churn probability is above ``probability``, or equal to
+    it and their ``customer_id`` is not after ``last_customer`` (ties go to earlier customers).
+    """
+
+    probability: float
+    last_customer: Any = None
+
+
+def reason_cut(churn_probability: np.ndarray, customer_ids: Any, fraction: float) -> ReasonCut:
+    """The :class:`ReasonCut` that gives reasons to the rows :func:`riskiest_rows` chooses.
+
+    Parameters
+    ----------
+    churn_probability : numpy.ndarray
+        ``(customers,)``: every customer's churn probability, in customer order.
+    customer_ids : array-like
+        ``(customers,)``: their ids, ascending.
+    fraction : float
+        ``score.reasons_top_fraction``.
+    """
+    p = np.nan_to_num(np.asarray(churn_probability, dtype=float), nan=-np.inf)
+    ids = np.asarray(customer_ids, dtype=object)
+    rows = riskiest_rows(p, fraction)
+    if not len(rows):
+        return ReasonCut(np.inf)
+    lowest = float(p[rows].min())
+    return ReasonCut(lowest, ids[rows[p[rows] == lowest][-1]])
+
+
+def rows_with_reasons(config: ScoringConfig, churn_probability: np.ndarray, customer_ids: Any = None,
+                      cut: ReasonCut | None = None) -> np.ndarray | None:
+    """Positions (ascending) of the customers who get reasons under ``config.reasons_for``.
+
+    - ``all``: None, meaning every customer.
+    - ``actionable``: those in the high or medium risk band (churn probability at least
+      ``config.risk_bands.medium``).
+    - ``top_fraction``: the ``ceil(reasons_top_fraction * n)`` customers of highest churn
+      probability (:func:`top_count`), ties to the earlier customer; with ``cut``, those the
+      whole population's cut chooses (then ``customer_ids`` is needed).
+
+    Parameters
+    ----------
+    config : ScoringConfig
+    churn_probability : numpy.ndarray
+        ``(customers,)``, in customer order.
+    customer_ids : array-like, optional
+        ``(customers,)``, ascending; only read with ``cut``.
+    cut : ReasonCut, optional
+        For ``top_fraction`` when the customers are one piece of the population.
+    """
+    p = np.asarray(churn_probability, dtype=float)
+    if config.reasons_for == "all":
+        return None
+    if config.reasons_for == "actionable":
+        return np.flatnonzero(p >= config.risk_bands.medium)
+    if cut is None:
+        return riskiest_rows(p, config.reasons_top_fraction)
+    p = np.nan_to_num(p, nan=-np.inf)
+    ids = pd.Series(np.asarray(customer_ids, dtype=object)).astype(str)
+    tied = (p == cut.probability) & (ids <= str(cut.last_customer)).to_numpy() if cut.last_customer is not None else False
+    return np.flatnonzero((p > cut.probability) | tied)
 
 
 def recommend_actions(

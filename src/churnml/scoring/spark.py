@@ -9,7 +9,10 @@ depend on the whole population, so they are settled on the driver before any row
   the five BG/NBD inputs of every customer and fits BG/NBD once;
 - the medians of LTV and of the repurchase probability that split the value segments: a first
   pass (``mapInPandas``) computes every repurchase probability on the executors, and the driver
-  collects them with the LTVs and takes the exact medians.
+  collects them with the LTVs and takes the exact medians;
+- with ``score.reasons_for=top_fraction``, who gets reasons: the same pass computes every churn
+  probability, and the driver collects them with the customer ids and finds the cut
+  (:func:`churnml.scoring.policy.reason_cut`) that every piece then applies.
 
 Then the executors score their partitions, each partition as one piece, and Spark writes the rows
 as a directory of part files, renamed into place when complete. The summary and the drift come
@@ -18,7 +21,8 @@ inputs and scores counted into the bins of each model's reference profile, which
 population stability index :func:`churnml.drift.psi` gives on the whole table.
 
 Memory: the driver holds under 100 bytes per customer (the BG/NBD inputs and the two columns of
-the medians) and BG/NBD's fit; an executor holds one partition's features and contributions.
+the medians) and BG/NBD's fit, plus the churn probability and id of every customer for
+``top_fraction``; an executor holds one partition's features and contributions.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import pandas as pd
 from churnml.evaluation import drift
 from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, BGNBD_SOURCE_COLUMNS, BGNBDFitError, bgnbd_inputs, fit_bgnbd, fitted_bgnbd_features
 from churnml.models.classifier import ChurnModel, fit_population_priors
-from churnml.models.contributions import model_scores, tabulate_model
+from churnml.models.contributions import model_scores, with_tree_tables
+from churnml.scoring.policy import ReasonCut, reason_cut
 from churnml.scoring.summary import summary_of_groups
 from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
 from churnml.scoring.reasons import ReasonContext
@@ -73,6 +78,9 @@ class ScoringSetup:
         cannot be fitted (those features are then missing, as on one machine).
     thresholds : ValueThresholds, optional
         The population's medians; None before they are known.
+    reason_cut : ReasonCut, optional
+        For ``score.reasons_for=top_fraction``: who gets reasons in the population; None before
+        it is known, and for the other settings.
     """
 
     as_of: dt.date
@@ -83,6 +91,7 @@ class ScoringSetup:
     schema: Any = None
     bgnbd_model: Any = None
     thresholds: ValueThresholds | None = None
+    reason_cut: ReasonCut | None = None
 
 
 @dataclass(frozen=True)
@@ -136,18 +145,39 @@ def whole_partition(batches: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def repurchase_probabilities(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """``mapInPandas``: the LTV and repurchase probability of every customer in a partition,
-    computed as :func:`churnml.scoring.score_customers` computes them."""
+def needs_reason_cut(config: ScoringConfig) -> bool:
+    """Whether who gets reasons depends on the whole population (``top_fraction``)."""
+    return config.reasons_for == "top_fraction"
+
+
+def population_schema(config: ScoringConfig) -> str:
+    """The Spark schema of :func:`population_probabilities` rows."""
+    schema = "ltv double, repurchase_probability double"
+    return schema + (", customer_id string, churn_probability double" if needs_reason_cut(config) else "")
+
+
+def population_probabilities(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas``: the LTV and repurchase probability of every customer in a partition and,
+    for ``top_fraction``, the customer id and churn probability, computed as
+    :func:`churnml.scoring.score_customers` computes them."""
     piece = whole_partition(batches)
     if piece is None:
         return
-    features = piece_features(setup, piece)
-    inputs = piece_inputs(setup, features, ["repurchase"])["repurchase"]
     config = setup.config
-    scores = model_scores(setup.models["repurchase"], inputs, 0, config.batch_size, config.tabulate_trees, config.threads)
+    with_churn = needs_reason_cut(config)
+    features = piece_features(setup, piece)
+    inputs = piece_inputs(setup, features, ["churn", "repurchase"] if with_churn else ["repurchase"])
+    encodings: dict[tuple, np.ndarray] = {}
+    scores = model_scores(setup.models["repurchase"], inputs["repurchase"], 0, config.batch_size,
+                          config.tabulate_trees, config.threads, encodings)
     ltv = pd.to_numeric(features["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    yield pd.DataFrame({"ltv": ltv, "repurchase_probability": scores.probability})
+    columns = {"ltv": ltv, "repurchase_probability": scores.probability}
+    if with_churn:
+        churn = model_scores(setup.models["churn"], inputs["churn"], 0, config.batch_size, config.tabulate_trees,
+                             config.threads, encodings)
+        columns.update(customer_id=features["customer_id"].astype(str).to_numpy(dtype=object),
+                       churn_probability=churn.probability)
+    yield pd.DataFrame(columns)
 
 
 def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -155,9 +185,11 @@ def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Itera
     piece = whole_partition(batches)
     if piece is None:
         return
+    if needs_reason_cut(setup.config) and setup.reason_cut is None:
+        raise ValueError("score.reasons_for=top_fraction needs the population's cut (with_population_thresholds)")
     inputs = piece_inputs(setup, piece_features(setup, piece))
     yield score_customers(inputs, setup.models, setup.as_of, setup.config, setup.context, setup.identities,
-                          setup.thresholds)
+                          setup.thresholds, setup.reason_cut)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,11 +327,18 @@ def with_population_fit(features: Any, setup: ScoringSetup) -> ScoringSetup:
     return replace(setup, models=models, bgnbd_model=bgnbd_model)
 
 
-def population_thresholds(features: Any, setup: ScoringSetup) -> ValueThresholds:
-    """The exact medians of LTV and repurchase probability over every customer (first pass)."""
-    values = features.mapInPandas(partial(repurchase_probabilities, setup),
-                                  "ltv double, repurchase_probability double").toPandas()
-    return value_thresholds(values["ltv"], values["repurchase_probability"])
+def with_population_thresholds(features: Any, setup: ScoringSetup) -> ScoringSetup:
+    """The setup with the exact medians of LTV and repurchase probability over every customer
+    and, for ``top_fraction``, the cut of the riskiest customers (first pass)."""
+    values = features.mapInPandas(partial(population_probabilities, setup), population_schema(setup.config)).toPandas()
+    setup = replace(setup, thresholds=value_thresholds(values["ltv"], values["repurchase_probability"]))
+    if needs_reason_cut(setup.config):
+        # In customer order, as the pieces are, whatever order the rows were collected in.
+        values = values.sort_values("customer_id", kind="stable", ignore_index=True)
+        setup = replace(setup, reason_cut=reason_cut(values["churn_probability"].to_numpy(),
+                                                     values["customer_id"].to_numpy(dtype=object),
+                                                     setup.config.reasons_top_fraction))
+    return setup
 
 
 def population_stability(features: Any, scores: Any, setup: ScoringSetup,
@@ -355,12 +394,15 @@ def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[
         setup = replace(setup, schema=table.schema(), config=executor_config(setup.config, session))
         check_models(features, setup)
         setup = with_population_fit(features, setup)
-        # Tabulated once here (trained models arrive tabulated), the tables travel with the models to every task.
-        for model in setup.models.values():
-            tabulate_model(model)
-        setup = replace(setup, thresholds=population_thresholds(features, setup))
+        # Trained models carry their tables (tree_tables_); others are tabulated once here, and
+        # the tables travel with the models to every task.
+        setup = replace(setup, models={target: with_tree_tables(model) for target, model in setup.models.items()})
+        setup = with_population_thresholds(features, setup)
         log.info("value segments split at LTV %s and repurchase probability %s",
                  setup.thresholds.ltv, setup.thresholds.repurchase_probability)
+        if setup.reason_cut is not None:
+            log.info("reasons for churn probabilities from %s (ties up to customer %s)",
+                     setup.reason_cut.probability, setup.reason_cut.last_customer)
         scores = features.mapInPandas(partial(scored_pieces, setup), score_schema(setup.config.n_reasons))
         path = write_atomic(scores, output, fmt, WRITE_OPTIONS[fmt])
         written = read_scores(session, path, fmt, setup.config.n_reasons)

@@ -12,6 +12,9 @@ writes the file. One output row per customer:
   churn model's raw score in log-odds (LightGBM ``pred_contrib``; for a model boosted from
   BG/NBD, the prior's log-odds count as one more contribution, ``bgnbd_prior``). Only
   risk-raising contributions are reported; a customer with none gets one phrase saying so.
+  ``score.reasons_for`` may limit reasons to the high and medium risk bands (``actionable``) or
+  to the riskiest share of customers (``top_fraction``): the others get empty (null) reason
+  columns, and their contributions are not computed.
 - ``tier``: the loyalty tier of the feature table.
 - ``value_segment``: the feature table's value x potential (LTV against the peers' median x
   buying at least as often lately), the segment the model may quote as a reason.
@@ -35,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,7 +51,7 @@ from churnml.io.files import write_frame_atomic
 from churnml.models.classifier import PRIOR, ChurnModel
 from churnml.models.contributions import model_scores
 from churnml.features.segments import ValueThresholds, predicted_value_segment
-from churnml.scoring.policy import ScoringConfig, recommend_actions, risk_band
+from churnml.scoring.policy import ReasonCut, ScoringConfig, recommend_actions, risk_band, rows_with_reasons
 from churnml.scoring.reasons import ReasonContext, reason_phrases
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,7 @@ def score_customers(
     context: ReasonContext | None = None,
     identities: Mapping[str, ModelIdentity] | None = None,
     thresholds: ValueThresholds | None = None,
+    reason_cut: ReasonCut | None = None,
 ) -> pd.DataFrame:
     """One row per customer: probabilities, band, reasons, tier, segment, LTV, action, models.
 
@@ -154,6 +159,10 @@ def score_customers(
     thresholds : ValueThresholds, optional
         The medians that split the value segments; default: those of the customers in ``inputs``
         (pass the whole population's when ``inputs`` is one piece of it).
+    reason_cut : ReasonCut, optional
+        For ``config.reasons_for="top_fraction"``: who gets reasons, decided on the whole
+        population (:func:`churnml.scoring.policy.reason_cut`); default: the riskiest share of
+        the customers in ``inputs``.
 
     Returns
     -------
@@ -168,8 +177,11 @@ def score_customers(
     identities = identities or {t: ModelIdentity(t, "unknown") for t in TARGETS}
 
     encodings: dict[tuple, np.ndarray] = {}
+    # Who gets reasons is decided on the probabilities, before any contribution is computed.
+    chooser = (None if config.reasons_for == "all"
+               else partial(rows_with_reasons, config, customer_ids=churn_inputs["customer_id"], cut=reason_cut))
     churn = model_scores(churn_model, churn_inputs, config.n_reasons, config.batch_size, config.tabulate_trees,
-                         config.threads, encodings)
+                         config.threads, encodings, reason_rows=chooser)
     repurchase = model_scores(repurchase_model, repurchase_inputs, 0, config.batch_size, config.tabulate_trees,
                               config.threads, encodings)
     # The encoded rows are as large as the feature table: freed before the reasons are phrased.
@@ -178,8 +190,13 @@ def score_customers(
     quoted = churn_inputs if reasons.prior_log_odds is None else churn_inputs.assign(**{PRIOR: reasons.prior_log_odds})
     phrases = reason_phrases(reasons.names, reasons.indices, quoted, context)
     contributions = reasons.contributions
-    # Every customer gets at least one reason, even when no feature pushes the risk up.
-    phrases[:, 0] = np.where(pd.isna(phrases[:, 0]), NO_RISK_FACTOR, phrases[:, 0])
+    # Every customer given reasons gets at least one, even when no feature pushes the risk up.
+    unexplained = pd.isna(phrases[:, 0])
+    if churn.reason_rows is not None:
+        explained = np.zeros(len(churn_inputs), dtype=bool)
+        explained[churn.reason_rows] = True
+        unexplained &= explained
+    phrases[:, 0] = np.where(unexplained, NO_RISK_FACTOR, phrases[:, 0])
 
     bands = _text_array(risk_band(churn_probability, config.risk_bands))
     ltv = pd.to_numeric(churn_inputs["ltv"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
