@@ -20,9 +20,9 @@ CASES = (("1997-12-31", 90), ("1998-03-31", 90), ("1997-09-30", 180))
 
 def run_case(cutoff: str, horizon_days: int) -> tuple[list[dict], bool, float]:
     sys.path.insert(0, str(ROOT / "tests"))
-    from churnml.jobs.train import build_model, training_plan
-    from churnml.io.sources import load_data
     from churnml.features.build import FeatureConfig
+    from churnml.io.sources import load_data
+    from churnml.jobs.train import build_model, training_plan
     from churnml.models.training import train_and_evaluate
     from test_config import compose_resolved
 

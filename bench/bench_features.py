@@ -7,8 +7,7 @@ rolled up to orders before the same per-customer aggregate, shows what any exact
 
 from __future__ import annotations
 
-
-from harness import main, demo_data, measure, print_table
+from harness import demo_data, main, measure, print_table
 
 TIME_RATIO_TARGET = 4.0
 PEAK_GIB_TARGET = 4.0

@@ -113,11 +113,12 @@ def train_default_models(directory: str | Path, scratch: str | Path, modulus: in
     composed training settings.
     """
     import duckdb
-    from churnml.jobs.common import compose_settings
-    from churnml.jobs.train import build_model, training_plan
-    from churnml.io.sources import load_data
+
     from churnml.features.build import FeatureConfig
     from churnml.features.snapshots import snapshot_table, training_cutoffs
+    from churnml.io.sources import load_data
+    from churnml.jobs.common import compose_settings
+    from churnml.jobs.train import build_model, training_plan
     from churnml.models.training import extra_feature_builder, fit_model
 
     tables = ("transactions", "interactions", "customers")

@@ -12,8 +12,16 @@ from lifetimes.utils import ConvergenceError
 from sklearn.metrics import roc_auc_score
 
 from churnml.models import btyd
-from churnml.models.btyd import BGNBDFitError, bgnbd_features, bgnbd_inputs, bgnbd_negative_log_likelihood, bgnbd_probability, bgnbd_probability_alive, fit_bgnbd
 from churnml.models.baselines import ScoreCalibrator, baseline_probabilities, quintile_edges, rfm_score, rule_score
+from churnml.models.btyd import (
+    BGNBDFitError,
+    bgnbd_features,
+    bgnbd_inputs,
+    bgnbd_negative_log_likelihood,
+    bgnbd_probability,
+    bgnbd_probability_alive,
+    fit_bgnbd,
+)
 
 TRAIN_CUTOFF, HOLDOUT_CUTOFF, HORIZON = 640, 730, 90
 # True BG/NBD parameters of the simulation, per day: rate ~ Gamma(r, alpha), dropout ~ Beta(a, b).

@@ -11,9 +11,25 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from churnml.evaluation.metrics import binary_metrics, calibration_table, comparison_table, cv_summary, format_comparison, holdout_metrics, metric_key, top_fraction_size
-
-from churnml.evaluation.report import gains_curve, plot_calibration, plot_gains, plot_importance, plot_precision_recall, plot_roc, render_report
+from churnml.evaluation.metrics import (
+    binary_metrics,
+    calibration_table,
+    comparison_table,
+    cv_summary,
+    format_comparison,
+    holdout_metrics,
+    metric_key,
+    top_fraction_size,
+)
+from churnml.evaluation.report import (
+    gains_curve,
+    plot_calibration,
+    plot_gains,
+    plot_importance,
+    plot_precision_recall,
+    plot_roc,
+    render_report,
+)
 
 METRIC_NAMES = ["roc_auc", "pr_auc", "brier", "log_loss", "top_decile_lift", "top_decile_capture"]
 

@@ -6,7 +6,6 @@ import lightgbm
 import numpy as np
 import pandas as pd
 import pytest
-
 from sklearn.linear_model import LogisticRegression
 
 from churnml import explain

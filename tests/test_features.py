@@ -13,7 +13,6 @@ import pytest
 from churnml.features import build as features
 from churnml.features.build import FeatureConfig, build_features
 from churnml.features.segments import SegmentConfig, lifetime_value, loyalty_tier, purchases_per_year
-
 from conftest import frame_dataset
 
 CUTOFF = "2024-06-30"

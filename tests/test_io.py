@@ -8,10 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnml.io.load import LoadOptions, TableSource, connect, load_dataset
-
-from churnml.io.files import write_frame_atomic
 from churnml.io.contract import DataValidationError
+from churnml.io.files import write_frame_atomic
+from churnml.io.load import LoadOptions, TableSource, connect, load_dataset
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "tx.csv") -> str:

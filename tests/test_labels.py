@@ -11,7 +11,6 @@ from churnml.features.build import build_features
 from churnml.features.dates import window_is_closed
 from churnml.features.labels import attach_label, label_window
 from churnml.features.snapshots import snapshot_table, training_cutoffs
-
 from conftest import frame_dataset
 
 

@@ -4,30 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from functools import partial
-
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
 from lightgbm import LGBMClassifier
+
 from churnml import explain
-from churnml.features import dates
-from churnml.features import snapshots
-from churnml.models import contributions as tree_contributions
-from churnml.scoring import policy
-from churnml.scoring import reasons
-from churnml.scoring import summary as score_summary
-from churnml.features import segments
-from churnml.features.segments import TIERS, VALUE_SEGMENTS
-from churnml.jobs.score import model_uris
-from churnml.scoring import table
-from churnml.models.btyd import bgnbd_features
+from churnml.features import dates, segments, snapshots
 from churnml.features.build import FeatureConfig
-from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError
+from churnml.features.segments import TIERS, VALUE_SEGMENTS
 from churnml.features.snapshots import snapshot_table
+from churnml.jobs.score import model_uris
+from churnml.models import contributions as tree_contributions
+from churnml.models.btyd import bgnbd_features
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError
 from churnml.models.training import fit_model
+from churnml.scoring import policy, reasons, table
+from churnml.scoring import summary as score_summary
 from conftest import frame_dataset
 
 CHURN_CUTOFFS = [dt.date(2024, 5, 31), dt.date(2024, 6, 30), dt.date(2024, 7, 31), dt.date(2024, 8, 31)]

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnml.features.build import build_features
+from churnml.io.contract import DataValidationError
+from churnml.io.load import Dataset, TableSource, connect, load_dataset
+from churnml.io.sources import load_data
 from churnml.jobs.features import run as run_features
 from churnml.jobs.score import run as run_score
-from churnml.io.sources import load_data
-from churnml.features.build import build_features
-from churnml.io.load import Dataset, TableSource, connect, load_dataset
-from churnml.io.contract import DataValidationError
 from churnml.simulate import write_shop
 from test_config import compose_resolved
 from test_scoring import train_small_models, with_edge_customers

@@ -10,13 +10,8 @@ import pandas as pd
 import pytest
 
 from churnml.evaluation import drift
-
-from churnml.scoring import policy
-
-from churnml.scoring import summary
-
-from churnml.scoring import table
 from churnml.evaluation.drift import bin_counts, psi_from_counts
+from churnml.scoring import policy, summary, table
 from churnml.scoring.spark import psi_from_bin_counts, score_schema, summary_of_groups
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnml.jobs.features import run as run_features
 from churnml.io.contract import DataValidationError
+from churnml.jobs.features import run as run_features
 from test_config import compose_resolved
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from churnml.scoring import table
+from churnml.io.sources import load_data
 from churnml.jobs.score import run as run_score
 from churnml.jobs.train import run as run_train
-from churnml.io.sources import load_data
 from churnml.models.classifier import FeatureMismatchError
+from churnml.scoring import table
 from churnml.simulate import write_shop
 from test_config import compose_resolved
 from test_scoring import train_small_models, with_edge_customers

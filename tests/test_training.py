@@ -14,7 +14,6 @@ from churnml.features.build import build_features
 from churnml.models.classifier import ChurnModel
 from churnml.models.training import TrainingPlan, cv_fold_cutoffs, split_by_cutoff, train_and_evaluate
 from churnml.tracking import is_at_least_as_good
-
 from conftest import frame_dataset
 from test_config import compose_resolved
 

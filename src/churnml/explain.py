@@ -29,13 +29,11 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
-
-from churnml.features.build import WARNING_FLAGS
-from churnml.features.build import FeatureConfig
-from churnml.io.load import Dataset
 from churnml.features import snapshots
+from churnml.features.build import WARNING_FLAGS, FeatureConfig
 from churnml.features.dates import resolve_as_of
+from churnml.io.load import Dataset
+from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
 from churnml.models.classifier import BIAS, PRIOR, ChurnModel
 from churnml.scoring.policy import RISK_BANDS, ScoringConfig
 from churnml.scoring.reasons import ReasonContext

@@ -15,9 +15,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from churnml.io.load import Dataset
-
 from churnml.io.files import file_fingerprint
+from churnml.io.load import Dataset
 from churnml.models.classifier import ChurnModel, FeatureMismatchError
 from churnml.models.registry import CHAMPION, registered_model_uri
 

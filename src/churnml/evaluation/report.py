@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 import pandas as pd
+
 from churnml.evaluation.metrics import _cell, _check_binary, calibration_table
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from churnml.features.dates import as_date
-from churnml.io.load import Dataset
 from churnml.features.segments import SegmentConfig, add_segments
+from churnml.io.load import Dataset
 
 SECONDS_PER_DAY = 86_400.0
 MICROSECONDS_PER_SECOND = 1_000_000.0
@@ -64,10 +64,12 @@ class FeatureConfig:
 
 
 def day_start(day: dt.date) -> dt.datetime:
+    """Midnight at the start of ``day``."""
     return dt.datetime.combine(day, dt.time())
 
 
 def epoch_day(day: dt.date) -> int:
+    """Days from 1970-01-01 to ``day``."""
     return (day - dt.date(1970, 1, 1)).days
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import ibis
+import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
-import ibis.expr.types as ir
 
 TIERS = ("core", "potential", "basic", "dormant")
 VALUE_SEGMENTS = (
@@ -49,6 +49,7 @@ class SegmentConfig:
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "SegmentConfig":
+        """Build from the ``features.segments`` config node (tiers as mappings of their minimums)."""
         values = dict(settings)
         for tier in ("core", "potential", "basic"):
             if tier in values and not isinstance(values[tier], TierRule):
@@ -90,6 +91,7 @@ def loyalty_tier(table: ir.Table, config: SegmentConfig, has_interactions: bool)
 
 
 def purchases_per_year(table: ir.Table, config: SegmentConfig) -> ir.FloatingValue:
+    """Orders of the last 365 days per year known, the exposure at least ``min_rate_exposure_days``."""
     exposure = ibis.greatest(ibis.least(table.tenure_days + 1, 365), config.min_rate_exposure_days)
     return table.orders_365d * 365.0 / exposure
 

@@ -15,8 +15,8 @@ from typing import Callable, Iterable
 import pandas as pd
 
 from churnml.features.build import FeatureConfig, build_features, to_frame
-from churnml.io.load import Dataset
 from churnml.features.labels import attach_label
+from churnml.io.load import Dataset
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The data contract, loading and validation, the named data sets, and files churnml writes."""

@@ -34,6 +34,7 @@ class TableSpec:
 
     @property
     def optional(self) -> tuple[str, ...]:
+        """The contract columns a table may lack."""
         return tuple(c for c in self.kinds if c not in self.required)
 
 
@@ -80,6 +81,7 @@ class Problem:
     examples: tuple[str, ...] = ()
 
     def describe(self) -> str:
+        """One line: where, what, how many rows, and a few examples."""
         where = f"{self.source}, column '{self.column}'" if self.column else self.source
         text = f"{where}: {self.message}"
         if self.n_bad:
@@ -114,6 +116,7 @@ class TableReport:
     fingerprint: str = ""
 
     def as_dict(self) -> dict:
+        """The report as plain values, for tracking."""
         return {
             "source": self.source,
             "rows_read": self.rows_read,

@@ -56,6 +56,7 @@ class TableSource:
 
     @property
     def name(self) -> str:
+        """How messages name the source: its label, its path, or ``<frame>``."""
         return self.label or (f"'{self.path}'" if self.path else "<frame>")
 
 
@@ -85,13 +86,16 @@ class Dataset:
 
     @property
     def first_date(self) -> dt.date:
+        """The date of the first transaction."""
         return pd.Timestamp(self.reports["transactions"].first_ts).date()
 
     @property
     def last_date(self) -> dt.date:
+        """The date of the last transaction."""
         return pd.Timestamp(self.reports["transactions"].last_ts).date()
 
     def summary(self) -> dict[str, dict]:
+        """Each table's load report as plain values."""
         return {name: report.as_dict() for name, report in self.reports.items()}
 
 

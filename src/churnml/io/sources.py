@@ -87,6 +87,7 @@ def data_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
 
 
 def load_options(settings: Mapping[str, Any]) -> LoadOptions:
+    """The cleaning rules of a ``data`` config node (``data.cleaning``)."""
     cleaning = dict(settings.get("cleaning") or {})
     return LoadOptions(
         drop_exact_duplicates=bool(cleaning.get("drop_exact_duplicates", False)),

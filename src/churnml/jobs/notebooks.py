@@ -192,6 +192,7 @@ def to_html(notebook: Any) -> str:
 
 
 def read_notebook(path: str | Path) -> Any:
+    """A notebook file as an ``nbformat`` node (format version 4)."""
     import nbformat
 
     return nbformat.read(str(path), as_version=4)

@@ -74,9 +74,9 @@ def print_comparison(outcome: Any) -> None:
 def run(settings: Mapping[str, Any]) -> float:
     """Train, evaluate, track and register one target's model; return the sweep objective."""
     from churnml import tracking
+    from churnml.features.build import FeatureConfig
     from churnml.io.files import write_text_atomic
     from churnml.io.sources import data_sources, load_data
-    from churnml.features.build import FeatureConfig
     from churnml.models.registry import registered_name
     from churnml.models.training import add_report, train_and_evaluate
 

@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+
 from churnml.features.build import WARNING_FLAGS
-from churnml.models.btyd import BGNBDFitError, _as_float, _check_target, _require_columns, bgnbd_inputs, bgnbd_probability, fit_bgnbd
+from churnml.models.btyd import (
+    BGNBDFitError,
+    _as_float,
+    _check_target,
+    _require_columns,
+    bgnbd_inputs,
+    bgnbd_probability,
+    fit_bgnbd,
+)
 
 if TYPE_CHECKING:
     pass

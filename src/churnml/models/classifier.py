@@ -244,6 +244,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             raise FeatureMismatchError(f"features with another type than in training: {', '.join(wrong)}")
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated probabilities, shape ``(n_rows, 2)``: of the negative and of the positive class."""
         score = self.raw_score(X)
         if self.calibrator_ is None:
             positive = 1.0 / (1.0 + np.exp(-score))
@@ -254,6 +255,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return np.column_stack([1.0 - positive, positive])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """1 where the probability of the positive class is at least 0.5, else 0."""
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
     def raw_score(self, X: pd.DataFrame) -> np.ndarray:

@@ -17,14 +17,14 @@ from sklearn.base import clone
 
 from churnml.evaluation import drift, report
 from churnml.evaluation import metrics as evaluation_metrics
+from churnml.features.build import FeatureConfig
+from churnml.features.dates import resolve_as_of
+from churnml.features.snapshots import snapshot_table, training_cutoffs
+from churnml.io.load import Dataset
 from churnml.models.baselines import baseline_probabilities
 from churnml.models.btyd import bgnbd_features
-from churnml.features.build import FeatureConfig
-from churnml.io.load import Dataset
-from churnml.features.dates import resolve_as_of
 from churnml.models.classifier import ChurnModel
 from churnml.models.contributions import attach_tree_tables, tabulation_note
-from churnml.features.snapshots import snapshot_table, training_cutoffs
 
 log = logging.getLogger(__name__)
 

@@ -82,6 +82,7 @@ class PlaybookRule:
 
     @classmethod
     def from_dict(cls, name: str, settings: Mapping[str, Any]) -> "PlaybookRule":
+        """Build rule ``name`` from its config node; unknown keys and a missing action raise ValueError."""
         known = {f.name for f in fields(cls)} - {"name"}
         unknown = sorted(set(settings) - known)
         if unknown:

@@ -30,6 +30,7 @@ class ReasonContext:
 
     @classmethod
     def from_features(cls, config: FeatureConfig, horizon_days: int) -> "ReasonContext":
+        """The windows and thresholds of ``config``, and the churn model's horizon."""
         return cls(
             order_value_window_days=config.order_value_window_days,
             order_value_drop=config.order_value_drop,

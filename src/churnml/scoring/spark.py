@@ -37,15 +37,21 @@ import numpy as np
 import pandas as pd
 
 from churnml.evaluation import drift
-from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, BGNBD_SOURCE_COLUMNS, BGNBDFitError, bgnbd_inputs, fit_bgnbd, fitted_bgnbd_features
+from churnml.features.segments import ValueThresholds, value_thresholds
+from churnml.models.btyd import (
+    BGNBD_FEATURE_COLUMNS,
+    BGNBD_SOURCE_COLUMNS,
+    BGNBDFitError,
+    bgnbd_inputs,
+    fit_bgnbd,
+    fitted_bgnbd_features,
+)
 from churnml.models.classifier import ChurnModel, fit_population_priors
 from churnml.models.contributions import model_scores, with_tree_tables
-from churnml.scoring.policy import ReasonCut, reason_cut
+from churnml.scoring.policy import ReasonCut, ScoringConfig, reason_cut
+from churnml.scoring.reasons import ReasonContext
 from churnml.scoring.summary import summary_of_groups
 from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
-from churnml.scoring.reasons import ReasonContext
-from churnml.features.segments import ValueThresholds, value_thresholds
-from churnml.scoring.policy import ScoringConfig
 
 log = logging.getLogger(__name__)
 

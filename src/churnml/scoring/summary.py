@@ -11,7 +11,6 @@ import pandas as pd
 from churnml.scoring.policy import RISK_BANDS
 
 
-
 def summary_of_groups(groups: pd.DataFrame, n_top_reasons: int = 5) -> dict[str, Any]:
     """The summary from row counts and probability sums grouped by ``risk_band``,
     ``recommended_action`` and ``reason_1_feature`` (columns ``rows``, ``churn_probability_sum``,

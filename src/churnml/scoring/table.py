@@ -46,11 +46,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
+from churnml.features.segments import ValueThresholds, predicted_value_segment
 from churnml.io.files import write_frame_atomic
+from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
 from churnml.models.classifier import PRIOR, ChurnModel
 from churnml.models.contributions import model_scores
-from churnml.features.segments import ValueThresholds, predicted_value_segment
 from churnml.scoring.policy import ReasonCut, ScoringConfig, recommend_actions, risk_band, rows_with_reasons
 from churnml.scoring.reasons import ReasonContext, reason_phrases
 
