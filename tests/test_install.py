@@ -116,7 +116,7 @@ def test_churnml_is_imported_from_the_wheel_with_its_configs(installed, elsewher
 
 def test_features_and_training_run_from_the_installed_package(installed, elsewhere, tmp_path):
     out = tmp_path / "out"
-    features = installed.run([installed.python, "-m", "churnml.cli", "features", "data=cdnow", f"cutoff={CUTOFF}",
+    features = installed.run([installed.python, "-m", "churnml.cli", "features", "data=cdnow", f"as_of={CUTOFF}",
                               f"features.output={out}/f.parquet"], elsewhere)
     assert features.returncode == 0, features.stderr[-3000:]
     table = pd.read_parquet(out / "f.parquet")
@@ -142,13 +142,13 @@ def test_a_config_directory_of_ones_own_adds_a_data_source(installed, elsewhere,
     (myconf / "data").mkdir(parents=True)
     files_yaml = (ROOT / "src/churnml/conf/data/files.yaml").read_text()
     assert "path: ???" in files_yaml and "name: files" in files_yaml
-    mine = files_yaml.replace("name: files", "name: myshop").replace("path: ???", f"path: {shop}", 1).replace(
-        "columns: {}", "columns: {customer_id: Cust, ts: When, amount: Total}", 1)
+    mine = files_yaml.replace("name: files", "name: myshop").replace(
+        "path: ???", f"path: {shop}\n  columns: {{customer_id: Cust, ts: When, amount: Total}}", 1)
     (myconf / "data" / "myshop.yaml").write_text(mine)
 
     where = ["--config-dir", myconf] if how == "config-dir" else [f"hydra.searchpath=[file://{myconf}]"]
     output = tmp_path / "f.parquet"
-    result = installed.run([installed.script("churnml-features"), *where, "data=myshop", "cutoff=2024-02-15",
+    result = installed.run([installed.script("churnml-features"), *where, "data=myshop", "as_of=2024-02-15",
                             f"features.output={output}"], elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
     features = pd.read_parquet(output).set_index("customer_id")

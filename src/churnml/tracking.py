@@ -341,12 +341,12 @@ def log_scoring(
     Parameters
     ----------
     settings : mapping
-        The resolved stage config (logged as ``config.json``; ``score.as_of`` should hold the
-        date actually scored).
+        The resolved stage config (logged as ``config.json``; ``as_of`` should hold the date
+        actually scored).
     models : mapping of str to ScoredModel
         The model used for each target (``churn``, ``repurchase``).
     summary : mapping
-        :func:`churnml.scoring.summarize` output: rows, band counts, mean probabilities, actions
+        :func:`churnml.scoring.summary.summarize` output: rows, band counts, mean probabilities, actions
         and top reasons.
     output_path : str or Path
         Where the scores were written (tag ``churnml.output``).
@@ -368,8 +368,8 @@ def log_scoring(
     score_settings = settings.get("score", {})
     with mlflow.start_run(run_name=run_name) as run:
         tags = {"churnml.stage": "score", "churnml.output": str(output_path),
-                "churnml.as_of": str(score_settings.get("as_of"))}
-        params: dict[str, Any] = {"as_of": str(score_settings.get("as_of")),
+                "churnml.as_of": str(settings.get("as_of"))}
+        params: dict[str, Any] = {"as_of": str(settings.get("as_of")),
                                   "format": str(score_settings.get("format", "parquet"))}
         for target, model in models.items():
             params[f"{target}_model_uri"] = model.uri[:500]
