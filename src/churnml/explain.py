@@ -14,7 +14,7 @@ How the values are computed depends on the estimator:
   standardised value, summed back to the input feature (one-hot and missing-indicator columns);
 - anything else: a permutation explainer over the raw score, against a background sample.
 
-The functions take DataFrames and a fitted :class:`~churnml.modeling.ChurnModel` and return
+The functions take DataFrames and a fitted :class:`~churnml.models.classifier.ChurnModel` and return
 tidy DataFrames; MLflow is reached through :mod:`churnml.tracking` only.
 """
 

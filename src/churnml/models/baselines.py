@@ -1,15 +1,8 @@
-"""Baselines the model is compared against: the warning-flag rule, an RFM score and BG/NBD.
+"""The simple classical scores the model is compared against: the warning-flag rule and RFM.
 
-All baselines score the same holdout rows as the model. The rule and RFM scores are ranks, not
-probabilities, so they are mapped to probabilities with an isotonic calibrator fitted on the
-training rows; BG/NBD gives probabilities of its own.
-
-BG/NBD (Fader, Hardie and Lee, 2005) is ``lifetimes``' model, fitted in weeks on lifetimes'
-objective with its gradient in closed form (lifetimes' own fit differentiates with autograd and
-takes over four times as long on large tables). Its inputs are
-``x`` (repeat purchases), ``t_x`` (time from the first to the last purchase) and ``T`` (time from
-the first purchase to the cutoff), all read from the feature table at one cutoff, so a fit only
-ever sees history up to that cutoff.
+Both are ranks, not probabilities, so they are mapped to probabilities with an isotonic
+calibrator fitted on the training rows; :func:`baseline_probabilities` puts them next to BG/NBD
+(:mod:`churnml.models.btyd`), which gives probabilities of its own, on the same holdout rows.
 """
 
 from __future__ import annotations

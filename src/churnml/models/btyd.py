@@ -1,15 +1,10 @@
-"""Baselines the model is compared against: the warning-flag rule, an RFM score and BG/NBD.
-
-All baselines score the same holdout rows as the model. The rule and RFM scores are ranks, not
-probabilities, so they are mapped to probabilities with an isotonic calibrator fitted on the
-training rows; BG/NBD gives probabilities of its own.
+"""Buy-till-you-die models: BG/NBD fitted at a date, its P(alive), purchase probabilities and features.
 
 BG/NBD (Fader, Hardie and Lee, 2005) is ``lifetimes``' model, fitted in weeks on lifetimes'
 objective with its gradient in closed form (lifetimes' own fit differentiates with autograd and
-takes over four times as long on large tables). Its inputs are
-``x`` (repeat purchases), ``t_x`` (time from the first to the last purchase) and ``T`` (time from
-the first purchase to the cutoff), all read from the feature table at one cutoff, so a fit only
-ever sees history up to that cutoff.
+takes over four times as long on large tables). Its inputs are ``x`` (repeat purchases), ``t_x``
+(time from the first to the last purchase) and ``T`` (time from the first purchase to the
+date), all read from the feature table at one date, so a fit only ever sees history up to it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``churnml-score engine=spark`` builds the feature table with the same Ibis expressions as on
 DuckDB, sorted by customer and cached by Spark, and gives every customer the row that scoring the
-whole table on one machine gives (:func:`churnml.scoring.score_customers`). Two things in a row
+whole table on one machine gives (:func:`churnml.scoring.table.score_customers`). Two things in a row
 depend on the whole population, so they are settled on the driver before any row is scored:
 
 - the BG/NBD fit that the models' prior and their BG/NBD features come from: the driver collects
@@ -18,7 +18,7 @@ Then the executors score their partitions, each partition as one piece, and Spar
 as a directory of part files, renamed into place when complete. The summary and the drift come
 from Spark as well: counts and sums grouped by band, action and first reason, and the model
 inputs and scores counted into the bins of each model's reference profile, which gives the
-population stability index :func:`churnml.drift.psi` gives on the whole table.
+population stability index :func:`churnml.evaluation.drift.psi` gives on the whole table.
 
 Memory: the driver holds under 100 bytes per customer (the BG/NBD inputs and the two columns of
 the medians) and BG/NBD's fit, plus the churn probability and id of every customer for
@@ -78,7 +78,7 @@ class ScoringSetup:
     identities : mapping of str to ModelIdentity, optional
     schema : ibis.Schema, optional
         The feature table's Ibis schema: each piece gets the pandas types the whole table gets
-        on one machine (:func:`churnml.features.to_frame`).
+        on one machine (:func:`churnml.features.build.to_frame`).
     bgnbd_model : lifetimes.BetaGeoFitter, optional
         BG/NBD fitted on the whole population, for models with BG/NBD features; None when it
         cannot be fitted (those features are then missing, as on one machine).
@@ -115,7 +115,7 @@ class SparkScoring:
 
 
 def piece_features(setup: ScoringSetup, piece: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the feature table typed, dated and sorted as :func:`churnml.scoring.feature_frame`
+    """Rows of the feature table typed, dated and sorted as :func:`churnml.explain.feature_frame`
     gives the whole table."""
     from ibis.backends.pyspark.converter import PySparkPandasData
 
@@ -134,7 +134,7 @@ def population_bgnbd_features(bgnbd_model: Any, features: pd.DataFrame, horizon_
 
 
 def piece_inputs(setup: ScoringSetup, features: pd.DataFrame, targets: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
-    """:func:`churnml.scoring.model_inputs` of a piece, with BG/NBD fitted on the population
+    """:func:`churnml.scoring.table.model_inputs` of a piece, with BG/NBD fitted on the population
     rather than on the piece."""
     models = {target: setup.models[target] for target in targets or list(setup.models)}
     return model_inputs(features, models, partial(population_bgnbd_features, setup.bgnbd_model))
@@ -165,7 +165,7 @@ def population_schema(config: ScoringConfig) -> str:
 def population_probabilities(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """``mapInPandas``: the LTV and repurchase probability of every customer in a partition and,
     for ``top_fraction``, the customer id and churn probability, computed as
-    :func:`churnml.scoring.score_customers` computes them."""
+    :func:`churnml.scoring.table.score_customers` computes them."""
     piece = whole_partition(batches)
     if piece is None:
         return
@@ -204,7 +204,7 @@ def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Itera
 
 
 def psi_from_bin_counts(profile: Mapping[str, Any], counts: Mapping[str, np.ndarray]) -> pd.Series:
-    """:func:`churnml.drift.psi` from the summed bin counts of each column (and of ``model_score``)."""
+    """:func:`churnml.evaluation.drift.psi` from the summed bin counts of each column (and of ``model_score``)."""
     values = {name: drift.psi_from_counts(reference, counts[name]) if name in counts else float("nan")
               for name, reference in profile["columns"].items()}
     if "score" in profile and drift.SCORE in counts:
@@ -258,7 +258,7 @@ def summed_counts(rows: Any) -> dict[str, dict[str, np.ndarray]]:
 
 
 def summarize_scores(scores: Any, n_top_reasons: int = 5) -> dict[str, Any]:
-    """:func:`churnml.scoring.summarize` of a Spark DataFrame of scores, aggregated by Spark."""
+    """:func:`churnml.scoring.summary.summarize` of a Spark DataFrame of scores, aggregated by Spark."""
     from pyspark.sql import functions as F
 
     groups = scores.groupBy("risk_band", "recommended_action", "reason_1_feature").agg(
@@ -275,7 +275,7 @@ def summarize_scores(scores: Any, n_top_reasons: int = 5) -> dict[str, Any]:
 
 
 def score_schema(n_reasons: int = 3) -> str:
-    """The Spark schema of the score rows (:func:`churnml.scoring.score_columns`)."""
+    """The Spark schema of the score rows (:func:`churnml.scoring.table.score_columns`)."""
     numbers = {"churn_probability", "repurchase_probability", "ltv",
                *(f"reason_{k}_contribution" for k in range(1, n_reasons + 1))}
     kinds = {column: "double" if column in numbers else "date" if column == "as_of" else "string"
@@ -292,7 +292,7 @@ def executor_config(config: ScoringConfig, session: Any) -> ScoringConfig:
 
 
 def check_models(features: Any, setup: ScoringSetup) -> None:
-    """Raise now, as :func:`churnml.scoring.model_inputs` would, if the first rows of the feature
+    """Raise now, as :func:`churnml.scoring.table.model_inputs` would, if the first rows of the feature
     table do not fit the models."""
     piece_inputs(setup, piece_features(setup, features.limit(CHECKED_ROWS).toPandas()))
 
@@ -374,7 +374,7 @@ def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[
     con
         The Ibis PySpark connection of ``table``.
     table
-        The feature table at ``setup.as_of`` (:func:`churnml.features.build_features`).
+        The feature table at ``setup.as_of`` (:func:`churnml.features.build.build_features`).
     setup : ScoringSetup
         Models, date, config; the schema, the population's BG/NBD and medians are added here.
     profiles : mapping of str to dict
