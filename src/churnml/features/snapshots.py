@@ -77,7 +77,13 @@ def snapshot(
 def feature_frame(dataset: Dataset, as_of: dt.date, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
     """The feature table at ``as_of`` as pandas, one row per customer sorted by ``customer_id``,
     typed and dated (``cutoff``) like a training snapshot, without a label."""
-    frame = to_frame(build_features(dataset, as_of, config))
+    return dated_features(to_frame(build_features(dataset, as_of, config)), as_of)
+
+
+def dated_features(frame: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
+    """Feature rows already typed by the engine, dated (``cutoff``) as in :func:`snapshot` and
+    sorted by ``customer_id``: what :func:`feature_frame` gives, for rows computed elsewhere (a
+    Spark partition)."""
     # As in snapshot, so that every column has the type the models were trained on.
     frame["cutoff"] = pd.Timestamp(as_of)
     if not frame["customer_id"].is_monotonic_increasing:

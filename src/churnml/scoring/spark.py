@@ -38,6 +38,7 @@ import pandas as pd
 
 from churnml.evaluation import drift
 from churnml.features.segments import ValueThresholds, value_thresholds
+from churnml.features.snapshots import dated_features
 from churnml.models.btyd import (
     BGNBD_FEATURE_COLUMNS,
     BGNBD_SOURCE_COLUMNS,
@@ -115,15 +116,11 @@ class SparkScoring:
 
 
 def piece_features(setup: ScoringSetup, piece: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the feature table typed, dated and sorted as :func:`churnml.explain.feature_frame`
+    """Rows of the feature table typed, dated and sorted as :func:`churnml.features.snapshots.feature_frame`
     gives the whole table."""
     from ibis.backends.pyspark.converter import PySparkPandasData
 
-    frame = PySparkPandasData.convert_table(piece, setup.schema)
-    frame["cutoff"] = pd.Timestamp(setup.as_of)
-    if not frame["customer_id"].is_monotonic_increasing:
-        frame = frame.sort_values("customer_id", kind="stable", ignore_index=True)
-    return frame.reset_index(drop=True)
+    return dated_features(PySparkPandasData.convert_table(piece, setup.schema), setup.as_of)
 
 
 def population_bgnbd_features(bgnbd_model: Any, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
