@@ -24,13 +24,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create or update the virtualenv (.venv)
 
-features: $(STAMP) ## Write the feature table at a cutoff (churnml-features)
+features: $(STAMP) ## Write the feature table at a date, as_of (churnml-features)
 	$(BIN)/churnml-features $(ARGS)
 
 train: $(STAMP) ## Train, evaluate and register the churn and repurchase models (churnml-train)
 	$(BIN)/churnml-train --multirun target=$(TARGETS) $(ARGS)
 
-evaluate: $(STAMP) ## Evaluate the registered champion on a holdout cutoff (churnml-evaluate)
+evaluate: $(STAMP) ## Evaluate the registered champion on a holdout date, as_of (churnml-evaluate)
 	$(BIN)/churnml-evaluate $(ARGS)
 
 score: $(STAMP) ## Score every customer with the champion models (churnml-score): scores/as_of=.../scores.parquet

@@ -33,7 +33,7 @@ def run(n_customers: int = 1_000_000, repeat: int = 2) -> bool:
     )
     load_only = measure(
         "churnml: load + validate (one aggregate pass)",
-        f"from churnml.datasets import load_data\nsettings = {{'kind': 'files', 'transactions': {{'path': {tx!r}}}}}",
+        f"from churnml.io.sources import load_data\nsettings = {{'kind': 'files', 'transactions': {{'path': {tx!r}}}}}",
         "dataset = load_data(settings)\ninfo = {'rows': dataset.reports['transactions'].rows_kept}",
         repeat=repeat,
     )

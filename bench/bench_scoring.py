@@ -30,15 +30,10 @@ SETUP = """
     import numpy as np
 
     from churnml.features import dates
-
     from churnml.features import snapshots
-
     from churnml.models import contributions
-
     from churnml.scoring import policy
-
     from churnml.scoring import reasons
-
     from churnml.scoring import table
     from churnml.io.sources import load_data
     from churnml.features.build import FeatureConfig

@@ -51,10 +51,10 @@ _WORK = """
             "children_peak_gib": children_peak_gib()}
 """
 
-_CONNECT_DUCKDB = "from churnml.io import connect\n    con = connect('duckdb')"
+_CONNECT_DUCKDB = "from churnml.io.load import connect\n    con = connect('duckdb')"
 # The first query starts Spark's executors, which belongs to start-up, not to the work.
 _CONNECT_SPARK = (
-    "from churnml.spark import connect_spark\n"
+    "from churnml.io.spark import connect_spark\n"
     "    con = connect_spark(**{{'spark.driver.memory': {memory!r}}})\n"
     "    con.raw_sql('SELECT 1').collect()"
 )

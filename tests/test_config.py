@@ -88,17 +88,37 @@ def test_the_schemas_take_their_defaults_from_the_library():
     assert ScoringConfig.from_dict(compose_resolved("score", [])["score"]) == ScoringConfig()
 
 
-def test_as_of_is_the_date_of_every_stage_and_cutoff_a_deprecated_alias():
+def test_as_of_is_the_date_of_every_stage_and_cutoff_a_deprecated_alias(caplog):
     from churnml.config import stage_as_of
 
     for name in PRIMARY:
         assert stage_as_of(compose_resolved(name, ["as_of=2024-06-30"])) == "2024-06-30"
-    with pytest.warns(FutureWarning, match="cutoff is deprecated"):
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="churnml"):
         assert stage_as_of(compose_resolved("train", ["cutoff=2024-06-30"])) == "2024-06-30"
-    with pytest.warns(FutureWarning, match="score.as_of is deprecated"):
         assert stage_as_of(compose_resolved("score", ["score.as_of=2024-06-30"])) == "2024-06-30"
-    with pytest.raises(ValueError, match="conflicting dates"), pytest.warns(FutureWarning):
+    assert "cutoff is deprecated" in caplog.text and "score.as_of is deprecated" in caplog.text
+    with pytest.raises(ValueError, match="conflicting dates"):
         stage_as_of(compose_resolved("train", ["cutoff=2024-06-30", "as_of=2024-05-31"]))
+    with pytest.raises(ValueError, match="'1997-13-45' is not a date: give as_of as YYYY-MM-DD"):
+        stage_as_of(compose_resolved("features", ["as_of=1997-13-45"]))
+
+
+@pytest.mark.parametrize("name", PRIMARY)
+def test_a_key_added_with_plus_is_refused_too(name):
+    from omegaconf.errors import ConfigKeyError
+
+    with pytest.raises(ConfigKeyError, match="window_days"):
+        compose_resolved(name, ["+features.window_days=[30]"])
+
+
+def test_file_paths_for_a_data_set_that_reads_no_files_are_refused():
+    from churnml.io.sources import data_sources
+
+    for option in ("demo", "cdnow"):
+        settings = compose_resolved("features", [f"data={option}", "data.transactions.path=/data/orders.csv"])
+        with pytest.raises(ValueError, match="data.transactions.path is set, but .* add data=files"):
+            data_sources(settings["data"])
 
 
 def test_optuna_search_composes_with_the_optuna_sweeper():

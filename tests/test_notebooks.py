@@ -11,6 +11,7 @@ import pytest
 
 import churnml
 from churnml.jobs import notebooks
+from churnml.jobs.common import compose_settings
 
 STORED = sorted(notebooks.NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -158,7 +159,7 @@ def test_both_notebooks_run_headless_and_their_reports_reach_the_champion_run(tr
 
     previous_uri = mlflow.get_tracking_uri()
     try:
-        run_id = notebooks.log_to_champion_run(paths, notebooks.compose_settings(overrides))
+        run_id = notebooks.log_to_champion_run(paths, compose_settings("score", overrides))
         logged = {a.path for a in MlflowClient().list_artifacts(run_id, notebooks.ARTIFACT_DIR)}
         assert MlflowClient().get_model_version_by_alias("churnml-churn", "champion").run_id == run_id
     finally:

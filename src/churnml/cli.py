@@ -28,8 +28,10 @@ def _stage_app(config_name: str, stage: str) -> Callable[[], Any]:
 
     @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=config_name)
     def app(cfg: DictConfig) -> Any:
+        from churnml.config import validated
+
         job = importlib.import_module(f"churnml.jobs.{stage}")
-        return job.run(settings_from(cfg))
+        return job.run(validated(config_name, settings_from(cfg)))
 
     def main() -> Any:
         from churnml.config import register_configs

@@ -17,15 +17,18 @@ schemas in Hydra's ConfigStore; nothing happens at import time.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 import types
 import typing
-import warnings
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from churnml.features.build import FeatureConfig
+from churnml.features.dates import as_date
 from churnml.io.contract import SPECS, TableSpec
 from churnml.io.load import LoadOptions
+from churnml.models.classifier import ChurnModel
 from churnml.models.training import TrainingPlan
 from churnml.scoring.policy import RiskBands, ScoringConfig
 
@@ -188,29 +191,30 @@ class TargetSettings:
     horizon_days: int = TrainingPlan.horizon_days
 
 
+_MODEL_DEFAULTS = {name: p.default for name, p in inspect.signature(ChurnModel).parameters.items()}
+
+
 @dataclass
 class ModelSettings:
-    """``model``: the estimator (instantiated from ``estimator._target_``) and how it is wrapped.
+    """``model``: the estimator (instantiated from ``estimator._target_``) and how
+    :class:`~churnml.models.classifier.ChurnModel` wraps it (its defaults; the options under
+    ``conf/model/`` set their own).
 
     The hyperparameters at the top level are what sweeps override (``model.learning_rate=0.05``);
-    the options under ``conf/model/`` interpolate them into ``estimator``.
+    the options interpolate them into ``estimator``.
     """
 
-    name: str = "lightgbm"
-    preprocessing: str = "native"  # native | scaled
-    calibration: str = "sigmoid"  # sigmoid | isotonic | none
-    early_stopping_rounds: int = 0
-    prior: Optional[str] = None  # bgnbd | None
+    name: str = "???"
+    preprocessing: str = _MODEL_DEFAULTS["preprocessing"]  # native | scaled
+    calibration: str = _MODEL_DEFAULTS["calibration"]  # sigmoid | isotonic | none
+    early_stopping_rounds: int = _MODEL_DEFAULTS["early_stopping_rounds"]
+    prior: Optional[str] = _MODEL_DEFAULTS["prior"]  # bgnbd | None
     learning_rate: Optional[float] = None
     num_leaves: Optional[int] = None
     min_child_samples: Optional[int] = None
     n_estimators: Optional[int] = None
     C: Optional[float] = None
     estimator: Dict[str, Any] = field(default_factory=dict)
-
-
-_SCHEDULE = ("step_days", "max_snapshots", "min_snapshots", "min_history_days", "calibration_snapshots", "cv_folds",
-             "bgnbd_features")
 
 
 @dataclass
@@ -323,16 +327,30 @@ def stage_schemas() -> dict[str, type]:
 
 
 def register_configs() -> None:
-    """Put the stage schemas (``<stage>_schema``) and the group schemas (``data/schema``,
-    ``model/schema``, ``target/schema``) in Hydra's ConfigStore."""
+    """Put the stage schemas (``features_schema``, ``train_schema``, ``evaluate_schema``,
+    ``score_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     for name, schema in stage_schemas().items():
         store.store(name=f"{name}_schema", node=schema)
-    store.store(group="data", name="schema", node=DataSettings)
-    store.store(group="model", name="schema", node=ModelSettings)
-    store.store(group="target", name="schema", node=TargetSettings)
+
+
+def validated(config_name: str, settings: typing.Mapping[str, Any]) -> typing.Mapping[str, Any]:
+    """``settings`` once checked against the schema of ``config_name``, keys added with Hydra's
+    ``+`` included (Hydra lets those past its own check).
+
+    Raises
+    ------
+    omegaconf.errors.ConfigKeyError
+        For a key the schema does not know, naming it (``features.window_days``).
+    omegaconf.errors.ValidationError
+        For a value of the wrong type, naming the key and the type.
+    """
+    from omegaconf import OmegaConf
+
+    OmegaConf.merge(OmegaConf.structured(stage_schemas()[config_name]), settings)
+    return settings
 
 
 def deprecated_keys(settings: typing.Mapping[str, Any]) -> list[str]:
@@ -345,18 +363,20 @@ def deprecated_keys(settings: typing.Mapping[str, Any]) -> list[str]:
 
 def stage_as_of(settings: typing.Mapping[str, Any]) -> Optional[str]:
     """The date a stage is asked for: ``as_of``, else the deprecated ``cutoff`` or ``score.as_of``
-    (which warn, with a FutureWarning, that they are deprecated).
+    (a logged warning says they are deprecated).
 
     Raises
     ------
     ValueError
-        If two of them are set to different dates.
+        If two of them are set to different dates, or the date is not ``YYYY-MM-DD``.
     """
     for key in deprecated_keys(settings):
-        warnings.warn(f"{key} is deprecated and will be removed: use as_of", FutureWarning, stacklevel=2)
+        logging.getLogger("churnml").warning("%s is deprecated and will be removed: use as_of", key)
     given = {key: value for key, value in (("as_of", settings.get("as_of")), ("cutoff", settings.get("cutoff")),
                                            ("score.as_of", (settings.get("score") or {}).get("as_of"))) if value}
     if len({str(v) for v in given.values()}) > 1:
         listed = ", ".join(f"{k}={v}" for k, v in given.items())
         raise ValueError(f"conflicting dates {listed}: give as_of only")
-    return str(next(iter(given.values()))) if given else None
+    if not given:
+        return None
+    return as_date(next(iter(given.values()))).isoformat()

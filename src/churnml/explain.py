@@ -33,7 +33,7 @@ from churnml.features import snapshots
 from churnml.features.build import WARNING_FLAGS, FeatureConfig
 from churnml.features.dates import resolve_as_of
 from churnml.io.load import Dataset
-from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
+from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features, uses_bgnbd_features
 from churnml.models.classifier import BIAS, PRIOR, ChurnModel
 from churnml.scoring.policy import RISK_BANDS, ScoringConfig
 from churnml.scoring.reasons import ReasonContext
@@ -52,11 +52,6 @@ SCORES_GLOB = "as_of=*/scores.parquet"
 # --------------------------------------------------------------------------------------------
 
 
-def uses_bgnbd(model: ChurnModel) -> bool:
-    """Whether the model was trained with the BG/NBD feature columns."""
-    return any(c in model.feature_names_in_ for c in BGNBD_FEATURE_COLUMNS)
-
-
 def feature_frame(dataset: Dataset, as_of: str | dt.date | None, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
     """The feature table at ``as_of`` (default: the last date in the data) as a pandas frame
     (:func:`churnml.features.snapshots.feature_frame`; the date as every stage resolves it)."""
@@ -70,7 +65,7 @@ def features_for_model(model: ChurnModel, features: pd.DataFrame) -> pd.DataFram
     churn and a repurchase model therefore get different expected-purchase columns.
     """
     base = features.drop(columns=[c for c in BGNBD_FEATURE_COLUMNS if c in features.columns])
-    if not uses_bgnbd(model):
+    if not uses_bgnbd_features(model):
         return base
     return pd.concat([base, bgnbd_features(base, model.horizon_days)], axis=1)
 

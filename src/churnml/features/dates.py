@@ -20,7 +20,10 @@ def as_date(value: str | dt.date | dt.datetime) -> dt.date:
         return value.date()
     if isinstance(value, dt.date):
         return value
-    return dt.date.fromisoformat(str(value))
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(f"'{value}' is not a date: give as_of as YYYY-MM-DD") from None
 
 
 def window_is_closed(as_of: dt.date, horizon_days: int, last_date: dt.date) -> bool:

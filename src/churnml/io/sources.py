@@ -76,6 +76,11 @@ def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
 def data_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
     """Table sources for a ``data`` config node (``kind`` is demo, cdnow or files)."""
     kind = settings.get("kind", "files")
+    given = [name for name in TABLES if kind != "files" and ((settings.get(name) or {}).get("path"))]
+    if given:
+        # Paths of another kind of data set would be ignored without a word: the run would score the wrong shop.
+        raise ValueError(f"data.{given[0]}.path is set, but the data set is '{settings.get('name', kind)}' "
+                         f"({kind}), which reads no files: add data=files")
     if kind == "demo":
         return demo_sources(settings)
     if kind == "cdnow":

@@ -10,8 +10,8 @@ def engine_connection(settings: Mapping[str, Any]) -> Any:
     """The query engine of ``settings['engine']`` (duckdb or spark, with ``settings['spark']`` options)."""
     from churnml.io.load import connect
 
-    engine = settings.get("engine", "duckdb")
-    return connect(engine, **(settings.get("spark") or {})) if engine == "spark" else connect(engine)
+    engine = settings["engine"]
+    return connect(engine, **(settings["spark"] or {})) if engine == "spark" else connect(engine)
 
 
 def configure_tracking(settings: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -46,6 +46,9 @@ def compose_settings(config_name: str = "score", overrides: Sequence[str] = ()) 
     from churnml.config import register_configs
 
     register_configs()
+    from churnml.config import validated
+
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         config = compose(config_name=config_name, overrides=list(overrides))
-    return OmegaConf.to_container(config, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
+    settings = OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+    return dict(validated(config_name, settings))  # type: ignore[arg-type]

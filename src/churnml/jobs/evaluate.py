@@ -15,6 +15,7 @@ def run(settings: Mapping[str, Any]) -> dict[str, float]:
     from churnml.features.build import FeatureConfig
     from churnml.io.files import write_text_atomic
     from churnml.io.sources import data_sources, load_data
+    from churnml.models.btyd import uses_bgnbd_features
     from churnml.models.training import add_report, evaluate_model
 
     mlflow_settings = configure_tracking(settings)
@@ -25,7 +26,7 @@ def run(settings: Mapping[str, Any]) -> dict[str, float]:
     model = tracking.load_model(uri)
     name, version = tracking.model_version_of(uri)
     plan = training_plan({**settings, "train": {**settings["train"], "calibration_snapshots": 1, "cv_folds": 0,
-                                                "bgnbd_features": any(f.startswith("bgnbd_") for f in model.feature_names_in_)}})
+                                                "bgnbd_features": uses_bgnbd_features(model)}})
     dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
     outcome = evaluate_model(dataset, model, plan, FeatureConfig.from_dict(settings["features"]))
     outcome = add_report(outcome, report_context(settings, outcome, f"{name} v{version}"))

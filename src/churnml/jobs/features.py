@@ -24,9 +24,10 @@ def run(settings: Mapping[str, Any]) -> str:
     from churnml.io.files import write_table_atomic
     from churnml.io.sources import load_data
 
+    requested = stage_as_of(settings)
     con = engine_connection(settings)
     dataset = load_data(settings["data"], con=con)
-    as_of = resolve_as_of(stage_as_of(settings), dataset.first_date, dataset.last_date)
+    as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
     table = build_features(dataset, as_of, FeatureConfig.from_dict(settings["features"]))
     output = settings["features"].get("output") or f"outputs/features/{settings['data']['name']}/as_of={as_of}/features.parquet"
     # Counting the written rows, not the query, so the engine does not compute the features twice.

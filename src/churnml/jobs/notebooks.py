@@ -9,7 +9,7 @@ Parameters are papermill's: the notebook's cell tagged ``parameters`` holds the 
 values given here go into a cell tagged ``injected-parameters`` right after it. A value is read
 as JSON, else kept as text; a name that no notebook defines is an error.
 
-The notebooks read the project's configuration with :func:`compose_settings` (``score.yaml`` of
+The notebooks read the project's configuration with :func:`churnml.jobs.common.compose_settings` (``score.yaml`` of
 the package's configs and its overrides, shared by both notebooks, as in ``make score ARGS="..."``).
 """
 
@@ -22,6 +22,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from churnml.jobs.common import compose_settings
 
 log = logging.getLogger("churnml.jobs.notebooks")
 
@@ -39,19 +41,6 @@ KERNEL_NAME = "python3"
 
 # --------------------------------------------------------------------------------------------
 # Configuration, for the notebooks
-# --------------------------------------------------------------------------------------------
-
-
-def compose_settings(overrides: Sequence[str] = (), config_name: str = "score") -> dict[str, Any]:
-    """The resolved configuration of ``config_name`` (default ``score``) with ``overrides``, as a
-    plain dict (:func:`churnml.jobs.common.compose_settings`)."""
-    from churnml.jobs import common
-
-    return common.compose_settings(config_name, overrides)
-
-
-# --------------------------------------------------------------------------------------------
-# Parameters
 # --------------------------------------------------------------------------------------------
 
 
@@ -270,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         parser.error(str(error))
     paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout, progress=True)
     if not args.no_mlflow:
-        run_id = log_to_champion_run(paths, compose_settings(parameters.get("overrides") or []))
+        run_id = log_to_champion_run(paths, compose_settings("score", parameters.get("overrides") or []))
         print(f"logged {len(paths)} report(s) to MLflow run {run_id} under '{ARTIFACT_DIR}/'")
     for path in paths:
         print(f"wrote {path}")

@@ -109,13 +109,14 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     from churnml.scoring.table import FORMATS, ModelIdentity
 
     score = settings["score"]
-    engine = settings.get("engine", "duckdb")
-    fmt = score.get("format") or "parquet"
+    engine = settings["engine"]
+    fmt = score["format"]
     if fmt not in FORMATS:
         raise ValueError(f"unknown score.format '{fmt}': use one of {FORMATS}")
     config = ScoringConfig.from_dict(score)
+    requested = stage_as_of(settings)
     dataset = load_data(settings["data"], con=engine_connection(settings))
-    as_of = resolve_as_of(stage_as_of(settings), dataset.first_date, dataset.last_date)
+    as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
 
     mlflow_settings = configure_tracking(settings)
     uris = model_uris(score, mlflow_settings["registered_model_prefix"])
@@ -128,7 +129,7 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     score_on_engine = score_with_spark if engine == "spark" else score_with_duckdb
     path, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
                                          profiles, output, fmt)
-    threshold = float(score.get("drift_threshold", 0.2))
+    threshold = float(score["drift_threshold"])
 
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
     scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}

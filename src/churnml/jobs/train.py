@@ -17,10 +17,10 @@ def build_model(model_settings: Mapping[str, Any], target: str, horizon_days: in
 
     return ChurnModel(
         estimator=instantiate(model_settings["estimator"]),
-        preprocessing=model_settings.get("preprocessing", "native"),
-        calibration=model_settings.get("calibration", "sigmoid"),
-        early_stopping_rounds=int(model_settings.get("early_stopping_rounds", 0) or 0),
-        prior=model_settings.get("prior"),
+        preprocessing=model_settings["preprocessing"],
+        calibration=model_settings["calibration"],
+        early_stopping_rounds=int(model_settings["early_stopping_rounds"]),
+        prior=model_settings["prior"],
         target=target,
         horizon_days=horizon_days,
     )
@@ -36,7 +36,7 @@ def training_plan(settings: Mapping[str, Any]):
     return TrainingPlan(
         target=settings["target"]["name"],
         horizon_days=int(settings["target"]["horizon_days"]),
-        holdout_cutoff=as_date(stage_as_of(settings)) if stage_as_of(settings) else None,
+        holdout_cutoff=as_date(requested) if (requested := stage_as_of(settings)) else None,
         step_days=int(train["step_days"]),
         max_snapshots=int(train["max_snapshots"]),
         min_snapshots=int(train["min_snapshots"]),

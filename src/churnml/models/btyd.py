@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -438,3 +438,7 @@ def bgnbd_features(features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
     return pd.concat(parts).sort_index().set_axis(features.index, axis=0)
 
 
+def uses_bgnbd_features(model: Any) -> bool:
+    """Whether ``model`` was trained with BG/NBD's P(alive) and expected purchases as features
+    (``train.bgnbd_features``): its input table then needs them (:func:`bgnbd_features`)."""
+    return bool(set(BGNBD_FEATURE_COLUMNS) & set(model.feature_names_in_))

@@ -46,6 +46,7 @@ from churnml.models.btyd import (
     bgnbd_inputs,
     fit_bgnbd,
     fitted_bgnbd_features,
+    uses_bgnbd_features,
 )
 from churnml.models.classifier import ChurnModel, fit_population_priors
 from churnml.models.contributions import model_scores, with_tree_tables
@@ -319,7 +320,7 @@ def with_population_fit(features: Any, setup: ScoringSetup) -> ScoringSetup:
     as scoring the whole table fits them."""
     models = setup.models
     has_prior = any(getattr(m, "prior", None) for m in models.values())
-    has_bgnbd_features = any(set(BGNBD_FEATURE_COLUMNS) & set(m.feature_names_in_) for m in models.values())
+    has_bgnbd_features = any(uses_bgnbd_features(m) for m in models.values())
     if not (has_prior or has_bgnbd_features):
         return setup
     population = bgnbd_population(features, setup.as_of)

@@ -48,7 +48,7 @@ import pyarrow as pa
 
 from churnml.features.segments import ValueThresholds, predicted_value_segment
 from churnml.io.files import write_frame_atomic
-from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features
+from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features, uses_bgnbd_features
 from churnml.models.classifier import PRIOR, ChurnModel
 from churnml.models.contributions import model_scores
 from churnml.scoring.policy import ReasonCut, ScoringConfig, recommend_actions, risk_band, rows_with_reasons
@@ -113,7 +113,7 @@ def model_inputs(
         if getattr(model, "target", target) != target:
             raise ValueError(f"the {target} model predicts '{model.target}'; check the model URIs")
         frame = features
-        if set(BGNBD_FEATURE_COLUMNS) & set(model.feature_names_in_):
+        if uses_bgnbd_features(model):
             horizon = int(model.horizon_days)
             if horizon not in extras_by_horizon:
                 extras_by_horizon[horizon] = (bgnbd_columns(features, horizon) if bgnbd_columns is not None
