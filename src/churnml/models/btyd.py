@@ -38,6 +38,9 @@ DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1, 1.0)
 # Larger tables start their BG/NBD fit from a fit on a sample of about this many customers.
 WARM_START_CUSTOMERS = 50_000
 PNBD_PARAMETERS = ("r", "alpha", "s", "beta")
+# Pareto/NBD log-parameters (times scaled so that the largest age is 1) beyond this are not tried.
+PNBD_LOG_PARAMETER_BOUND = 4.0
+PNBD_MAX_ITERATIONS = 100
 
 
 class BGNBDFitError(RuntimeError):
@@ -503,10 +506,15 @@ def pnbd_negative_log_likelihood(
     -------
     float
         ``inf`` where the likelihood is not finite (lifetimes' hypergeometric terms overflow for
-        some parameters), so that an optimiser steps back.
+        some parameters) or a log-parameter (times scaled as in :func:`fit_pnbd_parameters`) lies
+        beyond :data:`PNBD_LOG_PARAMETER_BOUND`, so that an optimiser steps back. The bound keeps
+        a fit from chasing an optimum at infinity (homogeneous dropout: ``s`` and ``beta`` grow
+        together), where each evaluation of the hypergeometric terms grows slower.
     """
     from lifetimes import ParetoNBDFitter
 
+    if np.any(np.abs(log_params) > PNBD_LOG_PARAMETER_BOUND):
+        return np.inf
     params = np.exp(log_params)
     with np.errstate(all="ignore"):
         log_likelihood = ParetoNBDFitter._conditional_log_likelihood(params, x, t_x, T)
@@ -527,7 +535,9 @@ def fit_pnbd_parameters(
     optimum. On more than four times ``warm_start_customers`` customers, BFGS first runs on an
     evenly spaced sample of about that many, and the fit on every customer starts from the
     sample's optimum and curvature, so a million customers cost a few evaluations on the whole
-    table. None fits on every customer from the start.
+    table; when the sample does not converge the fit fails without trying the whole table, so
+    that a penalizer that cannot work costs a sample's fit. None fits on every customer from the
+    start. At most :data:`PNBD_MAX_ITERATIONS` BFGS iterations per fit.
 
     Raises
     ------
@@ -544,16 +554,17 @@ def fit_pnbd_parameters(
         args = (histories[:, 0], histories[:, 1], histories[:, 2], weights.astype(float), penalizer)
         options = {} if inverse_hessian is None else {"hess_inv0": inverse_hessian}
         return minimize(pnbd_negative_log_likelihood, x0=start, args=args, method="BFGS", jac="3-point", tol=1e-7,
-                        options=options)
+                        options={"maxiter": PNBD_MAX_ITERATIONS, **options})
 
     cold_start = np.zeros(4)
-    result = None
     if warm_start_customers and len(x) > 4 * warm_start_customers:
         sample = minimised(slice(None, None, len(x) // warm_start_customers), cold_start)
         curvature = (sample.hess_inv + sample.hess_inv.T) / 2
-        if sample.success and np.all(np.linalg.eigvalsh(curvature) > 0):
-            result = minimised(slice(None), sample.x, curvature)
-    if result is None or not result.success:
+        # A sample that does not converge says the whole table will not either: fail fast.
+        if not (sample.success and np.all(np.linalg.eigvalsh(curvature) > 0)):
+            raise ParetoNBDFitError(f"the optimiser did not converge on a sample: {sample.message}")
+        result = minimised(slice(None), sample.x, curvature)
+    else:
         result = minimised(slice(None), cold_start)
     if not result.success:
         raise ParetoNBDFitError(f"the optimiser did not converge: {result.message}")
