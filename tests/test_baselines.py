@@ -7,20 +7,35 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
-from lifetimes import BetaGeoFitter
+from lifetimes import BetaGeoFitter, ParetoNBDFitter
 from lifetimes.utils import ConvergenceError
 from sklearn.metrics import roc_auc_score
 
 from churnml.models import btyd
-from churnml.models.baselines import ScoreCalibrator, baseline_probabilities, quintile_edges, rfm_score, rule_score
+from churnml.models.baselines import (
+    MISSING_RECENCY_DAYS,
+    ScoreCalibrator,
+    baseline_probabilities,
+    btyd_scores,
+    quintile_edges,
+    recency_score,
+    rfm_score,
+    rule_score,
+)
 from churnml.models.btyd import (
     BGNBDFitError,
+    ParetoNBDFitError,
     bgnbd_features,
     bgnbd_inputs,
     bgnbd_negative_log_likelihood,
     bgnbd_probability,
     bgnbd_probability_alive,
+    expected_purchases,
     fit_bgnbd,
+    fit_pnbd,
+    gamma_share,
+    pnbd_probability,
+    pnbd_probability_purchase,
 )
 
 TRAIN_CUTOFF, HOLDOUT_CUTOFF, HORIZON = 640, 730, 90
@@ -91,6 +106,12 @@ def holdout_fit(snapshots):
     features, churn = snapshots[HOLDOUT_CUTOFF]
     inputs = bgnbd_inputs(features)
     return inputs, fit_bgnbd(inputs), churn
+
+
+@pytest.fixture(scope="module")
+def holdout_pnbd(holdout_fit):
+    inputs, _, churn = holdout_fit
+    return inputs, fit_pnbd(inputs), churn
 
 
 @pytest.fixture
@@ -409,8 +430,158 @@ def test_bgnbd_features_are_missing_instead_of_failing(monkeypatch, snapshots, c
 
 
 # ---------------------------------------------------------------------------------------------
+# Pareto/NBD
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fit_pnbd_finds_the_optimum_lifetimes_finds(holdout_pnbd):
+    inputs, fitted, _ = holdout_pnbd
+    reference = ParetoNBDFitter().fit(*(inputs[c].to_numpy() for c in ("x", "t_x", "T")), tol=1e-10, maxiter=10_000)
+    assert isinstance(fitted, ParetoNBDFitter)
+    np.testing.assert_allclose(fitted.params_[["r", "alpha", "s", "beta"]],
+                               reference.params_[["r", "alpha", "s", "beta"]], rtol=2e-3)
+
+
+def test_a_large_table_starts_its_pnbd_fit_from_a_sample(monkeypatch, holdout_fit):
+    inputs, _, _ = holdout_fit
+    x, t_x, T = (inputs[c].to_numpy(dtype=float) for c in ("x", "t_x", "T"))
+    sample_size = len(x) // 5
+    evaluated = []
+    objective = btyd.pnbd_negative_log_likelihood
+
+    def counted(log_params, x, *args):
+        evaluated.append(len(x))
+        return objective(log_params, x, *args)
+
+    monkeypatch.setattr(btyd, "pnbd_negative_log_likelihood", counted)
+    warm = btyd.fit_pnbd_parameters(x, t_x, T, warm_start_customers=sample_size)
+    warm_sizes, evaluated[:] = list(evaluated), []
+    cold = btyd.fit_pnbd_parameters(x, t_x, T, warm_start_customers=None)
+    full = max(evaluated)
+    assert min(warm_sizes) < full and set(evaluated) == {full}
+    assert warm_sizes.count(full) < evaluated.count(full) / 2
+    np.testing.assert_allclose(warm, cold, rtol=1e-3)
+
+
+@pytest.mark.parametrize("shapes", [(0.6, 12.0, 0.35, 6.0), (3.5, 20.0, 0.35, 60.0), (1.0, 5.0, 2.0, 5.0)])
+def test_gamma_share_is_the_mean_share_of_the_first_rate(shapes):
+    from scipy import integrate, stats
+
+    a1, b1, a2, b2 = shapes
+    c = b1 / b2
+    # E[W / (W + c (1 - W))] for W ~ Beta(a1, a2), by quadrature.
+    expected, _ = integrate.quad(lambda w: w / (w + c * (1 - w)) * stats.beta.pdf(w, a1, a2), 0, 1, limit=200)
+    assert gamma_share(a1, b1, a2, b2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_pnbd_probability_is_the_complement_of_lifetimes_no_purchase(holdout_pnbd):
+    inputs, model, _ = holdout_pnbd
+    x, t_x, T = (inputs[c].to_numpy() for c in ("x", "t_x", "T"))
+    with btyd._quiet_lifetimes():
+        no_purchase = model.conditional_probability_of_n_purchases_up_to_time(0, HORIZON / 7, x, t_x, T)
+    purchase = pnbd_probability_purchase(model, inputs, HORIZON)
+    np.testing.assert_allclose(purchase, 1 - no_purchase, rtol=1e-9, atol=1e-12)
+    repurchase = pnbd_probability(model, inputs, HORIZON, "repurchase")
+    churn = pnbd_probability(model, inputs, HORIZON, "churn")
+    np.testing.assert_allclose(churn + repurchase, 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="target"):
+        pnbd_probability(model, inputs, HORIZON, "spend")
+
+
+def simulated_purchase_probability(params, x, t_x, T, t, draws, rng) -> tuple[float, float]:
+    """P(a purchase in (T, T + t] | x, t_x, T) by simulating Pareto/NBD customers.
+
+    Rates are drawn from the prior and weighted by the individual likelihood of the history
+    (self-normalised importance sampling); each draw is alive at T with its posterior chance,
+    lives an exponential time more and buys as a Poisson process while alive. Returns the
+    estimate and its standard error.
+    """
+    r, alpha, s, beta = params
+    lam = rng.gamma(r, 1 / alpha, draws)
+    mu = rng.gamma(s, 1 / beta, draws)
+    log_alive = x * np.log(lam) - (lam + mu) * T
+    log_dead = x * np.log(lam) + np.log(mu) - np.log(lam + mu) + np.log(-np.expm1(-(lam + mu) * (T - t_x))) - (
+        lam + mu) * t_x
+    log_likelihood = np.logaddexp(log_alive, log_dead)
+    weight = np.exp(log_likelihood - log_likelihood.max())
+    alive = rng.random(draws) < np.exp(log_alive - log_likelihood)
+    lifetime = rng.exponential(1 / mu)
+    bought = alive & (rng.poisson(lam * np.minimum(lifetime, t)) > 0)
+    estimate = weight @ bought / weight.sum()
+    error = np.sqrt(weight**2 @ (bought - estimate) ** 2) / weight.sum()
+    return float(estimate), float(error)
+
+
+def test_pnbd_probability_matches_a_simulation(holdout_pnbd):
+    _, model, _ = holdout_pnbd
+    params = model.params_[["r", "alpha", "s", "beta"]].to_numpy()
+    customers = pd.DataFrame({"x": [0.0, 1.0, 3.0, 3.0, 8.0], "t_x": [0.0, 5.0, 40.0, 8.0, 60.0],
+                              "T": [30.0, 20.0, 45.0, 80.0, 62.0]})
+    closed_form = pnbd_probability_purchase(model, customers, HORIZON)
+    rng = np.random.default_rng(7)
+    for row, expected in zip(customers.itertuples(index=False), closed_form):
+        estimate, error = simulated_purchase_probability(params, row.x, row.t_x, row.T, HORIZON / 7, 400_000, rng)
+        assert error < 0.01
+        assert abs(estimate - expected) < 4 * error, (row, estimate, expected, error)
+    # The customers differ enough for the check to mean something.
+    assert closed_form.max() - closed_form.min() > 0.3
+
+
+def test_pnbd_recent_frequent_buyer_is_more_likely_to_buy_than_a_lapsed_one(holdout_pnbd):
+    _, model, _ = holdout_pnbd
+    inputs = pd.DataFrame({"x": [10.0, 10.0], "t_x": [50.0, 10.0], "T": [52.0, 52.0]}, index=["recent", "lapsed"])
+    repurchase = pnbd_probability(model, inputs, HORIZON, "repurchase")
+    assert repurchase[0] > repurchase[1] + 0.2
+
+
+def test_fit_pnbd_retries_with_a_penalizer_then_raises(monkeypatch, holdout_fit):
+    inputs, _, _ = holdout_fit
+    original = btyd.fit_pnbd_parameters
+
+    def fail_without_penalizer(x, t_x, T, penalizer=0.0):
+        if penalizer == 0:
+            raise ValueError("overflow in hyp2f1")
+        return original(x, t_x, T, penalizer)
+
+    monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail_without_penalizer)
+    assert fit_pnbd(inputs).penalizer_coef == 0.001
+    monkeypatch.setattr(btyd, "fit_pnbd_parameters", _fail_pnbd)
+    with pytest.raises(ParetoNBDFitError, match=r"0\.0, 0\.001, 0\.01, 0\.1, 1\.0.*ConvergenceError"):
+        fit_pnbd(inputs)
+
+
+def _fail_pnbd(x, t_x, T, penalizer=0.0):
+    raise ConvergenceError("The model did not converge.")
+
+
+# ---------------------------------------------------------------------------------------------
 # All baselines on the holdout
 # ---------------------------------------------------------------------------------------------
+
+BASELINES = ["rule", "rfm", "recency", "bgnbd", "bgnbd_count", "pnbd", "pnbd_count"]
+
+
+def test_recency_score_puts_customers_without_purchases_last(hand_features):
+    score = recency_score(hand_features)
+    np.testing.assert_array_equal(score, [0.0, 365.0, MISSING_RECENCY_DAYS, 100.0])
+    assert score[2] > 100 * 365
+
+
+def test_btyd_scores_fit_each_cutoff_on_its_own_rows(snapshots):
+    train, _ = snapshots[TRAIN_CUTOFF]
+    holdout, _ = snapshots[HOLDOUT_CUTOFF]
+    stacked = pd.concat([train, holdout])
+
+    def count(model, inputs):
+        return expected_purchases(model, inputs, HORIZON)
+
+    together = btyd_scores(stacked, fit_pnbd, count, "Pareto/NBD")
+    # The earlier snapshot's scores do not change when later rows are added.
+    np.testing.assert_allclose(together[: len(train)], btyd_scores(train, fit_pnbd, count, "Pareto/NBD"))
+    alone = expected_purchases(fit_pnbd(bgnbd_inputs(holdout)), bgnbd_inputs(holdout), HORIZON)
+    np.testing.assert_allclose(together[len(train):], alone)
+    assert not np.allclose(together[len(train):], expected_purchases(fit_pnbd(bgnbd_inputs(stacked)),
+                                                                     bgnbd_inputs(holdout), HORIZON))
 
 
 @pytest.mark.parametrize("target", ["churn", "repurchase"])
@@ -418,13 +589,28 @@ def test_baselines_find_the_planted_signal(snapshots, target):
     (train, churn_train), (holdout, churn_holdout) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
     flip = (lambda churn: churn) if target == "churn" else (lambda churn: 1 - churn)
     probabilities = baseline_probabilities(train, flip(churn_train), holdout, target, HORIZON)
-    assert list(probabilities) == ["rule", "rfm", "bgnbd"]
+    assert list(probabilities) == BASELINES
     for name, probability in probabilities.items():
         assert probability.shape == (len(holdout),), name
+        assert np.isfinite(probability).all(), name
         assert probability.min() >= 1e-6 and probability.max() <= 1 - 1e-6, name
         assert roc_auc_score(flip(churn_holdout), probability) > 0.6, name
     # Calibrated on the training snapshot, the rule's mean probability is near the holdout rate.
     assert probabilities["rule"].mean() == pytest.approx(flip(churn_holdout).mean(), abs=0.05)
+    # Pareto/NBD's own probability is a probability of the target, not a rank.
+    assert probabilities["pnbd"].mean() == pytest.approx(flip(churn_holdout).mean(), abs=0.05)
+
+
+def test_baselines_calibrate_counts_on_the_training_snapshots(snapshots):
+    (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
+    probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
+    count = -expected_purchases(fit_pnbd(bgnbd_inputs(holdout)), bgnbd_inputs(holdout), HORIZON)
+    train_count = -expected_purchases(fit_pnbd(bgnbd_inputs(train)), bgnbd_inputs(train), HORIZON)
+    expected = ScoreCalibrator().fit(train_count, churn_train).probability(count)
+    np.testing.assert_allclose(probabilities["pnbd_count"], expected)
+    # Fewer expected purchases, more churn.
+    order = np.argsort(count)
+    assert np.all(np.diff(probabilities["pnbd_count"][order]) >= 0)
 
 
 def test_baselines_leave_bgnbd_out_when_it_cannot_be_fitted(monkeypatch, snapshots, caplog):
@@ -432,8 +618,33 @@ def test_baselines_leave_bgnbd_out_when_it_cannot_be_fitted(monkeypatch, snapsho
     monkeypatch.setattr(btyd, "fit_bgnbd_parameters", _fail_when(lambda penalizer: True))
     with caplog.at_level(logging.WARNING, logger="churnml.models.baselines"):
         probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
-    assert list(probabilities) == ["rule", "rfm"]
-    assert "BG/NBD baseline left out" in caplog.text
+    assert list(probabilities) == ["rule", "rfm", "recency", "pnbd", "pnbd_count"]
+    assert "BG/NBD baselines left out" in caplog.text
+
+
+def test_baselines_leave_pnbd_out_when_it_cannot_be_fitted(monkeypatch, snapshots, caplog):
+    (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
+    monkeypatch.setattr(btyd, "fit_pnbd_parameters", _fail_pnbd)
+    with caplog.at_level(logging.WARNING, logger="churnml.models.baselines"):
+        probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
+    assert list(probabilities) == ["rule", "rfm", "recency", "bgnbd", "bgnbd_count"]
+    assert "Pareto/NBD baselines left out" in caplog.text and "did not converge" in caplog.text
+
+
+def test_baselines_leave_a_count_out_when_no_training_snapshot_fits(monkeypatch, snapshots, caplog):
+    (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
+    original = btyd.fit_pnbd_parameters
+
+    def fail_on_the_training_rows(x, t_x, T, penalizer=0.0):
+        if len(x) == len(train) and np.max(T) < (TRAIN_CUTOFF + 1) / 7:
+            raise ConvergenceError("The model did not converge.")
+        return original(x, t_x, T, penalizer)
+
+    monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail_on_the_training_rows)
+    with caplog.at_level(logging.WARNING, logger="churnml.models.baselines"):
+        probabilities = baseline_probabilities(train, churn_train, holdout, "churn", HORIZON)
+    assert "pnbd" in probabilities and "pnbd_count" not in probabilities
+    assert "Pareto/NBD count baseline left out" in caplog.text
 
 
 def test_baselines_reject_misaligned_labels(snapshots):

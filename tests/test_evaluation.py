@@ -12,6 +12,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from churnml.evaluation.metrics import (
+    best_classical,
+    best_classical_scorers,
     binary_metrics,
     calibration_table,
     comparison_table,
@@ -137,9 +139,13 @@ def test_holdout_metrics_names_the_model_and_each_baseline(holdout):
     y, probabilities = holdout
     metrics = holdout_metrics({**probabilities, "bgnbd": probabilities["rfm"]}, y)
     expected = {f"holdout_{m}" for m in METRIC_NAMES} | {"holdout_base_rate", "holdout_n"}
-    for baseline in ("rule", "rfm", "bgnbd"):
+    for baseline in ("rule", "rfm", "bgnbd", "best_classical"):
         expected |= {f"{baseline}_holdout_{m}" for m in METRIC_NAMES}
     assert set(metrics) == expected
+    # The best classical score is the rule, whose noise is lower; the model never counts.
+    assert metrics["best_classical_holdout_roc_auc"] == metrics["rule_holdout_roc_auc"]
+    assert metrics["best_classical_holdout_brier"] == metrics["rule_holdout_brier"]
+    assert metrics["best_classical_holdout_roc_auc"] < metrics["holdout_roc_auc"]
     assert metrics["holdout_roc_auc"] == pytest.approx(binary_metrics(y, probabilities["model"])["roc_auc"])
     assert metrics["bgnbd_holdout_brier"] == metrics["rfm_holdout_brier"]
     assert metrics["holdout_n"] == 600 and metrics["holdout_base_rate"] == pytest.approx(y.mean())
@@ -151,6 +157,9 @@ def test_holdout_metrics_with_another_model_name(holdout):
                               model_name="lightgbm")
     assert "holdout_roc_auc" in metrics and "rule_holdout_roc_auc" in metrics
     assert not any(key.startswith("lightgbm") for key in metrics)
+    assert metrics["best_classical_holdout_roc_auc"] == metrics["rule_holdout_roc_auc"]
+    assert not any(key.startswith("best_classical") for key in holdout_metrics({"lightgbm": probabilities["model"]}, y,
+                                                                                model_name="lightgbm"))
 
 
 def test_comparison_table_puts_the_model_first(holdout):
@@ -158,12 +167,51 @@ def test_comparison_table_puts_the_model_first(holdout):
     reordered = {"rule": probabilities["rule"], "model": probabilities["model"], "rfm": probabilities["rfm"]}
     table = comparison_table(reordered, y)
     assert table.index.name == "model"
-    assert list(table.index) == ["model", "rule", "rfm"]
+    assert list(table.index) == ["model", "rule", "rfm", "best_classical"]
     assert list(table.columns) == METRIC_NAMES
     # The planted signal: less noise, better ranking and calibration.
     assert table.loc["model", "roc_auc"] > table.loc["rule", "roc_auc"] > table.loc["rfm", "roc_auc"]
     assert table.loc["model", "brier"] < table.loc["rfm", "brier"]
     assert table.loc["rule", "pr_auc"] == pytest.approx(binary_metrics(y, probabilities["rule"])["pr_auc"])
+    assert table.loc["best_classical"].equals(table.loc["rule"].rename("best_classical"))
+    assert "best_classical" not in comparison_table({"model": probabilities["model"]}, y).index
+
+
+def hand_table() -> pd.DataFrame:
+    """A comparison table where each metric has another best classical scorer, and the model beats all."""
+    return pd.DataFrame(
+        {
+            "roc_auc": [0.99, 0.70, math.nan, 0.75],
+            "pr_auc": [0.99, 0.40, 0.45, math.nan],
+            "brier": [0.01, 0.20, 0.18, 0.19],
+            "log_loss": [0.05, 0.60, 0.61, 0.59],
+            "top_decile_lift": [9.0, 2.0, 2.0, 1.5],
+            "top_decile_capture": [math.nan, math.nan, math.nan, math.nan],
+        },
+        index=pd.Index(["model", "rule", "pnbd", "recency"], name="model"),
+    )
+
+
+def test_best_classical_picks_the_best_value_per_metric_by_its_direction():
+    best = best_classical(hand_table())
+    assert list(best.index) == METRIC_NAMES
+    expected = {"roc_auc": (0.75, "recency"), "pr_auc": (0.45, "pnbd"), "brier": (0.18, "pnbd"),
+                "log_loss": (0.59, "recency"), "top_decile_lift": (2.0, "rule")}
+    for metric, (value, scorer) in expected.items():
+        assert (best.at[metric, "value"], best.at[metric, "scorer"]) == (value, scorer), metric
+    # No classical score has the metric: no best, and no scorer to name.
+    assert math.isnan(best.at["top_decile_capture", "value"]) and best.at["top_decile_capture", "scorer"] == ""
+    assert best_classical_scorers(hand_table()) == {f"best_classical_{m}_scorer": s for m, (_, s) in expected.items()}
+
+
+def test_best_classical_ignores_the_model_and_its_own_row():
+    table = hand_table()
+    table.loc["best_classical"] = [0.999, 0.999, 0.0, 0.0, 99.0, 1.0]
+    assert best_classical(table).equals(best_classical(hand_table()))
+    lightgbm = hand_table().rename(index={"model": "lightgbm"})
+    assert best_classical(lightgbm, model_name="lightgbm").equals(best_classical(hand_table()))
+    # Named otherwise, the model's row is a classical score like any other.
+    assert best_classical(lightgbm).at["roc_auc", "scorer"] == "lightgbm"
 
 
 def test_format_comparison_aligns_columns(holdout):
@@ -171,11 +219,24 @@ def test_format_comparison_aligns_columns(holdout):
     table = comparison_table(probabilities, y)
     text = format_comparison(table)
     lines = text.splitlines()
-    assert len(lines) == 2 + len(table)
+    # Header, rule, model, rule, rfm, rule, best_classical, its scorers.
+    assert len(lines) == 3 + len(table) + 1
     assert lines[0].split() == ["model"] + METRIC_NAMES
     assert len({len(line) for line in lines}) == 1
     assert f"{table.loc['rule', 'log_loss']:.4f}" in lines[3]
     assert lines[2].startswith("model ")
+    assert set(lines[5]) == {"-", " "}
+    assert lines[6].split() == ["best_classical"] + [f"{v:.4f}" for v in table.loc["rule"]]
+    assert lines[7].split() == ["best_classical", "scorer"] + ["rule"] * len(METRIC_NAMES)
+
+
+def test_format_comparison_shows_each_metrics_scorer():
+    table = hand_table()
+    table.loc["best_classical"] = best_classical(table)["value"]
+    lines = format_comparison(table).splitlines()
+    assert lines[-2].split() == ["best_classical", "0.7500", "0.4500", "0.1800", "0.5900", "2.0000", "nan"]
+    assert lines[-1].split() == ["best_classical", "scorer", "recency", "pnbd", "pnbd", "recency", "rule"]
+    assert len({len(line) for line in lines[:-1]}) == 1
 
 
 def test_cv_summary_population_std():
@@ -268,8 +329,9 @@ def test_report_embeds_tables_and_figures(holdout):
     assert "<title>Churn &amp; repurchase</title>" in report
     assert "demo &lt;shop&gt;" in report and "demo <shop>" not in report
     assert "2024-09-30" in report and ">90<" in report
-    for name in table.index:
+    for name in [*table.index, "best_classical scorer"]:
         assert f">{name}<" in report
+    assert report.count("<td>rule</td>") == len(METRIC_NAMES)
     assert f"{table.loc['model', 'roc_auc']:.4f}" in report
     assert f"{table.loc['rfm', 'top_decile_lift']:.4f}" in report
     assert "0.7123" in report and "0.7568" in report

@@ -81,11 +81,13 @@ def test_outcome_is_out_of_time(outcome):
 
 
 def test_model_and_baselines_are_compared_on_the_same_rows(outcome):
-    assert list(outcome.comparison.index) == ["model", "rule", "rfm", "bgnbd"]
+    assert list(outcome.comparison.index) == ["model", "rule", "rfm", "recency", "bgnbd", "bgnbd_count", "pnbd",
+                                              "pnbd_count", "best_classical"]
     assert all(len(p) == len(outcome.holdout_table) for p in outcome.probabilities.values())
     for name in ("holdout_roc_auc", "holdout_pr_auc", "holdout_brier", "holdout_log_loss", "holdout_top_decile_lift",
-                 "rule_holdout_roc_auc", "rfm_holdout_roc_auc", "bgnbd_holdout_roc_auc", "cv_roc_auc_mean",
-                 "cv_roc_auc_std"):
+                 "rule_holdout_roc_auc", "rfm_holdout_roc_auc", "bgnbd_holdout_roc_auc", "pnbd_holdout_roc_auc",
+                 "pnbd_count_holdout_roc_auc", "bgnbd_count_holdout_roc_auc", "recency_holdout_roc_auc",
+                 "best_classical_holdout_roc_auc", "cv_roc_auc_mean", "cv_roc_auc_std"):
         assert math.isfinite(outcome.metrics[name]), name
     assert outcome.metrics["holdout_roc_auc"] > 0.7
 
@@ -151,15 +153,19 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     assert str(champion.version) == "1"
     run = client.get_run(champion.run_id)
     for name in ("holdout_roc_auc", "holdout_pr_auc", "holdout_brier", "holdout_log_loss", "holdout_top_decile_lift",
-                 "rule_holdout_roc_auc", "rfm_holdout_pr_auc", "bgnbd_holdout_brier", "cv_roc_auc_mean"):
+                 "rule_holdout_roc_auc", "rfm_holdout_pr_auc", "bgnbd_holdout_brier", "pnbd_holdout_roc_auc",
+                 "best_classical_holdout_brier", "cv_roc_auc_mean"):
         assert name in run.data.metrics, name
+    scorer = run.data.tags["best_classical_roc_auc_scorer"]
+    assert run.data.metrics["best_classical_holdout_roc_auc"] == run.data.metrics[f"{scorer}_holdout_roc_auc"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"config.json", "data_fingerprint.json", "plots/roc.png", "plots/calibration.png"} <= artifacts
     assert (tmp_path / "models" / "churnml-churn" / "MLmodel").exists()
     assert list((tmp_path / "reports").glob("churnml-churn-v1.html"))
     printed = capsys.readouterr().out
-    assert "bgnbd" in printed and "models:/churnml-churn/1" in printed
+    assert "bgnbd" in printed and "pnbd_count" in printed and "best_classical scorer" in printed
+    assert "models:/churnml-churn/1" in printed
 
     # A model that cannot learn (one shallow tree on a tiny learning rate) does not take the alias.
     run_train(small_train_settings(tmp_path, "model.n_estimators=1", "model.learning_rate=0.0001",

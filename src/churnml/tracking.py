@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from churnml.evaluation.metrics import best_classical_scorers
 from churnml.io.files import file_fingerprint
 from churnml.io.load import Dataset
 from churnml.models.classifier import ChurnModel, FeatureMismatchError
@@ -155,6 +156,7 @@ def _log_outcome(outcome: Any, settings: Mapping[str, Any], fingerprint: Mapping
                        "train_rows": len(outcome.train_table), "holdout_rows": len(outcome.holdout_table),
                        "n_features": model.n_features_in_})
     mlflow.log_metrics(_finite(outcome.metrics))
+    mlflow.set_tags(best_classical_scorers(outcome.comparison))
     mlflow.log_text(outcome.comparison.to_csv(), "evaluation/comparison.csv")
     if not outcome.cv_folds.empty:
         mlflow.log_text(outcome.cv_folds.to_csv(index=False), "evaluation/cv_folds.csv")

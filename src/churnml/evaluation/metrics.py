@@ -20,6 +20,10 @@ COMPARISON_COLUMNS = ("roc_auc", "pr_auc", "brier", "log_loss", "top_decile_lift
 # Properties of the holdout rather than of a model: logged once, not once per baseline.
 DATA_METRICS = ("base_rate", "n")
 LOG_LOSS_EPSILON = 1e-15
+# The row of the comparison table that holds, per metric, the best value of any classical score.
+BEST_CLASSICAL = "best_classical"
+HIGHER_IS_BETTER = {"roc_auc": True, "pr_auc": True, "brier": False, "log_loss": False,
+                    "top_decile_lift": True, "top_decile_capture": True}
 
 
 def _check_labels(y_true) -> np.ndarray:
@@ -131,15 +135,23 @@ def holdout_metrics(probabilities: Mapping[str, np.ndarray], y_true, model_name:
     -------
     dict of str to float
         ``holdout_<metric>`` for the model, ``<baseline>_holdout_<metric>`` for each baseline
-        (metrics of :data:`COMPARISON_COLUMNS`), plus ``holdout_base_rate`` and ``holdout_n``
-        once, since they describe the holdout, not a model.
+        and ``best_classical_holdout_<metric>`` for the best baseline on each metric (see
+        :func:`best_classical`; NaN when no baseline has the metric) (metrics of
+        :data:`COMPARISON_COLUMNS`), plus ``holdout_base_rate`` and ``holdout_n`` once, since they
+        describe the holdout, not a model.
     """
     y = _check_labels(y_true)
     flat: dict[str, float] = {}
+    classical: dict[str, dict[str, float]] = {}
     for name, probability in probabilities.items():
         prefix = "" if name == model_name else name
         metrics = binary_metrics(y, probability)
         flat.update({metric_key(m, prefix): metrics[m] for m in COMPARISON_COLUMNS})
+        if name != model_name:
+            classical[name] = metrics
+    if classical:
+        best = best_classical(pd.DataFrame.from_dict(classical, orient="index", columns=list(COMPARISON_COLUMNS)))
+        flat.update({metric_key(m, BEST_CLASSICAL): float(best.at[m, "value"]) for m in COMPARISON_COLUMNS})
     flat[metric_key("base_rate")] = float(y.mean())
     flat[metric_key("n")] = float(y.size)
     return flat
@@ -159,11 +171,64 @@ def comparison_table(probabilities: Mapping[str, np.ndarray], y_true, model_name
     -------
     pandas.DataFrame
         Index ``model``; columns ``roc_auc``, ``pr_auc``, ``brier``, ``log_loss``,
-        ``top_decile_lift``, ``top_decile_capture``.
+        ``top_decile_lift``, ``top_decile_capture``. When there is any baseline, a last row
+        ``best_classical`` holds the best baseline value of each metric (:func:`best_classical`).
     """
     names = sorted(probabilities, key=lambda name: name != model_name)  # stable: keeps dict order
     rows = [binary_metrics(y_true, probabilities[name]) for name in names]
-    return pd.DataFrame(rows, index=pd.Index(names, name="model"), columns=list(COMPARISON_COLUMNS))
+    table = pd.DataFrame(rows, index=pd.Index(names, name="model"), columns=list(COMPARISON_COLUMNS))
+    if any(name != model_name for name in names):
+        table.loc[BEST_CLASSICAL] = best_classical(table, model_name)["value"]
+    return table
+
+
+def best_classical(table: pd.DataFrame, model_name: str = "model") -> pd.DataFrame:
+    """Per metric, the best value among the classical scores of a comparison table, and whose it is.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        One row per scorer and a column per metric, as :func:`comparison_table` gives; the rows
+        ``model_name`` and ``best_classical`` are not classical scores and are ignored.
+    model_name : str, default "model"
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index: the metrics of :data:`COMPARISON_COLUMNS` present in ``table``; columns ``value``
+        (float) and ``scorer`` (the row's name; the first in table order on ties). Higher is
+        better for ROC AUC, PR AUC, lift and capture, lower for Brier and log loss. A value that
+        could not be computed (NaN) is never the best; a metric no classical score has gets NaN
+        and an empty scorer.
+    """
+    classical = table.drop(index=[model_name, BEST_CLASSICAL], errors="ignore")
+    rows = {}
+    for metric in (c for c in COMPARISON_COLUMNS if c in table.columns):
+        values = pd.to_numeric(classical[metric], errors="coerce").astype(float)
+        values = values[np.isfinite(values.to_numpy())]
+        if values.empty:
+            rows[metric] = {"value": math.nan, "scorer": ""}
+            continue
+        scorer = values.idxmax() if HIGHER_IS_BETTER[metric] else values.idxmin()
+        rows[metric] = {"value": float(values[scorer]), "scorer": str(scorer)}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["value", "scorer"]).rename_axis("metric")
+
+
+def best_classical_scorers(table: pd.DataFrame, model_name: str = "model") -> dict[str, str]:
+    """The scorer of each :func:`best_classical` value, keyed ``best_classical_<metric>_scorer``
+    (MLflow tags); metrics without a best are left out."""
+    best = best_classical(table, model_name)
+    return {f"{BEST_CLASSICAL}_{metric}_scorer": scorer for metric, scorer in best["scorer"].items() if scorer}
+
+
+def with_scorer_row(table: pd.DataFrame, model_name: str = "model") -> pd.DataFrame:
+    """The comparison table for display: below its ``best_classical`` row, a row naming the
+    scorer of each best value (as text). A table without that row is returned unchanged."""
+    if BEST_CLASSICAL not in table.index:
+        return table
+    shown = table.astype(object)
+    shown.loc[f"{BEST_CLASSICAL} scorer"] = best_classical(table, model_name)["scorer"].reindex(table.columns).fillna("")
+    return shown
 
 
 def _cell(value: object, decimals: int = 4) -> tuple[str, bool]:
@@ -178,19 +243,30 @@ def _cell(value: object, decimals: int = 4) -> tuple[str, bool]:
 
 
 def format_comparison(table: pd.DataFrame, decimals: int = 4) -> str:
-    """The comparison table as aligned plain text for the console: names left, numbers right."""
-    header = [table.index.name or ""] + [str(c) for c in table.columns]
+    """The comparison table as aligned plain text for the console: names left, numbers right.
+
+    The ``best_classical`` row is set apart by a rule and followed by the name of the scorer of
+    each best value (:func:`with_scorer_row`).
+    """
+    table = with_scorer_row(table)
     rows = [
         [str(name)] + [_cell(v, decimals)[0] for v in values]
         for name, values in zip(table.index, table.itertuples(index=False, name=None))
     ]
+    header = [table.index.name or ""] + [str(c) for c in table.columns]
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         first = cells[0].ljust(widths[0])
         return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    rule = line(["-" * w for w in widths])
+    lines = [line(header), rule]
+    for name, row in zip(table.index, rows):
+        if name == BEST_CLASSICAL:
+            lines.append(rule)
+        lines.append(line(row))
+    return "\n".join(lines)
 
 
 def cv_summary(fold_metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:

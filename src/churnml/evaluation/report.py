@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 import pandas as pd
 
-from churnml.evaluation.metrics import _cell, _check_binary, calibration_table
+from churnml.evaluation.metrics import _cell, _check_binary, calibration_table, with_scorer_row
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -169,7 +169,8 @@ def render_report(
     ----------
     title : str
     comparison : pandas.DataFrame
-        Output of :func:`comparison_table`.
+        Output of :func:`comparison_table`; its ``best_classical`` row is followed by the name of
+        the scorer of each best value.
     figures : mapping of str to matplotlib.figure.Figure
         Embedded as base64 PNG images, captioned with their names, in the mapping's order.
     context : mapping of str to object
@@ -190,8 +191,8 @@ def render_report(
         f"<h1>{html.escape(title)}</h1>",
         "<h2>Context</h2>",
         f"<table><tbody>{context_rows}</tbody></table>",
-        "<h2>Holdout: model and baselines</h2>",
-        html_table(comparison),
+        "<h2>Holdout: model and classical scores</h2>",
+        html_table(with_scorer_row(comparison)),
     ]
     if cv is not None:
         sections += ["<h2>Cross-validation</h2>", html_table(cv)]

@@ -1,14 +1,16 @@
-"""The simple classical scores the model is compared against: the warning-flag rule and RFM.
+"""The classical scores the model is compared against: the warning-flag rule, RFM, recency, and
+BG/NBD and Pareto/NBD by probability and by expected purchases.
 
-Both are ranks, not probabilities, so they are mapped to probabilities with an isotonic
-calibrator fitted on the training rows; :func:`baseline_probabilities` puts them next to BG/NBD
-(:mod:`churnml.models.btyd`), which gives probabilities of its own, on the same holdout rows.
+Scores that are ranks, not probabilities (rule, RFM, recency, expected purchases), are mapped to
+probabilities with an isotonic calibrator fitted on the training rows; BG/NBD and Pareto/NBD
+(:mod:`churnml.models.btyd`) also give probabilities of their own. :func:`baseline_probabilities`
+scores them all on the same holdout rows.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -17,16 +19,17 @@ from sklearn.base import BaseEstimator
 from churnml.features.build import WARNING_FLAGS
 from churnml.models.btyd import (
     BGNBDFitError,
+    ParetoNBDFitError,
     _as_float,
     _check_target,
     _require_columns,
     bgnbd_inputs,
     bgnbd_probability,
+    expected_purchases,
     fit_bgnbd,
+    fit_pnbd,
+    pnbd_probability,
 )
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ MAX_TIE_BREAKER = 1.0 - 1e-6
 QUINTILES = (0.2, 0.4, 0.6, 0.8)
 # R + F + M runs from 3 to 15; 18 minus it runs the other way, so a higher score is a higher risk.
 RFM_RISK_OFFSET = 18
+# Recency score of a customer without any purchase: longer than any real recency.
+MISSING_RECENCY_DAYS = 1e9
 # --------------------------------------------------------------------------------------------
 # Warning-flag rule and RFM
 # --------------------------------------------------------------------------------------------
@@ -204,15 +209,98 @@ def _check_score_and_labels(score, y) -> tuple[np.ndarray, np.ndarray]:
     return score, y
 
 
+def recency_score(features: pd.DataFrame) -> np.ndarray:
+    """Days since the last purchase as a churn-risk score; no purchase at all counts as the longest.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        Feature table with ``recency_days``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``recency_days``, with missing values (refunds only) set to :data:`MISSING_RECENCY_DAYS`.
+    """
+    _require_columns(features, ["recency_days"], "the recency score")
+    recency = _as_float(features["recency_days"])
+    return np.where(np.isnan(recency), MISSING_RECENCY_DAYS, recency)
+
+
+def btyd_scores(
+    table: pd.DataFrame, fit: Callable[[pd.DataFrame], Any], score: Callable[[Any, pd.DataFrame], np.ndarray],
+    what: str,
+) -> np.ndarray:
+    """A buy-till-you-die model's score of every row, fitted on each cutoff's own rows.
+
+    A table that stacks several snapshots (a ``cutoff`` column) gets one fit per cutoff, so that
+    no row's score uses anything after its own date.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Feature rows (see :func:`churnml.models.btyd.bgnbd_inputs` for the columns used).
+    fit : callable
+        Fits a model on BG/NBD inputs (:func:`~churnml.models.btyd.fit_bgnbd`,
+        :func:`~churnml.models.btyd.fit_pnbd`).
+    score : callable
+        ``score(model, inputs)``, one value per row.
+    what : str
+        The model's name in warnings.
+
+    Returns
+    -------
+    numpy.ndarray
+        One score per row, NaN for the rows of a cutoff where the fit failed (with a warning).
+    """
+    scores = np.full(len(table), np.nan)
+    groups = table.groupby("cutoff").indices if "cutoff" in table.columns else {None: np.arange(len(table))}
+    for cutoff, rows in groups.items():
+        inputs = bgnbd_inputs(table.iloc[rows])
+        try:
+            scores[rows] = score(fit(inputs), inputs)
+        except (BGNBDFitError, ParetoNBDFitError, ValueError) as error:
+            log.warning("%s scores are missing for the %s rows at cutoff %s: %s", what, len(rows), cutoff, error)
+    return scores
+
+
+def _calibrated(
+    name: str, train_risk: np.ndarray, y_train: np.ndarray, holdout_risk: np.ndarray, sign: float
+) -> np.ndarray | None:
+    """Holdout probabilities of a churn-risk score calibrated on the training rows it is finite for."""
+    usable = np.isfinite(train_risk)
+    if not usable.any():
+        log.warning("%s baseline left out: no training row has a score to calibrate it on", name)
+        return None
+    if not np.isfinite(holdout_risk).all():
+        log.warning("%s baseline left out: %s holdout rows have no score", name, int((~np.isfinite(holdout_risk)).sum()))
+        return None
+    calibrator = ScoreCalibrator().fit(sign * train_risk[usable], np.asarray(y_train)[usable])
+    return calibrator.probability(sign * holdout_risk)
+
+
+def _fitted_or_none(fit: Callable[[pd.DataFrame], Any], inputs: pd.DataFrame, what: str) -> Any:
+    try:
+        return fit(inputs)
+    except (BGNBDFitError, ParetoNBDFitError) as error:
+        log.warning("%s baselines left out: %s", what, error)
+        return None
+
+
+def _negated_expected_purchases(horizon_days: int) -> Callable[[Any, pd.DataFrame], np.ndarray]:
+    return lambda model, inputs: -expected_purchases(model, inputs, horizon_days)
+
+
 def baseline_probabilities(
     train: pd.DataFrame, y_train: np.ndarray, holdout: pd.DataFrame, target: str, horizon_days: int
 ) -> dict[str, np.ndarray]:
-    """Probabilities of the positive class of ``target`` for the holdout rows, per baseline.
+    """Probabilities of the positive class of ``target`` for the holdout rows, per classical score.
 
     Parameters
     ----------
     train : pandas.DataFrame
-        Training feature rows (calibration of the rule and RFM scores, RFM quintile edges).
+        Training feature rows (calibration of the scores, RFM quintile edges); may stack several
+        snapshots with a ``cutoff`` column.
     y_train : numpy.ndarray
         Training labels of ``target`` (1 = positive class).
     holdout : pandas.DataFrame
@@ -224,28 +312,46 @@ def baseline_probabilities(
     Returns
     -------
     dict of str to numpy.ndarray
-        ``rule`` and ``rfm``: the churn-risk score (negated for ``repurchase``) calibrated on the
-        training rows. ``bgnbd``: BG/NBD fitted on the holdout rows' own history, which needs no
-        labels and is how BG/NBD is used in practice; not recalibrated. ``bgnbd`` is left out,
-        with a warning, when BG/NBD cannot be fitted.
+        In this order, each left out with a warning when it cannot be computed:
+
+        - ``rule``, ``rfm``, ``recency``: the warning-flag rule, RFM and days since the last
+          purchase as churn-risk scores (negated for ``repurchase``), mapped to probabilities by
+          a :class:`ScoreCalibrator` fitted on the training rows;
+        - ``bgnbd``: BG/NBD's probability of the target in the horizon, fitted on the holdout
+          rows' own history (no labels needed; how BG/NBD is used in practice), not recalibrated;
+        - ``bgnbd_count``: BG/NBD's expected purchases in the horizon, calibrated as the rule is;
+          the training rows' counts come from one fit per training cutoff on that cutoff's rows;
+        - ``pnbd`` and ``pnbd_count``: the same two for Pareto/NBD
+          (:func:`churnml.models.btyd.pnbd_probability`).
     """
     _check_target(target)
-    if len(train) != len(np.asarray(y_train)):
-        raise ValueError(f"train has {len(train)} rows but y_train has {len(np.asarray(y_train))}")
+    y_train = np.asarray(y_train)
+    if len(train) != len(y_train):
+        raise ValueError(f"train has {len(train)} rows but y_train has {len(y_train)}")
     sign = 1.0 if target == "churn" else -1.0
     scorers = {
         "rule": rule_score,
         "rfm": lambda frame: rfm_score(frame, reference=train),
+        "recency": recency_score,
     }
     probabilities: dict[str, np.ndarray] = {}
     for name, scorer in scorers.items():
-        calibrator = ScoreCalibrator().fit(sign * scorer(train), y_train)
-        probabilities[name] = calibrator.probability(sign * scorer(holdout))
+        probabilities[name] = ScoreCalibrator().fit(sign * scorer(train), y_train).probability(sign * scorer(holdout))
     inputs = bgnbd_inputs(holdout)
-    try:
-        model = fit_bgnbd(inputs)
-    except BGNBDFitError as error:
-        log.warning("BG/NBD baseline left out: %s", error)
-        return probabilities
-    probabilities["bgnbd"] = bgnbd_probability(model, inputs, horizon_days, target)
+    count = _negated_expected_purchases(horizon_days)
+    for prefix, what, fit, probability in (
+        ("bgnbd", "BG/NBD", fit_bgnbd, bgnbd_probability),
+        ("pnbd", "Pareto/NBD", fit_pnbd, pnbd_probability),
+    ):
+        model = _fitted_or_none(fit, inputs, what)
+        if model is None:
+            continue
+        try:
+            probabilities[prefix] = probability(model, inputs, horizon_days, target)
+        except ValueError as error:
+            log.warning("%s baseline left out: %s", what, error)
+        counts = _calibrated(f"{what} count", btyd_scores(train, fit, count, what), y_train,
+                             count(model, inputs), sign)
+        if counts is not None:
+            probabilities[f"{prefix}_count"] = counts
     return probabilities

@@ -1,10 +1,12 @@
-"""Buy-till-you-die models: BG/NBD fitted at a date, its P(alive), purchase probabilities and features.
+"""Buy-till-you-die models: BG/NBD and Pareto/NBD fitted at a date, P(alive), purchase probabilities, features.
 
 BG/NBD (Fader, Hardie and Lee, 2005) is ``lifetimes``' model, fitted in weeks on lifetimes'
 objective with its gradient in closed form (lifetimes' own fit differentiates with autograd and
-takes over four times as long on large tables). Its inputs are ``x`` (repeat purchases), ``t_x``
-(time from the first to the last purchase) and ``T`` (time from the first purchase to the
-date), all read from the feature table at one date, so a fit only ever sees history up to it.
+takes over four times as long on large tables). Pareto/NBD (Schmittlein, Morrison and Colombo,
+1987) is lifetimes' model too, fitted on lifetimes' likelihood. Both read ``x`` (repeat
+purchases), ``t_x`` (time from the first to the last purchase) and ``T`` (time from the first
+purchase to the date) from the feature table at one date, so a fit only ever sees history up
+to it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ BGNBD_FEATURE_COLUMNS = ("bgnbd_p_alive", "bgnbd_expected_purchases")
 DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1, 1.0)
 # Larger tables start their BG/NBD fit from a fit on a sample of about this many customers.
 WARM_START_CUSTOMERS = 50_000
-
+PNBD_PARAMETERS = ("r", "alpha", "s", "beta")
+# Pareto/NBD log-parameters (times scaled so that the largest age is 1) beyond this are not tried.
+PNBD_LOG_PARAMETER_BOUND = 4.0
+PNBD_MAX_ITERATIONS = 100
 
 
 class BGNBDFitError(RuntimeError):
@@ -391,18 +396,43 @@ def fitted_bgnbd_features(model: "lifetimes.BetaGeoFitter", features: pd.DataFra
         Columns ``bgnbd_p_alive`` and ``bgnbd_expected_purchases``, index aligned with ``features``.
     """
     inputs = bgnbd_inputs(features)
+    return pd.DataFrame(
+        {"bgnbd_p_alive": bgnbd_probability_alive(model, inputs),
+         "bgnbd_expected_purchases": expected_purchases(model, inputs, horizon_days)},
+        index=features.index,
+    )
+
+
+def expected_purchases(
+    model: "lifetimes.BetaGeoFitter | lifetimes.ParetoNBDFitter", inputs: pd.DataFrame, horizon_days: float
+) -> np.ndarray:
+    """Expected number of purchases in the ``horizon_days`` after the cutoff, given each history.
+
+    lifetimes' ``conditional_expected_number_of_purchases_up_to_time`` of a BG/NBD or Pareto/NBD
+    model fitted in weeks.
+
+    Parameters
+    ----------
+    model : lifetimes.BetaGeoFitter or lifetimes.ParetoNBDFitter
+        A fitted model (see :func:`fit_bgnbd` and :func:`fit_pnbd`).
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs`.
+    horizon_days : float
+        Length of the horizon in days.
+
+    Returns
+    -------
+    numpy.ndarray
+        Non-negative expected counts; NaN where the model's formula does not give a finite value
+        (a missing value is better than a wrong one: tree models route NaN on their own).
+    """
     x, t_x, T = _input_arrays(inputs)
     with _quiet_lifetimes():
         expected = np.asarray(
             model.conditional_expected_number_of_purchases_up_to_time(horizon_days / DAYS_PER_WEEK, x, t_x, T),
             dtype=float,
         )
-    # A missing value is better than a wrong one: tree models route NaN on their own.
-    expected = np.where(np.isfinite(expected), np.maximum(expected, 0.0), np.nan)
-    return pd.DataFrame(
-        {"bgnbd_p_alive": bgnbd_probability_alive(model, inputs), "bgnbd_expected_purchases": expected},
-        index=features.index,
-    )
+    return np.where(np.isfinite(expected), np.maximum(expected, 0.0), np.nan)
 
 
 def bgnbd_features(features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
@@ -442,3 +472,299 @@ def uses_bgnbd_features(model: Any) -> bool:
     """Whether ``model`` was trained with BG/NBD's P(alive) and expected purchases as features
     (``train.bgnbd_features``): its input table then needs them (:func:`bgnbd_features`)."""
     return bool(set(BGNBD_FEATURE_COLUMNS) & set(model.feature_names_in_))
+
+
+# --------------------------------------------------------------------------------------------
+# Pareto/NBD
+# --------------------------------------------------------------------------------------------
+
+
+class ParetoNBDFitError(RuntimeError):
+    """Pareto/NBD could not be fitted with any of the penalizers tried."""
+
+
+def pnbd_negative_log_likelihood(
+    log_params: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray, weights: np.ndarray,
+    penalizer: float = 0.0,
+) -> float:
+    """Pareto/NBD's mean negative log-likelihood per customer, with an L2 penalizer.
+
+    The individual log-likelihood is lifetimes' ``ParetoNBDFitter._conditional_log_likelihood``
+    (Schmittlein, Morrison and Colombo, 1987; Fader and Hardie's note "A Note on Deriving the
+    Pareto/NBD Model and Related Expressions", 2005, eq. 18). It is averaged over customers, as
+    BG/NBD's objective is, so a penalizer weighs the same in both; lifetimes' own Pareto/NBD
+    objective sums over customers instead.
+
+    Parameters
+    ----------
+    log_params : numpy.ndarray
+        ``log(r), log(alpha), log(s), log(beta)``.
+    x, t_x, T : numpy.ndarray
+        Distinct purchase histories (repeat purchases, time of the last purchase, age).
+    weights : numpy.ndarray
+        Number of customers with each history.
+    penalizer : float
+        Coefficient of ``sum(params ** 2)``.
+
+    Returns
+    -------
+    float
+        ``inf`` where the likelihood is not finite (lifetimes' hypergeometric terms overflow for
+        some parameters) or a log-parameter (times scaled as in :func:`fit_pnbd_parameters`) lies
+        beyond :data:`PNBD_LOG_PARAMETER_BOUND`, so that an optimiser steps back. The bound keeps
+        a fit from chasing an optimum at infinity (homogeneous dropout: ``s`` and ``beta`` grow
+        together), where each evaluation of the hypergeometric terms grows slower.
+    """
+    from lifetimes import ParetoNBDFitter
+
+    if np.any(np.abs(log_params) > PNBD_LOG_PARAMETER_BOUND):
+        return np.inf
+    params = np.exp(log_params)
+    with np.errstate(all="ignore"):
+        log_likelihood = ParetoNBDFitter._conditional_log_likelihood(params, x, t_x, T)
+        value = -float(weights @ log_likelihood) / float(weights.sum()) + penalizer * float(params @ params)
+    return value if np.isfinite(value) else np.inf
+
+
+def fit_pnbd_parameters(
+    x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float = 0.0,
+    warm_start_customers: int | None = WARM_START_CUSTOMERS,
+) -> np.ndarray:
+    """``r, alpha, s, beta`` that minimise :func:`pnbd_negative_log_likelihood`.
+
+    Customers with the same history are counted once, with a weight; times are scaled so that
+    the largest age is 1, as lifetimes does. BFGS (finite-difference gradient) from parameters 1,
+    lifetimes' start: on CDNOW's 23,570 customers about 175 likelihood evaluations, under a
+    second, where lifetimes' own Nelder-Mead fit takes about ten times as long to the same
+    optimum. On more than four times ``warm_start_customers`` customers, BFGS first runs on an
+    evenly spaced sample of about that many, and the fit on every customer starts from the
+    sample's optimum and curvature, so a million customers cost a few evaluations on the whole
+    table; when the sample does not converge the fit fails without trying the whole table, so
+    that a penalizer that cannot work costs a sample's fit. None fits on every customer from the
+    start. At most :data:`PNBD_MAX_ITERATIONS` BFGS iterations per fit.
+
+    Raises
+    ------
+    ParetoNBDFitError
+        If the optimiser does not converge.
+    """
+    from scipy.optimize import minimize
+
+    scale = 1.0 / float(np.max(T))
+
+    def minimised(rows: slice, start: np.ndarray, inverse_hessian: np.ndarray | None = None):
+        histories, weights = np.unique(np.column_stack([x[rows], t_x[rows] * scale, T[rows] * scale]),
+                                       axis=0, return_counts=True)
+        args = (histories[:, 0], histories[:, 1], histories[:, 2], weights.astype(float), penalizer)
+        options = {} if inverse_hessian is None else {"hess_inv0": inverse_hessian}
+        return minimize(pnbd_negative_log_likelihood, x0=start, args=args, method="BFGS", jac="3-point", tol=1e-7,
+                        options={"maxiter": PNBD_MAX_ITERATIONS, **options})
+
+    cold_start = np.zeros(4)
+    if warm_start_customers and len(x) > 4 * warm_start_customers:
+        sample = minimised(slice(None, None, len(x) // warm_start_customers), cold_start)
+        curvature = (sample.hess_inv + sample.hess_inv.T) / 2
+        # A sample that does not converge says the whole table will not either: fail fast.
+        if not (sample.success and np.all(np.linalg.eigvalsh(curvature) > 0)):
+            raise ParetoNBDFitError(f"the optimiser did not converge on a sample: {sample.message}")
+        result = minimised(slice(None), sample.x, curvature)
+    else:
+        result = minimised(slice(None), cold_start)
+    if not result.success:
+        raise ParetoNBDFitError(f"the optimiser did not converge: {result.message}")
+    params = np.exp(result.x)
+    params[[1, 3]] /= scale
+    return params
+
+
+def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZERS) -> "lifetimes.ParetoNBDFitter":
+    """Fit Pareto/NBD on the BG/NBD inputs, retrying with stronger penalizers when the optimiser fails.
+
+    Parameters
+    ----------
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs` (times in weeks): Pareto/NBD reads the same ``x``, ``t_x``
+        and ``T``.
+    penalizers : sequence of float
+        L2 penalizer coefficients tried in order; the first fit that converges with finite
+        positive parameters is returned.
+
+    Returns
+    -------
+    lifetimes.ParetoNBDFitter
+        lifetimes' model with ``params_`` ``r``, ``alpha`` (weeks), ``s`` and ``beta`` (weeks)
+        from :func:`fit_pnbd_parameters`, so that every prediction is lifetimes'.
+
+    Raises
+    ------
+    ParetoNBDFitError
+        If every penalizer fails, naming the penalizers tried and the last error.
+    """
+    from lifetimes import ParetoNBDFitter
+
+    if len(inputs) == 0:
+        raise ParetoNBDFitError("Pareto/NBD cannot be fitted on an empty table")
+    if not penalizers:
+        raise ValueError("fit_pnbd needs at least one penalizer")
+    x, t_x, T = _input_arrays(inputs)
+    last_error: BaseException | None = None
+    for penalizer in penalizers:
+        try:
+            with np.errstate(all="ignore"):
+                params = fit_pnbd_parameters(x, t_x, T, float(penalizer))
+        # lifetimes' hypergeometric terms overflow on some real data: try a stronger penalizer.
+        except Exception as error:  # noqa: BLE001
+            last_error = error
+            log.debug("Pareto/NBD fit with penalizer %s failed: %r", penalizer, error)
+            continue
+        if not np.isfinite(params).all() or (params <= 0).any():
+            last_error = ValueError(f"non-finite or non-positive parameters {dict(zip(PNBD_PARAMETERS, params))}")
+            continue
+        if penalizer != penalizers[0]:
+            log.info("Pareto/NBD converged with penalizer %s", penalizer)
+        model = ParetoNBDFitter(penalizer_coef=float(penalizer))
+        model.params_ = pd.Series(params, index=list(PNBD_PARAMETERS))
+        return model
+    tried = ", ".join(str(p) for p in penalizers)
+    message = str(last_error).strip() or type(last_error).__name__
+    raise ParetoNBDFitError(
+        f"Pareto/NBD did not fit with any penalizer ({tried}); last error: {type(last_error).__name__}: {message}"
+    ) from last_error
+
+
+def gamma_share(shape_1: np.ndarray, rate_1: np.ndarray, shape_2: np.ndarray, rate_2: np.ndarray) -> np.ndarray:
+    """``E[lambda / (lambda + mu)]`` for independent ``lambda ~ Gamma(shape_1, rate_1)`` and
+    ``mu ~ Gamma(shape_2, rate_2)``.
+
+    With ``W = U / (U + V) ~ Beta(a1, a2)`` for the unit-rate gammas ``U, V``,
+    ``lambda / (lambda + mu) = W / (c - (c - 1) W)`` with ``c = rate_1 / rate_2``, and Euler's
+    integral gives ``E = (1 / c) a1 / (a1 + a2) 2F1(1, a1 + 1; a1 + a2 + 1; 1 - 1 / c)``; for
+    ``c < 1`` Pfaff's transformation turns it into ``a1 / (a1 + a2) 2F1(1, a2; a1 + a2 + 1; 1 - c)``.
+    Either way the argument lies in ``[0, 1)`` and every term of the series is positive.
+
+    Parameters
+    ----------
+    shape_1, rate_1, shape_2, rate_2 : numpy.ndarray
+        Positive, broadcastable.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    from scipy.special import hyp2f1
+
+    a1, b1, a2, b2 = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (shape_1, rate_1, shape_2, rate_2)))
+    share = a1 / (a1 + a2)
+    c = b1 / b2
+    slower = c >= 1
+    with np.errstate(all="ignore"):
+        above = share / c * hyp2f1(1.0, a1 + 1.0, a1 + a2 + 1.0, 1.0 - 1.0 / c)
+        below = share * hyp2f1(1.0, a2, a1 + a2 + 1.0, 1.0 - c)
+    return np.where(slower, above, below)
+
+
+def pnbd_probability_alive(model: "lifetimes.ParetoNBDFitter", inputs: pd.DataFrame) -> np.ndarray:
+    """P(alive at the cutoff) under Pareto/NBD: lifetimes' ``conditional_probability_alive``.
+
+    Parameters
+    ----------
+    model : lifetimes.ParetoNBDFitter
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs`.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    x, t_x, T = _input_arrays(inputs)
+    with _quiet_lifetimes():
+        return np.asarray(model.conditional_probability_alive(x, t_x, T), dtype=float)
+
+
+def pnbd_probability_purchase(
+    model: "lifetimes.ParetoNBDFitter", inputs: pd.DataFrame, horizon_days: float
+) -> np.ndarray:
+    """P(at least one purchase in the ``horizon_days`` after the cutoff | x, t_x, T) under Pareto/NBD.
+
+    Given alive at ``T``, the history updates the purchase rate to
+    ``lambda ~ Gamma(r + x, alpha + T)`` and the dropout rate to ``mu ~ Gamma(s, beta + T)``,
+    independently (Schmittlein, Morrison and Colombo, 1987). The remaining lifetime is
+    exponential with rate ``mu``, so for given rates the chance of a purchase within ``t`` is
+    ``lambda / (lambda + mu) * (1 - exp(-(lambda + mu) t))``. Averaging over the posterior,
+    with the ``exp`` factor absorbed into the rates::
+
+        P = P(alive) * [G(r + x, alpha + T, s, beta + T)
+                        - ((alpha + T) / (alpha + T + t)) ** (r + x) * ((beta + T) / (beta + T + t)) ** s
+                          * G(r + x, alpha + T + t, s, beta + T + t)]
+
+    with ``G`` from :func:`gamma_share` and ``P(alive)`` lifetimes'. It is the ``n = 0``
+    complement of the conditional PMF in Fader and Hardie's note "Deriving the Conditional PMF
+    of the Pareto/NBD Model" (2014), which lifetimes implements as
+    ``conditional_probability_of_n_purchases_up_to_time`` (one call per ``n``, with more
+    hypergeometric terms).
+
+    Parameters
+    ----------
+    model : lifetimes.ParetoNBDFitter
+        A fitted model (see :func:`fit_pnbd`).
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs`.
+    horizon_days : float
+        Length of the label window in days.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities, not clipped; NaN or out of ``[0, 1]`` only where the numbers break down.
+    """
+    if horizon_days <= 0:
+        raise ValueError(f"horizon_days must be positive, got {horizon_days}")
+    x, _, T = _input_arrays(inputs)
+    r, alpha, s, beta = (float(model.params_[k]) for k in PNBD_PARAMETERS)
+    t = horizon_days / DAYS_PER_WEEK
+    rate_shape = r + x
+    with np.errstate(all="ignore"):
+        log_discount = rate_shape * (np.log(alpha + T) - np.log(alpha + T + t)) + s * (
+            np.log(beta + T) - np.log(beta + T + t)
+        )
+        ever = gamma_share(rate_shape, alpha + T, s, beta + T)
+        after = np.exp(log_discount) * gamma_share(rate_shape, alpha + T + t, s, beta + T + t)
+        return pnbd_probability_alive(model, inputs) * (ever - after)
+
+
+def pnbd_probability(
+    model: "lifetimes.ParetoNBDFitter", inputs: pd.DataFrame, horizon_days: int, target: str
+) -> np.ndarray:
+    """Probability of the positive class of ``target`` under a fitted Pareto/NBD model.
+
+    Parameters
+    ----------
+    model : lifetimes.ParetoNBDFitter
+        A fitted model (see :func:`fit_pnbd`).
+    inputs : pandas.DataFrame
+        Output of :func:`bgnbd_inputs` for the rows to score, at the cutoff the model was fitted at.
+    horizon_days : int
+        Length of the label window in days.
+    target : {"churn", "repurchase"}
+        ``repurchase``: :func:`pnbd_probability_purchase`; ``churn``: 1 minus that.
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities clipped to ``[1e-6, 1 - 1e-6]``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown target, or if the model gives non-finite probabilities or ones outside
+        ``[0, 1]`` beyond rounding.
+    """
+    _check_target(target)
+    purchase = pnbd_probability_purchase(model, inputs, horizon_days)
+    bad = ~np.isfinite(purchase) | (purchase < -1e-9) | (purchase > 1 + 1e-9)
+    if bad.any():
+        raise ValueError(
+            f"Pareto/NBD gave {int(bad.sum())} invalid probabilities with parameters {model.params_.to_dict()}"
+        )
+    probability = 1.0 - purchase if target == "churn" else purchase
+    return np.clip(probability, PROBABILITY_FLOOR, 1.0 - PROBABILITY_FLOOR)
