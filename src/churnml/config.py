@@ -80,19 +80,19 @@ def _default_of(spec: dataclasses.Field) -> Any:
     return "???"  # OmegaConf's mandatory value: the config must give it
 
 
-def mirror(cls: type, exclude: tuple[str, ...] = ()) -> type:
+def mirror(cls: type) -> type:
     """A plain (mutable, OmegaConf-typed) dataclass with the fields and defaults of ``cls``.
 
     Tuples become lists, ``X | None`` becomes ``Optional[X]``, nested dataclasses are mirrored
-    too; fields of types a config cannot hold (datetimes, frames) are left out, as are
-    ``exclude``. The defaults are read from ``cls``, not copied by hand.
+    too; fields of types a config cannot hold (datetimes, frames) are left out. The defaults are
+    read from ``cls``, not copied by hand.
     """
-    if cls in _MIRRORS and not exclude:
+    if cls in _MIRRORS:
         return _MIRRORS[cls]
     hints = typing.get_type_hints(cls)
     specs = []
     for spec in dataclasses.fields(cls):
-        if spec.name in exclude or not spec.init:
+        if not spec.init:
             continue
         annotation = _schema_type(hints[spec.name])
         if annotation is Any and hints[spec.name] is not Any:
@@ -101,8 +101,7 @@ def mirror(cls: type, exclude: tuple[str, ...] = ()) -> type:
         specs.append((spec.name, annotation, field(default_factory=lambda d=default: _schema_value(d))))
     made = dataclasses.make_dataclass(f"{cls.__name__}Schema", specs)
     made.__doc__ = f"Hydra schema of :class:`{cls.__module__}.{cls.__qualname__}`."
-    if not exclude:
-        _MIRRORS[cls] = made
+    _MIRRORS[cls] = made
     return made
 
 
