@@ -488,6 +488,31 @@ def test_pnbd_probability_is_the_complement_of_lifetimes_no_purchase(holdout_pnb
         pnbd_probability(model, inputs, HORIZON, "spend")
 
 
+def test_pnbd_probability_alive_is_lifetimes_and_stays_finite_for_frequent_buyers(holdout_pnbd):
+    inputs, model, _ = holdout_pnbd
+    x, t_x, T = (inputs[c].to_numpy() for c in ("x", "t_x", "T"))
+    with btyd._quiet_lifetimes():
+        theirs = model.conditional_probability_alive(x, t_x, T)
+    np.testing.assert_allclose(btyd.pnbd_probability_alive(model, inputs), theirs, rtol=1e-9, atol=1e-12)
+    # About a hundred repeat purchases under the demo shop's fit: lifetimes' powers overflow to NaN.
+    from lifetimes import ParetoNBDFitter
+
+    demo = ParetoNBDFitter()
+    demo.params_ = pd.Series({"r": 1.5573, "alpha": 8.9666, "s": 0.7820, "beta": 153.84})
+    frequent = pd.DataFrame({"x": [116.0, 110.0, 110.0, 110.0, 40.0], "t_x": [115.4, 109.6, 100.0, 60.0, 100.0],
+                             "T": [115.4, 115.4, 115.4, 115.4, 115.4]})
+    arrays = [frequent[c].to_numpy() for c in ("x", "t_x", "T")]
+    with btyd._quiet_lifetimes():
+        theirs = demo.conditional_probability_alive(*arrays)
+    assert np.isnan(theirs[0])
+    alive = btyd.pnbd_probability_alive(demo, frequent)
+    assert np.isfinite(alive).all() and alive[0] == 1.0
+    assert 1.0 > alive[1] > alive[2] > alive[3] >= 0.0
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(alive[finite], theirs[finite], rtol=1e-9, atol=1e-300)
+    assert np.isfinite(pnbd_probability_purchase(demo, frequent, HORIZON)).all()
+
+
 def simulated_purchase_probability(params, x, t_x, T, t, draws, rng) -> tuple[float, float]:
     """P(a purchase in (T, T + t] | x, t_x, T) by simulating Pareto/NBD customers.
 

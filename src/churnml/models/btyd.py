@@ -664,7 +664,15 @@ def gamma_share(shape_1: np.ndarray, rate_1: np.ndarray, shape_2: np.ndarray, ra
 
 
 def pnbd_probability_alive(model: "lifetimes.ParetoNBDFitter", inputs: pd.DataFrame) -> np.ndarray:
-    """P(alive at the cutoff) under Pareto/NBD: lifetimes' ``conditional_probability_alive``.
+    """P(alive at the cutoff | x, t_x, T) under Pareto/NBD, computed in logs.
+
+    ``P = 1 / (1 + s / (r + s + x) * (alpha + T)^(r + x) * (beta + T)^s * A0)`` with ``A0`` the
+    difference of two Gauss hypergeometric terms at ``t_x`` and ``T`` (Fader and Hardie, "A Note
+    on Deriving the Pareto/NBD Model and Related Expressions", 2005, eq. 18). lifetimes'
+    ``conditional_probability_alive`` evaluates the powers directly and overflows to NaN for
+    frequent buyers (about a hundred repeat purchases); here every factor is a logarithm and each
+    ``2F1(r + s + x, b; r + s + x + 1; z)`` goes through Euler's transformation
+    ``(1 - z)^(c - a - b) 2F1(1, c - b; c; z)``, whose series has small positive terms.
 
     Parameters
     ----------
@@ -675,10 +683,32 @@ def pnbd_probability_alive(model: "lifetimes.ParetoNBDFitter", inputs: pd.DataFr
     Returns
     -------
     numpy.ndarray
+        Probabilities in ``[0, 1]``; 1 for a customer whose last purchase was at the cutoff.
     """
+    from scipy.special import expit, hyp2f1
+
     x, t_x, T = _input_arrays(inputs)
-    with _quiet_lifetimes():
-        return np.asarray(model.conditional_probability_alive(x, t_x, T), dtype=float)
+    r, alpha, s, beta = (float(model.params_[k]) for k in PNBD_PARAMETERS)
+    a = r + s + x
+    if alpha >= beta:
+        base, other = alpha, s + 1.0
+    else:
+        base, other = beta, r + x
+    c = a + 1.0
+
+    def log_term(u: np.ndarray) -> np.ndarray:
+        z = abs(alpha - beta) / (base + u)
+        # Euler: 2F1(a, b; c; z) = (1 - z)^(c - a - b) 2F1(c - a, c - b; c; z), with c - a = 1.
+        log_f = (c - a - other) * np.log1p(-z) + np.log(hyp2f1(1.0, c - other, c, z))
+        return log_f - a * np.log(base + u)
+
+    with np.errstate(all="ignore"):
+        at_last, at_cutoff = log_term(t_x), log_term(T)
+        # A0 = exp(at_last) - exp(at_cutoff) >= 0, since t_x <= T.
+        gap = np.maximum(at_last - at_cutoff, 0.0)
+        log_ratio = (np.log(s / a) + (r + x) * np.log(alpha + T) + s * np.log(beta + T) + at_cutoff
+                     + np.log(np.expm1(gap)))
+        return np.where(gap > 0.0, expit(-log_ratio), 1.0)
 
 
 def pnbd_probability_purchase(
