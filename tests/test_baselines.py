@@ -494,6 +494,9 @@ def test_pnbd_probability_alive_is_lifetimes_and_stays_finite_for_frequent_buyer
     with btyd._quiet_lifetimes():
         theirs = model.conditional_probability_alive(x, t_x, T)
     np.testing.assert_allclose(btyd.pnbd_probability_alive(model, inputs), theirs, rtol=1e-9, atol=1e-12)
+    with btyd._quiet_lifetimes():
+        their_counts = model.conditional_expected_number_of_purchases_up_to_time(HORIZON / 7, x, t_x, T)
+    np.testing.assert_allclose(btyd.expected_purchases(model, inputs, HORIZON), their_counts, rtol=1e-9, atol=1e-12)
     # About a hundred repeat purchases under the demo shop's fit: lifetimes' powers overflow to NaN.
     from lifetimes import ParetoNBDFitter
 
@@ -511,6 +514,7 @@ def test_pnbd_probability_alive_is_lifetimes_and_stays_finite_for_frequent_buyer
     finite = np.isfinite(theirs)
     np.testing.assert_allclose(alive[finite], theirs[finite], rtol=1e-9, atol=1e-300)
     assert np.isfinite(pnbd_probability_purchase(demo, frequent, HORIZON)).all()
+    assert np.isfinite(btyd.expected_purchases(demo, frequent, HORIZON)).all()
 
 
 def simulated_purchase_probability(params, x, t_x, T, t, draws, rng) -> tuple[float, float]:
@@ -636,6 +640,26 @@ def test_baselines_calibrate_counts_on_the_training_snapshots(snapshots):
     # Fewer expected purchases, more churn.
     order = np.argsort(count)
     assert np.all(np.diff(probabilities["pnbd_count"][order]) >= 0)
+
+
+def test_count_baselines_are_calibrated_on_the_latest_training_snapshot(snapshots, monkeypatch):
+    (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
+    older = train.iloc[: len(train) // 3].assign(cutoff=pd.Timestamp("2023-01-01"))
+    latest = train.assign(cutoff=pd.Timestamp("2023-06-01"))
+    stacked = pd.concat([older, latest], ignore_index=True)
+    fitted_rows = []
+    original = btyd.fit_pnbd_parameters
+
+    def counted(x, t_x, T, penalizer=0.0):
+        fitted_rows.append(len(x))
+        return original(x, t_x, T, penalizer)
+
+    monkeypatch.setattr(btyd, "fit_pnbd_parameters", counted)
+    labels = np.concatenate([churn_train[: len(older)], churn_train])
+    both = baseline_probabilities(stacked, labels, holdout, "churn", HORIZON)
+    assert len(older) not in fitted_rows and len(train) in fitted_rows
+    only_latest = baseline_probabilities(latest, churn_train, holdout, "churn", HORIZON)
+    np.testing.assert_allclose(both["pnbd_count"], only_latest["pnbd_count"])
 
 
 def test_baselines_leave_bgnbd_out_when_it_cannot_be_fitted(monkeypatch, snapshots, caplog):

@@ -319,8 +319,10 @@ def baseline_probabilities(
           a :class:`ScoreCalibrator` fitted on the training rows;
         - ``bgnbd``: BG/NBD's probability of the target in the horizon, fitted on the holdout
           rows' own history (no labels needed; how BG/NBD is used in practice), not recalibrated;
-        - ``bgnbd_count``: BG/NBD's expected purchases in the horizon, calibrated as the rule is;
-          the training rows' counts come from one fit per training cutoff on that cutoff's rows;
+        - ``bgnbd_count``: BG/NBD's expected purchases in the horizon, calibrated on the latest
+          training snapshot (the model's own calibration slice), whose counts come from a fit on
+          that snapshot's rows: one fit, not one per snapshot, since a fit on a large table takes
+          seconds;
         - ``pnbd`` and ``pnbd_count``: the same two for Pareto/NBD
           (:func:`churnml.models.btyd.pnbd_probability`).
     """
@@ -339,6 +341,7 @@ def baseline_probabilities(
         probabilities[name] = ScoreCalibrator().fit(sign * scorer(train), y_train).probability(sign * scorer(holdout))
     inputs = bgnbd_inputs(holdout)
     count = _negated_expected_purchases(horizon_days)
+    latest = (train["cutoff"] == train["cutoff"].max()).to_numpy() if "cutoff" in train.columns else np.ones(len(train), bool)
     for prefix, what, fit, probability in (
         ("bgnbd", "BG/NBD", fit_bgnbd, bgnbd_probability),
         ("pnbd", "Pareto/NBD", fit_pnbd, pnbd_probability),
@@ -350,7 +353,7 @@ def baseline_probabilities(
             probabilities[prefix] = probability(model, inputs, horizon_days, target)
         except ValueError as error:
             log.warning("%s baseline left out: %s", what, error)
-        counts = _calibrated(f"{what} count", btyd_scores(train, fit, count, what), y_train,
+        counts = _calibrated(f"{what} count", btyd_scores(train[latest], fit, count, what), y_train[latest],
                              count(model, inputs), sign)
         if counts is not None:
             probabilities[f"{prefix}_count"] = counts

@@ -408,8 +408,10 @@ def expected_purchases(
 ) -> np.ndarray:
     """Expected number of purchases in the ``horizon_days`` after the cutoff, given each history.
 
-    lifetimes' ``conditional_expected_number_of_purchases_up_to_time`` of a BG/NBD or Pareto/NBD
-    model fitted in weeks.
+    For BG/NBD, lifetimes' ``conditional_expected_number_of_purchases_up_to_time`` (model fitted
+    in weeks). For Pareto/NBD the same formula as lifetimes' (Schmittlein, Morrison and Colombo,
+    1987), ``P(alive) (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T) / (beta + T + t))^(s - 1)]``,
+    with :func:`pnbd_probability_alive`, which stays finite where lifetimes' overflows.
 
     Parameters
     ----------
@@ -427,11 +429,17 @@ def expected_purchases(
         (a missing value is better than a wrong one: tree models route NaN on their own).
     """
     x, t_x, T = _input_arrays(inputs)
-    with _quiet_lifetimes():
-        expected = np.asarray(
-            model.conditional_expected_number_of_purchases_up_to_time(horizon_days / DAYS_PER_WEEK, x, t_x, T),
-            dtype=float,
-        )
+    t = horizon_days / DAYS_PER_WEEK
+    if set(PNBD_PARAMETERS) <= set(model.params_.index):
+        r, alpha, s, beta = (float(model.params_[k]) for k in PNBD_PARAMETERS)
+        log_shrink = np.log(beta + T) - np.log(beta + T + t)
+        # [1 - q^(s - 1)] / (s - 1), written so that it stays exact as s approaches 1.
+        decay = -np.expm1((s - 1.0) * log_shrink) / (s - 1.0) if s != 1.0 else -log_shrink
+        with np.errstate(all="ignore"):
+            expected = pnbd_probability_alive(model, inputs) * (r + x) * (beta + T) / (alpha + T) * decay
+    else:
+        with _quiet_lifetimes():
+            expected = np.asarray(model.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T), dtype=float)
     return np.where(np.isfinite(expected), np.maximum(expected, 0.0), np.nan)
 
 
