@@ -248,33 +248,47 @@ def fit_bgnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALI
     """
     from lifetimes import BetaGeoFitter
 
+    return _fit_with_penalizers("BG/NBD", fit_bgnbd_parameters, BetaGeoFitter, BGNBD_PARAMETERS,
+                                BGNBDFitError, inputs, penalizers)
+
+
+def _fit_with_penalizers(what: str, fit_parameters: Any, fitter: type, names: Sequence[str], error: type,
+                         inputs: pd.DataFrame, penalizers: Sequence[float]) -> Any:
+    """The first fit of ``fit_parameters(x, t_x, T, penalizer)`` over ``penalizers`` that gives
+    finite positive parameters, as a lifetimes ``fitter`` with ``params_`` ``names``.
+
+    Raises
+    ------
+    error
+        If every penalizer fails, naming the penalizers tried and the last error.
+    """
     if len(inputs) == 0:
-        raise BGNBDFitError("BG/NBD cannot be fitted on an empty table")
+        raise error(f"{what} cannot be fitted on an empty table")
     if not penalizers:
-        raise ValueError("fit_bgnbd needs at least one penalizer")
+        raise ValueError(f"a {what} fit needs at least one penalizer")
     x, t_x, T = _input_arrays(inputs)
     last_error: BaseException | None = None
     for penalizer in penalizers:
         try:
             with np.errstate(all="ignore"):
-                params = fit_bgnbd_parameters(x, t_x, T, float(penalizer))
+                params = fit_parameters(x, t_x, T, float(penalizer))
         # Real retail data can make the optimiser fail or overflow: try a stronger penalizer.
-        except Exception as error:  # noqa: BLE001
-            last_error = error
-            log.debug("BG/NBD fit with penalizer %s failed: %r", penalizer, error)
+        except Exception as failure:  # noqa: BLE001
+            last_error = failure
+            log.debug("%s fit with penalizer %s failed: %r", what, penalizer, failure)
             continue
         if not np.isfinite(params).all() or (params <= 0).any():
-            last_error = ValueError(f"non-finite or non-positive parameters {dict(zip(BGNBD_PARAMETERS, params))}")
+            last_error = ValueError(f"non-finite or non-positive parameters {dict(zip(names, params))}")
             continue
         if penalizer != penalizers[0]:
-            log.info("BG/NBD converged with penalizer %s", penalizer)
-        model = BetaGeoFitter(penalizer_coef=float(penalizer))
-        model.params_ = pd.Series(params, index=list(BGNBD_PARAMETERS))
+            log.info("%s converged with penalizer %s", what, penalizer)
+        model = fitter(penalizer_coef=float(penalizer))
+        model.params_ = pd.Series(params, index=list(names))
         return model
     tried = ", ".join(str(p) for p in penalizers)
     message = str(last_error).strip() or type(last_error).__name__
-    raise BGNBDFitError(
-        f"BG/NBD did not fit with any penalizer ({tried}); last error: {type(last_error).__name__}: {message}"
+    raise error(
+        f"{what} did not fit with any penalizer ({tried}); last error: {type(last_error).__name__}: {message}"
     ) from last_error
 
 
@@ -610,34 +624,8 @@ def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZ
     """
     from lifetimes import ParetoNBDFitter
 
-    if len(inputs) == 0:
-        raise ParetoNBDFitError("Pareto/NBD cannot be fitted on an empty table")
-    if not penalizers:
-        raise ValueError("fit_pnbd needs at least one penalizer")
-    x, t_x, T = _input_arrays(inputs)
-    last_error: BaseException | None = None
-    for penalizer in penalizers:
-        try:
-            with np.errstate(all="ignore"):
-                params = fit_pnbd_parameters(x, t_x, T, float(penalizer))
-        # lifetimes' hypergeometric terms overflow on some real data: try a stronger penalizer.
-        except Exception as error:  # noqa: BLE001
-            last_error = error
-            log.debug("Pareto/NBD fit with penalizer %s failed: %r", penalizer, error)
-            continue
-        if not np.isfinite(params).all() or (params <= 0).any():
-            last_error = ValueError(f"non-finite or non-positive parameters {dict(zip(PNBD_PARAMETERS, params))}")
-            continue
-        if penalizer != penalizers[0]:
-            log.info("Pareto/NBD converged with penalizer %s", penalizer)
-        model = ParetoNBDFitter(penalizer_coef=float(penalizer))
-        model.params_ = pd.Series(params, index=list(PNBD_PARAMETERS))
-        return model
-    tried = ", ".join(str(p) for p in penalizers)
-    message = str(last_error).strip() or type(last_error).__name__
-    raise ParetoNBDFitError(
-        f"Pareto/NBD did not fit with any penalizer ({tried}); last error: {type(last_error).__name__}: {message}"
-    ) from last_error
+    return _fit_with_penalizers("Pareto/NBD", fit_pnbd_parameters, ParetoNBDFitter, PNBD_PARAMETERS,
+                                ParetoNBDFitError, inputs, penalizers)
 
 
 def gamma_share(shape_1: np.ndarray, rate_1: np.ndarray, shape_2: np.ndarray, rate_2: np.ndarray) -> np.ndarray:
