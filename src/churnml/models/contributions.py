@@ -310,11 +310,8 @@ def tabulate_model(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) ->
     The model is left as it is: :func:`attach_tree_tables` keeps the tables on it, as training
     does.
     """
-    estimator = getattr(model, "estimator_", None)
-    if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
-        return None
-    dump = estimator.booster_.dump_model()
-    if _untabulated_reason(dump, max_splits) is not None:
+    dump = _tree_dump(model)
+    if dump is None or _untabulated_reason(dump, max_splits) is not None:
         return None
     return _tabulated_trees(model, dump)
 
@@ -337,10 +334,8 @@ def tabulation_note(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -
     """
     if getattr(model, "tree_tables_", None) is not None:
         return None
-    estimator = getattr(model, "estimator_", None)
-    if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
-        return None
-    return _untabulated_reason(estimator.booster_.dump_model(), max_splits)
+    dump = _tree_dump(model)
+    return None if dump is None else _untabulated_reason(dump, max_splits)
 
 
 def attach_tree_tables(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -> str | None:
@@ -363,8 +358,11 @@ def attach_tree_tables(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS
         :func:`tabulation_note`: why the trees could not be tabulated, None when they were (or
         when the model has no trees).
     """
-    model.tree_tables_ = tabulate_model(model, max_splits)
-    return tabulation_note(model, max_splits)
+    # One dump of the trees serves both the tables and the reason they cannot be built.
+    dump = _tree_dump(model)
+    note = None if dump is None else _untabulated_reason(dump, max_splits)
+    model.tree_tables_ = _tabulated_trees(model, dump) if dump is not None and note is None else None
+    return note
 
 
 def with_tree_tables(model: ChurnModel) -> ChurnModel:
@@ -383,6 +381,14 @@ def with_tree_tables(model: ChurnModel) -> ChurnModel:
 
 # Where models kept their tables before ``tree_tables_``; ignored, and dropped from copies.
 _LEGACY_TABLES = "_tree_tables"
+
+
+def _tree_dump(model: ChurnModel) -> dict[str, Any] | None:
+    """LightGBM's ``dump_model()`` of a model whose trees read the raw features, else None."""
+    estimator = getattr(model, "estimator_", None)
+    if getattr(model, "preprocessing", None) != "native" or not hasattr(estimator, "booster_"):
+        return None
+    return estimator.booster_.dump_model()
 
 
 def _fallback(reason: str) -> str:
