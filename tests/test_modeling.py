@@ -8,7 +8,16 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError, category_codes, feature_columns
+from churnml.models.classifier import (
+    BGNBD_LOG_ODDS,
+    BIAS,
+    PRIOR,
+    ChurnModel,
+    FeatureMismatchError,
+    category_codes,
+    feature_columns,
+    fit_prior_weights,
+)
 
 
 def planted(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -139,6 +148,40 @@ def test_bgnbd_prior_is_a_contribution_and_part_of_the_raw_score():
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(test_y, model.predict_proba(test_X)[:, 1]) > 0.65
+
+
+def test_the_prior_blends_the_bgnbd_terms_with_weights_fitted_on_the_training_rows():
+    fit_X, fit_y = bgnbd_like(3000, "2024-01-01", 1)
+    cal_X, cal_y = bgnbd_like(1500, "2024-04-01", 2)
+    model = ChurnModel(small_lightgbm(), prior="bgnbd", target="repurchase", horizon_days=90)
+    model.fit(fit_X, fit_y, calibration_set=(cal_X, cal_y))
+    terms = model.prior_terms(cal_X)
+    assert terms.shape == (len(cal_X), 2) and np.isfinite(terms).all()
+    np.testing.assert_allclose(model.prior_log_odds(cal_X), model.prior_weights_[0] + terms @ model.prior_weights_[1:])
+    # The blend is calibrated to the training labels: its mean probability is the base rate.
+    blended = 1 / (1 + np.exp(-model.prior_log_odds(fit_X)))
+    assert blended.mean() == pytest.approx(fit_y.mean(), abs=0.01)
+    # A model saved before the blend existed boosts from BG/NBD's own log-odds.
+    del model.prior_weights_
+    np.testing.assert_allclose(model.prior_log_odds(cal_X), terms[:, 0])
+
+
+def test_prior_weights_recover_a_known_blend_and_fall_back_to_bgnbd():
+    rng = np.random.default_rng(0)
+    terms = rng.normal(size=(20_000, 2))
+    planted = np.array([-0.5, 0.8, 0.4])
+    y = rng.random(20_000) < 1 / (1 + np.exp(-(planted[0] + terms @ planted[1:])))
+    terms[:50] = np.nan
+    np.testing.assert_allclose(fit_prior_weights(terms, y), planted, atol=0.08)
+    np.testing.assert_array_equal(fit_prior_weights(terms, np.zeros(20_000)), BGNBD_LOG_ODDS)
+    np.testing.assert_array_equal(fit_prior_weights(terms[:60], y[:60]), BGNBD_LOG_ODDS)
+
+
+def test_fitting_shows_the_boosting_rounds_and_the_calibration_loss(capsys):
+    X, y = planted(1200)
+    ChurnModel(small_lightgbm()).fit(X[:1000], y[:1000], calibration_set=(X[1000:], y[1000:]), progress="churn model")
+    shown = capsys.readouterr().err
+    assert "churn model" in shown and "round" in shown and "binary_logloss" in shown
 
 
 def test_prior_falls_back_to_the_base_rate_when_bgnbd_cannot_fit():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 
@@ -12,7 +13,13 @@ import pytest
 
 from churnml.features.build import build_features
 from churnml.models.classifier import ChurnModel
-from churnml.models.training import TrainingPlan, cv_fold_cutoffs, split_by_cutoff, train_and_evaluate
+from churnml.models.training import (
+    TrainingPlan,
+    cv_fold_cutoffs,
+    split_by_cutoff,
+    split_for_calibration,
+    train_and_evaluate,
+)
 from churnml.tracking import is_at_least_as_good
 from conftest import frame_dataset
 from test_config import compose_resolved
@@ -39,7 +46,7 @@ def outcome(shop_dataset):
 
 def test_a_model_with_small_trees_is_trained_tabulated_and_without_a_note(outcome):
     assert outcome.tabulation_note is None
-    assert outcome.model.tree_tables_ is not None
+    assert outcome.deployed_model.tree_tables_ is not None
 
 
 def test_a_model_with_large_trees_is_reported_at_training_time(shop_dataset, caplog):
@@ -49,7 +56,7 @@ def test_a_model_with_large_trees_is_reported_at_training_time(shop_dataset, cap
                         max_snapshots=4, cv_folds=0)
     with caplog.at_level("WARNING", logger="churnml.models.training"):
         large = train_and_evaluate(shop_dataset, ChurnModel(estimator), plan, progress=False)
-    assert large.model.tree_tables_ is None
+    assert large.deployed_model.tree_tables_ is None
     assert large.tabulation_note and "tables cover at most 9 leaves" in large.tabulation_note
     assert any(r.levelname == "WARNING" and large.tabulation_note in r.getMessage() for r in caplog.records)
 
@@ -60,6 +67,40 @@ def test_calibration_slice_is_later_than_the_fit():
     assert fit["cutoff"].max() < calibration["cutoff"].min()
     with pytest.raises(ValueError, match="cannot be split"):
         split_by_cutoff(table.iloc[:1], 1)
+
+
+def test_calibration_customers_are_held_out_of_the_fit():
+    ids = [f"C{i}" for i in range(2000)]
+    table = pd.DataFrame({"customer_id": ids * 3,
+                          "cutoff": pd.to_datetime(["2024-01-01"] * 2000 + ["2024-02-01"] * 2000 + ["2024-03-01"] * 2000)})
+    fit, calibration = split_for_calibration(table, 1, 0.3)
+    assert set(fit["customer_id"]).isdisjoint(calibration["customer_id"])
+    assert set(calibration["cutoff"]) == {pd.Timestamp("2024-03-01")}
+    assert fit["cutoff"].max() < calibration["cutoff"].min()
+    assert 0.25 < len(calibration) / 2000 < 0.35
+    assert len(fit) == 2 * (2000 - len(calibration))
+    # The same customers are held out whatever the order of the rows.
+    _, shuffled = split_for_calibration(table.sample(frac=1.0, random_state=1), 1, 0.3)
+    assert set(shuffled["customer_id"]) == set(calibration["customer_id"])
+    everyone_fit, everyone_calibration = split_for_calibration(table, 1, 0.0)
+    assert len(everyone_fit) == 4000 and len(everyone_calibration) == 2000
+    with pytest.raises(ValueError, match="fraction"):
+        split_for_calibration(table, 1, 1.0)
+
+
+def test_the_deployed_model_is_refit_through_the_holdout(shop_dataset, outcome):
+    assert outcome.deployed_model is outcome.refit_model is not None
+    assert outcome.model.trained_through_ == outcome.train_table["cutoff"].max().date()
+    assert outcome.refit_model.trained_through_ == outcome.holdout_cutoff
+    # The figures are the evaluated twin's; the refit model has seen the holdout's labels.
+    np.testing.assert_allclose(outcome.model.predict_proba(outcome.holdout_table)[:, 1], outcome.probabilities["model"])
+    refit_probability = outcome.refit_model.predict_proba(outcome.holdout_table)[:, 1]
+    assert np.abs(refit_probability - outcome.probabilities["model"]).max() > 1e-3
+    assert outcome.refit_model.tree_tables_ is not None and outcome.refit_model.reference_profile_ is not None
+    without = train_and_evaluate(shop_dataset, quick_model(), dataclasses.replace(PLAN, refit=False, cv_folds=0),
+                                 progress=False)
+    assert without.refit_model is None and without.deployed_model is without.model
+    assert without.model.trained_through_ == outcome.model.trained_through_
 
 
 def test_cv_folds_train_only_on_labels_known_at_the_fold():
@@ -166,6 +207,12 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     printed = capsys.readouterr().out
     assert "bgnbd" in printed and "pnbd_count" in printed and "best_classical scorer" in printed
     assert "models:/churnml-churn/1" in printed
+    # What is registered and exported is the model refit through the holdout.
+    from churnml.tracking import load_model
+
+    holdout_cutoff = run.data.params["holdout_cutoff"]
+    assert run.data.tags["churnml.refit_through"] == holdout_cutoff
+    assert str(load_model(str(tmp_path / "models" / "churnml-churn")).trained_through_) == holdout_cutoff
 
     # A model that cannot learn (one shallow tree on a tiny learning rate) does not take the alias.
     run_train(small_train_settings(tmp_path, "model.n_estimators=1", "model.learning_rate=0.0001",
@@ -176,4 +223,7 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     # The same configuration again is as good: the alias moves to the new version.
     run_train(settings)
     assert str(client.get_model_version_by_alias("churnml-churn", "champion").version) == "3"
+    # The champion had seen these holdout labels in its refit: it is judged by its logged figures.
+    decision = client.get_run(client.get_model_version("churnml-churn", "3").run_id).data.tags["churnml.champion_decision"]
+    assert "trained on labels inside this holdout's window" in decision
     mlflow.set_tracking_uri("")

@@ -226,8 +226,10 @@ class TrainSettings:
     min_snapshots: int = TrainingPlan.min_snapshots
     min_history_days: int = TrainingPlan.min_history_days
     calibration_snapshots: int = TrainingPlan.calibration_snapshots
+    calibration_fraction: float = TrainingPlan.calibration_fraction
     cv_folds: int = TrainingPlan.cv_folds
     bgnbd_features: bool = TrainingPlan.bgnbd_features
+    refit: bool = TrainingPlan.refit
     champion_metric: str = "holdout_roc_auc"
     objective: str = "cv_roc_auc_mean"  # what a sweep maximises: CV, never the holdout
     export_dir: Optional[str] = "models"

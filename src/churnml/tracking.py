@@ -106,7 +106,7 @@ def log_training(
     import mlflow
     from mlflow.models import infer_signature
 
-    model: ChurnModel = outcome.model
+    model: ChurnModel = outcome.deployed_model
     example = outcome.holdout_table.head(5)
     # The example's prior comes from the whole holdout population, as when it was scored.
     example_output = model.with_population_prior(outcome.holdout_table).predict_proba(example)
@@ -124,6 +124,9 @@ def log_training(
             registered_model_name=registered_name,
         )
         version = str(info.registered_model_version)
+        if outcome.refit_model is not None:
+            # The registered model was refit on the holdout's labels: its figures are its evaluated twin's.
+            mlflow.set_tag("churnml.refit_through", str(outcome.holdout_cutoff))
         promote, reason = _champion_decision(registered_name, outcome, champion_metric)
         mlflow.set_tag("churnml.champion_decision", reason)
         if promote:
@@ -211,17 +214,28 @@ def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]
     except MlflowException:
         return True, f"no champion yet: version promoted ({metric}={new_score:.4f})"
     champion = load_model(registered_model_uri(name))
-    try:
-        probability = champion.predict_proba(outcome.holdout_table)[:, 1]
-        scores = binary_metrics(outcome.holdout_table["label"].to_numpy(), probability)
-        champion_score = float(scores[metric.removeprefix("holdout_")])
-        basis = "on the same holdout rows"
-    except FeatureMismatchError:
-        champion_score = MlflowClient().get_run(current.run_id).data.metrics.get(metric)
-        basis = "as logged (the champion cannot score the new feature table)"
+    logged = MlflowClient().get_run(current.run_id).data.metrics.get(metric)
+    if not _out_of_time(champion, outcome.holdout_cutoff):
+        champion_score, basis = logged, "as logged (the champion was trained on labels inside this holdout's window)"
+    else:
+        try:
+            probability = champion.predict_proba(outcome.holdout_table)[:, 1]
+            scores = binary_metrics(outcome.holdout_table["label"].to_numpy(), probability)
+            champion_score, basis = float(scores[metric.removeprefix("holdout_")]), "on the same holdout rows"
+        except FeatureMismatchError:
+            champion_score, basis = logged, "as logged (the champion cannot score the new feature table)"
     promote = is_at_least_as_good(new_score, champion_score)
     verdict = "promoted" if promote else "kept the champion"
     return promote, f"{verdict}: new {metric}={new_score:.4f} vs champion v{current.version} {champion_score} {basis}"
+
+
+def _out_of_time(model: ChurnModel, holdout_cutoff: Any) -> bool:
+    """Whether every label ``model`` was trained on closed by ``holdout_cutoff`` (models fitted
+    before ``trained_through_`` was kept count as out of time)."""
+    import datetime as dt
+
+    through = getattr(model, "trained_through_", None)
+    return through is None or through + dt.timedelta(days=int(model.horizon_days)) <= holdout_cutoff
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:

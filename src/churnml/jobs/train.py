@@ -42,8 +42,10 @@ def training_plan(settings: Mapping[str, Any]):
         min_snapshots=int(train["min_snapshots"]),
         min_history_days=int(train["min_history_days"]),
         calibration_snapshots=int(train["calibration_snapshots"]),
+        calibration_fraction=float(train["calibration_fraction"]),
         cv_folds=int(train["cv_folds"]),
         bgnbd_features=bool(train["bgnbd_features"]),
+        refit=bool(train["refit"]),
     )
 
 

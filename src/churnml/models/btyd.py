@@ -37,6 +37,9 @@ BGNBD_FEATURE_COLUMNS = ("bgnbd_p_alive", "bgnbd_expected_purchases")
 DEFAULT_PENALIZERS = (0.0, 0.001, 0.01, 0.1, 1.0)
 # Larger tables start their BG/NBD fit from a fit on a sample of about this many customers.
 WARM_START_CUSTOMERS = 50_000
+# Pareto/NBD's likelihood costs far more per customer (hypergeometric terms): its fits start from
+# a sample on tables of more than twice this many customers.
+PNBD_WARM_START_CUSTOMERS = 5_000
 PNBD_PARAMETERS = ("r", "alpha", "s", "beta")
 # Pareto/NBD log-parameters (times scaled so that the largest age is 1) beyond this are not tried.
 PNBD_LOG_PARAMETER_BOUND = 4.0
@@ -550,7 +553,7 @@ def pnbd_negative_log_likelihood(
 
 def fit_pnbd_parameters(
     x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float = 0.0,
-    warm_start_customers: int | None = WARM_START_CUSTOMERS,
+    warm_start_customers: int | None = PNBD_WARM_START_CUSTOMERS,
 ) -> np.ndarray:
     """``r, alpha, s, beta`` that minimise :func:`pnbd_negative_log_likelihood`.
 
@@ -558,7 +561,7 @@ def fit_pnbd_parameters(
     the largest age is 1, as lifetimes does. BFGS (finite-difference gradient) from parameters 1,
     lifetimes' start: on CDNOW's 23,570 customers about 175 likelihood evaluations, under a
     second, where lifetimes' own Nelder-Mead fit takes about ten times as long to the same
-    optimum. On more than four times ``warm_start_customers`` customers, BFGS first runs on an
+    optimum. On more than twice ``warm_start_customers`` customers, BFGS first runs on an
     evenly spaced sample of about that many, and the fit on every customer starts from the
     sample's optimum and curvature, so a million customers cost a few evaluations on the whole
     table; when the sample does not converge the fit fails without trying the whole table, so
@@ -583,7 +586,7 @@ def fit_pnbd_parameters(
                         options={"maxiter": PNBD_MAX_ITERATIONS, **options})
 
     cold_start = np.zeros(4)
-    if warm_start_customers and len(x) > 4 * warm_start_customers:
+    if warm_start_customers and len(x) > 2 * warm_start_customers:
         sample = minimised(slice(None, None, len(x) // warm_start_customers), cold_start)
         curvature = (sample.hess_inv + sample.hess_inv.T) / 2
         # A sample that does not converge says the whole table will not either: fail fast.

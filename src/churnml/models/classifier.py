@@ -21,6 +21,11 @@ CALIBRATION = ("isotonic", "sigmoid", "none")
 PRIORS = (None, "bgnbd")
 BIAS = "bias"
 PRIOR = "bgnbd_prior"
+# Prior weights (intercept, log-odds of the target, log expected purchases) that give BG/NBD's own log-odds.
+BGNBD_LOG_ODDS = np.array([0.0, 1.0, 0.0])
+# Expected purchases below this count as this many in the prior's log count (a dead customer's
+# expectation would otherwise weigh by how many zeros follow the decimal point).
+MIN_EXPECTED_PURCHASES = 1e-3
 # BG/NBD describes a population; fitted on fewer customers its parameters say nothing.
 MIN_PRIOR_CUSTOMERS = 100
 
@@ -77,11 +82,14 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         For LightGBM: stop adding trees when the calibration slice's log loss has not improved
         for this many rounds (0 turns it off).
     prior
-        ``bgnbd``: LightGBM boosts from BG/NBD's probability (as an initial score in log-odds),
-        so trees learn corrections to the buy-till-you-die model and the prediction falls back
-        to it where the training snapshots say little (long horizons, short histories). BG/NBD
-        is fitted per cutoff on the rows of that cutoff (history up to it only). ``None``: boost
-        from the base rate.
+        ``bgnbd``: LightGBM boosts from a buy-till-you-die prior (an initial score in log-odds),
+        so trees learn corrections to it and the prediction falls back to it where the training
+        snapshots say little (long horizons, short histories). BG/NBD is fitted per cutoff on
+        the rows of that cutoff (history up to it only); the prior is a logistic regression of
+        the training labels on two of its outputs, the log-odds of the target and the log of
+        the expected purchases in the horizon (:func:`prior_terms`): each BTYD score alone
+        ranks worse than the two together, and the regression calibrates them to the target.
+        ``None``: boost from the base rate.
     target, horizon_days
         What the model predicts; kept with the model for scoring and reports.
 
@@ -95,6 +103,9 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         Maps the raw score (log-odds, prior included) to a probability.
     prior_fallback_ : float
         Log-odds of the training base rate, the prior where BG/NBD cannot be fitted.
+    prior_weights_ : numpy.ndarray
+        Intercept and weights of the prior's two BG/NBD terms (:func:`prior_terms`), fitted on
+        the training rows; ``(0, 1, 0)`` is BG/NBD's own log-odds.
     prior_mean_ : float
         Mean prior of the training rows; contributions show the prior relative to it.
     classes_ : ndarray
@@ -126,8 +137,13 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
     # --- fitting ------------------------------------------------------------------------------
 
-    def fit(self, X: pd.DataFrame, y: Any, calibration_set: tuple[pd.DataFrame, Any] | None = None) -> "ChurnModel":
-        """Fit on ``X, y``; calibrate (and early-stop) on ``calibration_set``, a later time slice."""
+    def fit(self, X: pd.DataFrame, y: Any, calibration_set: tuple[pd.DataFrame, Any] | None = None,
+            progress: str | None = None) -> "ChurnModel":
+        """Fit on ``X, y``; calibrate (and early-stop) on ``calibration_set``, a later time slice.
+
+        ``progress``: a description to show a progress bar of the boosting rounds under (LightGBM
+        only: the round and the calibration slice's log loss), None for none.
+        """
         if self.preprocessing not in PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got '{self.preprocessing}'")
         if self.calibration not in CALIBRATION:
@@ -156,35 +172,52 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         calibration = None
         if calibration_set is not None:
             calibration = (calibration_set[0], np.asarray(calibration_set[1]).astype(int))
-        self.prior_mean_ = float(np.mean(self.prior_log_odds(X))) if self.prior else 0.0
-        self.estimator_ = self._fit_estimator(X, train, y, calibration)
-        self.calibrator_ = self._fit_calibrator(calibration)
+        prior, calibration_prior = np.zeros(len(X)), None
+        if self.prior:
+            terms = self.prior_terms(X)
+            self.prior_weights_ = fit_prior_weights(terms, y)
+            prior = self._blended(terms)
+            if calibration is not None:
+                calibration_prior = self.prior_log_odds(calibration[0])
+        self.prior_mean_ = float(np.mean(prior)) if self.prior else 0.0
+        self.estimator_ = self._fit_estimator(train, y, prior, calibration, calibration_prior, progress)
+        self.calibrator_ = self._fit_calibrator(calibration, calibration_prior)
         return self
 
-    def _fit_estimator(self, X, train, y, calibration):
+    def _fit_estimator(self, train, y, prior, calibration, calibration_prior, progress):
         estimator = clone(self.estimator)
         if self.preprocessing == "scaled":
             estimator = _scaled_pipeline(estimator, train)
             return estimator.fit(train, y)
         fit_params: dict[str, Any] = {}
         if self.prior:
-            fit_params["init_score"] = self.prior_log_odds(X)
-        if _is_lightgbm(estimator) and self.early_stopping_rounds and calibration is not None:
+            fit_params["init_score"] = prior
+        if _is_lightgbm(estimator):
             import lightgbm
 
-            fit_params["eval_X"], fit_params["eval_y"] = self._prepare(calibration[0]), calibration[1]
-            if self.prior:
-                fit_params["eval_init_score"] = [self.prior_log_odds(calibration[0])]
-            fit_params["callbacks"] = [lightgbm.early_stopping(self.early_stopping_rounds, verbose=False)]
+            callbacks = []
+            if self.early_stopping_rounds and calibration is not None:
+                fit_params["eval_X"], fit_params["eval_y"] = self._prepare(calibration[0]), calibration[1]
+                fit_params["eval_names"] = ["calibration"]
+                if self.prior:
+                    fit_params["eval_init_score"] = [calibration_prior]
+                callbacks.append(lightgbm.early_stopping(self.early_stopping_rounds, verbose=False))
+            bar = BoostingProgress(estimator.get_params().get("n_estimators", 100), progress) if progress else None
+            fit_params["callbacks"] = [*callbacks, *([bar] if bar else [])]
+            try:
+                return estimator.fit(train, y, **fit_params)
+            finally:
+                if bar:
+                    bar.close()
         return estimator.fit(train, y, **fit_params)
 
-    def _fit_calibrator(self, calibration):
+    def _fit_calibrator(self, calibration, calibration_prior=None):
         if self.calibration == "none":
             return None
         if calibration is None or len(np.unique(calibration[1])) < 2:
             log.warning("no calibration slice with both classes: probabilities are the estimator's own")
             return None
-        score = self.raw_score(calibration[0]).reshape(-1, 1)
+        score = self.raw_score(calibration[0], prior=calibration_prior).reshape(-1, 1)
         if self.calibration == "sigmoid":
             from sklearn.linear_model import LogisticRegression
 
@@ -194,21 +227,32 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score.ravel(), calibration[1])
 
     def prior_log_odds(self, X: pd.DataFrame) -> np.ndarray:
-        """The prior of each row in log-odds: BG/NBD's probability of the target, fitted per cutoff
-        on the rows of that cutoff (or taken from ``with_population_prior``)."""
-        from churnml.models.btyd import bgnbd_inputs, bgnbd_probability
-
+        """The prior of each row in log-odds, shape ``(n_rows,)``: the fitted blend of the BG/NBD
+        terms (:func:`prior_terms`), BG/NBD fitted per cutoff on the rows of that cutoff (or
+        taken from ``with_population_prior``); the training base rate where BG/NBD cannot be
+        fitted. Zeros without a prior."""
         if not self.prior:
             return np.zeros(len(X))
+        return self._blended(self.prior_terms(X))
+
+    def prior_terms(self, X: pd.DataFrame) -> np.ndarray:
+        """BG/NBD's log-odds of the target and log expected purchases in the horizon for each row,
+        shape ``(n_rows, 2)`` (:func:`prior_terms`); NaN where BG/NBD cannot be fitted."""
         fixed = getattr(self, "population_priors_", None)
-        prior = np.full(len(X), self.prior_fallback_)
+        terms = np.full((len(X), 2), np.nan)
         for cutoff, rows in _rows_by_cutoff(X).items():
             part = X.iloc[rows]
             fitted = fixed.get(_cutoff_key(cutoff)) if fixed is not None else _fit_prior(part, cutoff)
-            if fitted is None:
-                continue
-            inputs = bgnbd_inputs(part)
-            prior[rows] = _logit(np.clip(bgnbd_probability(fitted, inputs, self.horizon_days, self.target), 1e-6, 1 - 1e-6))
+            if fitted is not None:
+                terms[rows] = prior_terms(fitted, part, self.horizon_days, self.target)
+        return terms
+
+    def _blended(self, terms: np.ndarray) -> np.ndarray:
+        # Models fitted before the blend existed boost from BG/NBD's own log-odds.
+        weights = getattr(self, "prior_weights_", BGNBD_LOG_ODDS)
+        usable = np.isfinite(terms).all(axis=1)
+        prior = np.full(len(terms), self.prior_fallback_)
+        prior[usable] = weights[0] + terms[usable] @ weights[1:]
         return prior
 
     def with_population_prior(self, population: pd.DataFrame, priors: dict | None = None) -> "ChurnModel":
@@ -258,11 +302,13 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """1 where the probability of the positive class is at least 0.5, else 0."""
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
-    def raw_score(self, X: pd.DataFrame) -> np.ndarray:
-        """The uncalibrated score in log-odds (prior included), the scale of ``contributions``."""
+    def raw_score(self, X: pd.DataFrame, prior: np.ndarray | None = None) -> np.ndarray:
+        """The uncalibrated score in log-odds (prior included), the scale of ``contributions``;
+        ``prior``: the rows' prior log-odds when already known."""
         prepared = self._checked(X)
         if self.preprocessing == "native" and _is_lightgbm(self.estimator_):
-            return self.estimator_.predict(prepared, raw_score=True) + self.prior_log_odds(X)
+            prior = self.prior_log_odds(X) if prior is None else prior
+            return self.estimator_.predict(prepared, raw_score=True) + prior
         return self.estimator_.decision_function(prepared)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -320,6 +366,66 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             for name in self.categories_:
                 prepared[name] = prepared[name].astype(object).where(prepared[name].notna(), "missing")
         return prepared
+
+
+def prior_terms(fitted: Any, features: pd.DataFrame, horizon_days: int, target: str) -> np.ndarray:
+    """The two BG/NBD outputs the prior blends, shape ``(n_rows, 2)``: the log-odds of the target
+    in the horizon (:func:`churnml.models.btyd.bgnbd_probability`) and the log of the expected
+    purchases in it (:func:`churnml.models.btyd.expected_purchases`, floored at
+    :data:`MIN_EXPECTED_PURCHASES`); NaN where BG/NBD gives no finite value.
+
+    ``fitted``: a BG/NBD model fitted at the rows' cutoff; ``features``: feature rows.
+    """
+    from churnml.models.btyd import bgnbd_inputs, bgnbd_probability, expected_purchases
+
+    inputs = bgnbd_inputs(features)
+    probability = bgnbd_probability(fitted, inputs, horizon_days, target)
+    expected = expected_purchases(fitted, inputs, horizon_days)
+    return np.column_stack([_logit(np.clip(probability, 1e-6, 1 - 1e-6)),
+                            np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES))])
+
+
+def fit_prior_weights(terms: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Intercept and weights of a logistic regression of ``y`` on the prior ``terms``
+    (:func:`prior_terms`, shape ``(n_rows, 2)``), fitted on the rows where both are finite: a
+    stacked blend of the two BTYD scores (Wolpert, 1992), calibrated to the training labels.
+
+    BG/NBD's own log-odds, ``(0, 1, 0)``, where the rows cannot fit a regression (fewer than
+    :data:`MIN_PRIOR_CUSTOMERS` of them, or one class).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    usable = np.isfinite(terms).all(axis=1)
+    y = np.asarray(y).astype(int)
+    if usable.sum() < MIN_PRIOR_CUSTOMERS or len(np.unique(y[usable])) < 2:
+        return BGNBD_LOG_ODDS.copy()
+    # Almost no penalty: two well-scaled terms on thousands of rows need none, and a strong one
+    # would pull the blend away from calibrated log-odds.
+    regression = LogisticRegression(C=1e4, max_iter=1000).fit(terms[usable], y[usable])
+    return np.concatenate([regression.intercept_, regression.coef_.ravel()])
+
+
+class BoostingProgress:
+    """A LightGBM callback that shows the boosting rounds as a tqdm bar, with the validation
+    log loss when there is a validation set; ``close()`` ends the bar (early stopping ends the
+    training before the last round)."""
+
+    def __init__(self, total_rounds: int, description: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_rounds, desc=description, unit="round", leave=False, mininterval=0.5)
+
+    def __call__(self, env: Any) -> None:
+        """Advance to ``env.iteration`` and show the latest validation score."""
+        self.bar.update(env.iteration + 1 - self.bar.n)
+        if env.evaluation_result_list:
+            _, metric, value = env.evaluation_result_list[0][:3]
+            self.bar.set_postfix_str(f"{metric} {value:.4f}", refresh=False)
+
+    def close(self) -> None:
+        """Show the last round reached, then end the bar."""
+        self.bar.refresh()
+        self.bar.close()
 
 
 def fit_population_priors(population: pd.DataFrame) -> dict[str | None, Any]:

@@ -31,7 +31,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """What to train on: target, horizon, holdout cutoff and the snapshot schedule."""
+    """What to train on: target, horizon, holdout cutoff and the snapshot schedule.
+
+    ``calibration_fraction`` of the customers (a stable hash of ``customer_id``) make up the
+    calibration slice of the latest ``calibration_snapshots``; the model is fitted on the
+    earlier snapshots of the other customers (:func:`split_for_calibration`). ``refit``: the
+    model to deploy is fitted again after the evaluation, on the snapshots through the
+    holdout's (:func:`train_and_evaluate`).
+    """
 
     target: str = "churn"
     horizon_days: int = 90
@@ -41,8 +48,10 @@ class TrainingPlan:
     min_snapshots: int = 4
     min_history_days: int = 30
     calibration_snapshots: int = 1
+    calibration_fraction: float = 0.3
     cv_folds: int = 3
     bgnbd_features: bool = False
+    refit: bool = True
 
     def resolve_holdout(self, dataset: Dataset) -> dt.date:
         """The holdout date: given, or the last date in the data minus the horizon
@@ -69,10 +78,23 @@ class Outcome:
     # Why scoring cannot use tabulated trees for this model (and falls back to LightGBM's slow
     # pred_contrib for exact reasons); None when it can.
     tabulation_note: str | None = None
+    # The model refit through the holdout's snapshot (TrainingPlan.refit), None without a refit.
+    refit_model: ChurnModel | None = None
+
+    @property
+    def deployed_model(self) -> ChurnModel:
+        """The model to register and score with: the refit one, or the evaluated one without a refit."""
+        return self.refit_model if self.refit_model is not None else self.model
 
 
 def split_by_cutoff(table: pd.DataFrame, n_latest: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows of all but the ``n_latest`` cutoffs, and rows of those latest cutoffs."""
+    """Rows of all but the ``n_latest`` cutoffs, and rows of those latest cutoffs.
+
+    Raises
+    ------
+    ValueError
+        If the table has ``n_latest`` cutoffs or fewer.
+    """
     cutoffs = sorted(table["cutoff"].unique())
     if len(cutoffs) <= n_latest:
         raise ValueError(
@@ -83,10 +105,48 @@ def split_by_cutoff(table: pd.DataFrame, n_latest: int) -> tuple[pd.DataFrame, p
     return table[~later], table[later]
 
 
+def held_out_customers(customer_ids: pd.Series, fraction: float) -> np.ndarray:
+    """Whether each customer belongs to the held-out ``fraction`` of customers, shape ``(n_rows,)``.
+
+    Decided by a hash of the id's text (pandas' ``hash_pandas_object``), so a customer is held
+    out or not in every snapshot and every run, whatever order the rows come in.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"the calibration fraction must be in [0, 1), got {fraction}")
+    hashed = pd.util.hash_pandas_object(customer_ids.astype(str), index=False).to_numpy()
+    return (hashed % 10_000) < round(fraction * 10_000)
+
+
+def split_for_calibration(
+    table: pd.DataFrame, n_latest: int, fraction: float = 0.0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fitting rows and the calibration rows of a snapshot table.
+
+    Calibration: the latest ``n_latest`` snapshots, of the held-out ``fraction`` of customers
+    (:func:`held_out_customers`); fitting: the earlier snapshots of the other customers. A
+    customer's snapshots share most of their history, and the label windows of consecutive
+    snapshots overlap, so a model fitted on a customer's earlier snapshots would meet them again
+    in the calibration slice: early stopping would never stop and the calibration would judge
+    memorised customers. With ``fraction`` 0 every customer is in both parts.
+
+    Raises
+    ------
+    ValueError
+        If the table has ``n_latest`` cutoffs or fewer, or ``fraction`` is outside [0, 1).
+    """
+    fit_part, calibration_part = split_by_cutoff(table, n_latest)
+    if fraction == 0.0:
+        return fit_part, calibration_part
+    return (fit_part[~held_out_customers(fit_part["customer_id"], fraction)],
+            calibration_part[held_out_customers(calibration_part["customer_id"], fraction)])
+
+
 def fit_model(
-    template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1, keep_reference: bool = True
+    template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1, keep_reference: bool = True,
+    calibration_fraction: float = 0.0, progress: str | None = None,
 ) -> ChurnModel:
-    """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones.
+    """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones
+    (:func:`split_for_calibration`).
 
     With ``keep_reference``, the model is made ready to be shipped: the latest snapshot's features
     and scores are kept with it (``reference_profile_``) as the reference for drift when it scores
@@ -94,10 +154,14 @@ def fit_model(
     :func:`churnml.models.contributions.attach_tree_tables`), which every scoring run would
     otherwise redo. Trees too large to tabulate are reported here, as a warning, rather than
     found out in a slow scoring run (:func:`churnml.models.contributions.tabulation_note`).
+    ``trained_through_`` is the latest cutoff whose labels the model saw. ``progress``: the
+    description of a progress bar of the boosting rounds, None for none.
     """
-    fit_part, calibration_part = split_by_cutoff(table, calibration_snapshots)
+    fit_part, calibration_part = split_for_calibration(table, calibration_snapshots, calibration_fraction)
     model = clone(template)
-    model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]))
+    model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]),
+              progress=progress)
+    model.trained_through_ = pd.Timestamp(table["cutoff"].max()).date()
     if not keep_reference:
         return model
     latest = table[table["cutoff"] == table["cutoff"].max()]
@@ -131,7 +195,7 @@ def cv_fold_cutoffs(cutoffs: list[dt.date], horizon_days: int, n_folds: int, cal
 
 def time_cv(
     template: ChurnModel, table: pd.DataFrame, horizon_days: int, n_folds: int, calibration_snapshots: int = 1,
-    progress: bool = True,
+    progress: bool = True, calibration_fraction: float = 0.0,
 ) -> pd.DataFrame:
     """Out-of-time folds: each evaluates on one snapshot, training only on snapshots whose label
     windows close on or before its cutoff. Never random k-fold over time."""
@@ -144,7 +208,8 @@ def time_cv(
         known = table["cutoff"] + pd.Timedelta(days=horizon_days) <= pd.Timestamp(fold_cutoff)
         evaluated = table[table["cutoff"] == pd.Timestamp(fold_cutoff)]
         # A fold's model is only evaluated, never scores new data: no drift reference.
-        model = fit_model(template, table[known], calibration_snapshots, keep_reference=False)
+        model = fit_model(template, table[known], calibration_snapshots, keep_reference=False,
+                          calibration_fraction=calibration_fraction)
         metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
     if not rows:
@@ -198,17 +263,31 @@ def train_and_evaluate(
     dataset: Dataset, template: ChurnModel, plan: TrainingPlan, features: FeatureConfig = FeatureConfig(),
     progress: bool = True,
 ) -> Outcome:
-    """Build snapshots, fit and calibrate, evaluate on the out-of-time holdout and by time-based CV."""
+    """Build snapshots, fit and calibrate, evaluate on the out-of-time holdout and by time-based CV.
+
+    With ``plan.refit``, the model to deploy (``Outcome.refit_model``) is then fitted the same
+    way on every snapshot through the holdout's, calibrated on the holdout snapshot, so that what
+    scores today's customers has seen the latest labels; its figures are the evaluated twin's
+    (``Outcome.model``), since no later data is left to judge it on.
+    """
     holdout_cutoff, cutoffs, train_table, holdout_table = _snapshots_for(dataset, plan, features, progress)
     template = clone(template).set_params(target=plan.target, horizon_days=plan.horizon_days)
-    model = fit_model(template, train_table, plan.calibration_snapshots)
+    what = f"{plan.target} model"
+    model = fit_model(template, train_table, plan.calibration_snapshots, keep_reference=not plan.refit,
+                      calibration_fraction=plan.calibration_fraction, progress=what if progress else None)
     probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
     y_holdout = holdout_table["label"].to_numpy()
-    folds = time_cv(template, train_table, plan.horizon_days, plan.cv_folds, plan.calibration_snapshots, progress)
+    folds = time_cv(template, train_table, plan.horizon_days, plan.cv_folds, plan.calibration_snapshots, progress,
+                    plan.calibration_fraction)
     metrics = evaluation_metrics.holdout_metrics(probabilities, y_holdout)
     if not folds.empty:
         metric_columns = [c for c in folds.columns if c not in ("cutoff", "train_rows", "n", "base_rate")]
         metrics.update(evaluation_metrics.cv_summary(folds[metric_columns].to_dict("records")))
+    refit = None
+    if plan.refit:
+        refit = fit_model(template, pd.concat([train_table, holdout_table], ignore_index=True),
+                          plan.calibration_snapshots, calibration_fraction=plan.calibration_fraction,
+                          progress=f"{what}, refit through {holdout_cutoff}" if progress else None)
     return Outcome(
         model=model,
         plan=plan,
@@ -220,7 +299,8 @@ def train_and_evaluate(
         comparison=evaluation_metrics.comparison_table(probabilities, y_holdout),
         metrics=metrics,
         cv_folds=folds,
-        tabulation_note=tabulation_note(model),
+        tabulation_note=tabulation_note(refit if refit is not None else model),
+        refit_model=refit,
     )
 
 
