@@ -110,12 +110,13 @@ def run_case(case: Case) -> dict:
 
 
 def _signed(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:+.4f}"
+    return "nan" if math.isnan(value) else f"{value:+.5f}"
 
 
 def run(cases: tuple[Case, ...] = CASES) -> bool:
     results = [run_case(case) for case in cases]
-    shown = [{**r, **{m: _signed(r[m]) for m in MARGINS}, "met": "yes" if r["met"] else "NO"} for r in results]
+    shown = [{**r, **{m: _signed(r[m]) for m in MARGINS}, "met": "yes" if r["met"] else "NO",
+              "seconds": f"{r['seconds']:.0f}"} for r in results]
     print_table("model - best_classical (ROC AUC, PR AUC above 0; Brier, log loss at most 0; lift informational)",
                 shown, ["case", "as_of", "horizon", "rows", "base_rate", *MARGINS, "met", "seconds"])
     ok = all(r["met"] for r in results)
