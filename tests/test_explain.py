@@ -109,12 +109,12 @@ def test_other_estimators_get_permutation_values_that_add_up(planted):
 
 
 class RecencyPrior(ChurnModel):
-    """A model boosted from a prior that stands in for BG/NBD: log-odds rising with recency."""
+    """A model boosted from a prior that stands in for BG/NBD: one term rising with recency (the
+    other is zero), blended with fitted weights."""
 
-    def prior_log_odds(self, X):
-        if not self.prior:
-            return np.zeros(len(X))
-        return 0.02 * (X["recency_days"].to_numpy(dtype=float) - 60.0)
+    def prior_terms(self, X):
+        recency = X["recency_days"].to_numpy(dtype=float)
+        return np.column_stack([0.02 * (recency - 60.0), np.zeros(len(X))])
 
 
 def test_a_boosting_prior_is_one_more_additive_column(planted):
@@ -128,7 +128,9 @@ def test_a_boosting_prior_is_one_more_additive_column(planted):
                                atol=1e-8)
     prior = explanation[:, "bgnbd_prior"].values
     assert prior.mean() == pytest.approx(0.0, abs=1e-12)
-    np.testing.assert_allclose(np.diff(prior), 0.02 * np.diff(frame["recency_days"].to_numpy()), atol=1e-12)
+    slope = 0.02 * model.prior_weights_[1]
+    assert slope > 0
+    np.testing.assert_allclose(np.diff(prior), slope * np.diff(frame["recency_days"].to_numpy()), atol=1e-12)
 
 
 def test_explain_customers_explains_everyone_then_keeps_a_sample(planted, tree_model):

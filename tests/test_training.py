@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from churnml.features.build import build_features
+from churnml.models.btyd import bgnbd_features
 from churnml.models.classifier import ChurnModel
 from churnml.models.training import (
     TrainingPlan,
@@ -139,6 +140,12 @@ def test_training_is_reproducible(shop_dataset, outcome):
     assert again.metrics == outcome.metrics
 
 
+def with_bgnbd(features: pd.DataFrame, cutoff: pd.Timestamp) -> pd.DataFrame:
+    """The feature table at ``cutoff`` with BG/NBD's features (fitted on the whole table), as trained."""
+    features = features.assign(cutoff=cutoff)
+    return features.join(bgnbd_features(features, 90))
+
+
 def test_a_more_recent_purchase_lowers_churn_probability(small_shop, outcome):
     cutoff = pd.Timestamp("2024-09-30")
     tx = small_shop["transactions"]
@@ -151,12 +158,13 @@ def test_a_more_recent_purchase_lowers_churn_probability(small_shop, outcome):
     fresh["amount"] = fresh["amount"].abs()
     inter, cust = small_shop["interactions"], small_shop["customers"]
     # The whole shop is kept so that peer means (low_interaction) and segments stay the same.
-    before = build_features(frame_dataset(tx, inter, cust), cutoff.date()).to_pandas()
-    after = build_features(frame_dataset(pd.concat([tx, fresh]), inter, cust), cutoff.date()).to_pandas()
+    before = with_bgnbd(build_features(frame_dataset(tx, inter, cust), cutoff.date()).to_pandas(), cutoff)
+    after = with_bgnbd(build_features(frame_dataset(pd.concat([tx, fresh]), inter, cust), cutoff.date()).to_pandas(),
+                       cutoff)
     before = before[before.customer_id.isin(lapsed)].sort_values("customer_id")
     after = after[after.customer_id.isin(lapsed)].sort_values("customer_id")
-    p_before = outcome.model.predict_proba(before.assign(cutoff=cutoff))[:, 1]
-    p_after = outcome.model.predict_proba(after.assign(cutoff=cutoff))[:, 1]
+    p_before = outcome.model.predict_proba(before)[:, 1]
+    p_after = outcome.model.predict_proba(after)[:, 1]
     assert (p_after < p_before).mean() >= 0.8
     assert p_after.mean() < p_before.mean() - 0.05
 

@@ -50,7 +50,7 @@ class TrainingPlan:
     calibration_snapshots: int = 1
     calibration_fraction: float = 0.3
     cv_folds: int = 3
-    bgnbd_features: bool = False
+    bgnbd_features: bool = True
     refit: bool = True
 
     def resolve_holdout(self, dataset: Dataset) -> dt.date:
