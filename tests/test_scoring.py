@@ -18,9 +18,10 @@ from churnml.features.build import FeatureConfig
 from churnml.features.segments import TIERS, VALUE_SEGMENTS
 from churnml.features.snapshots import snapshot_table
 from churnml.jobs.score import model_uris
+from churnml.models import attribution
 from churnml.models import contributions as tree_contributions
-from churnml.models.btyd import bgnbd_features
-from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError
+from churnml.models.btyd import bgnbd_features, bgnbd_inputs
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchError, fit_population_priors
 from churnml.models.training import fit_model
 from churnml.scoring import policy, reasons, table
 from churnml.scoring import summary as score_summary
@@ -155,39 +156,139 @@ def test_contributions_sum_to_the_raw_score(models, inputs):
     assert np.ptp(reasons.prior_log_odds - contributions[PRIOR].to_numpy()) < 1e-9
 
 
-def test_reasons_are_the_largest_positive_contributions(models, inputs, scores):
+def attributed(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """The model's own contributions (pred_contrib) with the prior split over recency, frequency
+    and age, the BG/NBD prior fitted once on ``frame``."""
+    fixed = model.with_population_prior(frame) if model.prior else model
+    return tree_contributions.attributed_contributions(fixed, frame, fixed.contributions(frame))
+
+
+def test_reasons_are_the_largest_contributions_that_read_the_way_they_push(models, inputs, scores):
     model, frame = models["churn"], inputs["churn"]
-    contributions = model.contributions(frame).drop(columns=[BIAS])
-    values = contributions.to_numpy()
-    order = np.argsort(-values, axis=1, kind="stable")[:, :3]
-    largest = np.take_along_axis(values, order, axis=1)
-    expected = np.where(largest > 0, largest, np.nan)
+    contributions = attributed(model, frame).drop(columns=[BIAS])
+    names = list(contributions.columns)
+    # High and medium bands: what raises the risk most; low band: what lowers it most; among the
+    # contributions whose value reads that way against its norm.
+    signs = policy.reason_signs(scores["churn_probability"].to_numpy())
+    context = reasons.ReasonContext(peers=reasons.peer_norms(frame, model.feature_names_in_))
+    allowed = reasons.reason_eligibility(names, frame, context, signs).T
+    pushing = np.where(allowed, contributions.to_numpy() * signs[:, None], -np.inf)
+    order = np.argsort(-pushing, axis=1, kind="stable")[:, :3]
+    strongest = np.take_along_axis(pushing, order, axis=1)
+    expected = np.where(strongest > 0, strongest * signs[:, None], np.nan)
     reported = scores[[f"reason_{k}_contribution" for k in (1, 2, 3)]].to_numpy(dtype=float)
-    np.testing.assert_allclose(reported, expected, rtol=1e-12)
-    names = np.asarray(contributions.columns, dtype=object)[order]
-    expected_features = np.where(largest > 0, names, None)
+    np.testing.assert_allclose(reported, expected, rtol=1e-9, atol=1e-12)
+    expected_features = np.where(strongest > 0, np.asarray(names, dtype=object)[order], None)
     reported_features = scores[[f"reason_{k}_feature" for k in (1, 2, 3)]].astype(object)
     assert reported_features.where(reported_features.notna(), None).to_numpy().tolist() == expected_features.tolist()
-    assert (reported[:, 0] > 0).mean() > 0.99
-    # Each reason is a phrase about its own feature's value.
+    low = scores["risk_band"].to_numpy() == "low"
+    assert 0 < low.sum() < len(scores)
+    assert (reported[low] < 0).sum() > 0 and not (reported[low] > 0).any()
+    assert (reported[~low] > 0).sum() > 0 and not (reported[~low] < 0).any()
+    # The filter matters: some large contributions read the other way and are left out.
+    assert (~allowed & (contributions.to_numpy() * signs[:, None] > 0)).any()
+    # Each customer gets a phrase; one with nothing to say gets the phrase that says so.
     assert scores["reason_1"].str.len().gt(5).all()
+    nothing = scores["reason_1_feature"].isna()
+    assert (scores.loc[nothing, "reason_1"] == table.NO_RISK_FACTOR).all()
 
 
 def test_reasons_in_batches_equal_reasons_in_one_go(models, inputs):
-    # Batches apply to models without a prior (a prior is fitted on the whole table at once).
-    model, frame = models["repurchase"], inputs["repurchase"]
-    whole = tree_contributions.churn_reasons(model, frame, 3, batch_size=10_000)
-    batched = tree_contributions.churn_reasons(model, frame, 3, batch_size=97)
-    np.testing.assert_array_equal(whole.indices, batched.indices)
-    np.testing.assert_array_equal(whole.contributions, batched.contributions)
-    with_prior = tree_contributions.churn_reasons(models["churn"], inputs["churn"], 3, batch_size=97)
-    np.testing.assert_array_equal(with_prior.indices, tree_contributions.churn_reasons(models["churn"], inputs["churn"], 3).indices)
+    for target in ("repurchase", "churn"):
+        model, frame = models[target], inputs[target]
+        whole = tree_contributions.churn_reasons(model, frame, 3, batch_size=10_000)
+        # With a prior too: it is fitted once on every row, and every batch measures its shares
+        # against the same reference customer.
+        batched = tree_contributions.churn_reasons(model, frame, 3, batch_size=97)
+        np.testing.assert_array_equal(whole.indices, batched.indices)
+        np.testing.assert_allclose(whole.contributions, batched.contributions, rtol=0, atol=1e-12)
 
 
-def test_the_prior_is_phrased_as_bgnbd_churn_probability(scores):
-    from_prior = scores.loc[scores["reason_1_feature"] == PRIOR, "reason_1"]
-    assert len(from_prior) > 0
-    assert from_prior.str.fullmatch(r"buying pattern \(BG/NBD\) gives a \d+% chance of no purchase in the next 90 days").all()
+def test_the_prior_is_no_reason_when_the_model_has_recency_frequency_and_age(scores, models):
+    assert {"recency_days", "frequency", "purchase_age_days"} <= set(models["churn"].feature_names_in_)
+    named = scores[[f"reason_{k}_feature" for k in (1, 2, 3)]].to_numpy().ravel()
+    assert PRIOR not in set(named)
+    # Its share went to the behaviours: recency is now among the most frequent first reasons.
+    assert "recency_days" in scores["reason_1_feature"].value_counts().head(3).index
+
+
+@pytest.mark.parametrize("tabulate", [True, False])
+def test_the_priors_contribution_goes_to_recency_frequency_and_age(models, inputs, tabulate):
+    import copy
+
+    model, frame = copy.copy(models["churn"]), inputs["churn"]
+    if not tabulate:
+        model.tree_tables_ = None
+    plain = tree_contributions.contributions(model, frame, attribute=False)
+    split = tree_contributions.contributions(model, frame)
+    fixed = model.with_population_prior(frame)
+    prior = fixed.prior_log_odds(frame)
+    split_up = attribution.attribute_prior(fixed, frame, prior)
+    shares = split_up.shares
+    # The mixed customers' prior is the model's own: at the customers' own behaviours, their prior.
+    inputs = bgnbd_inputs(frame)
+    fitted = next(iter(fixed.population_priors_.values()))
+    own = [inputs[c].to_numpy() for c in ("x", "t_x", "T")]
+    np.testing.assert_allclose(attribution.model_prior(fixed, fitted)(*own), prior, rtol=0, atol=1e-9)
+    # The fast path (expected purchases computed once for the prior and the features) agrees.
+    both = list(attribution.DERIVED_FEATURES)
+    np.testing.assert_allclose(attribution.fast_model_prior(fixed, fitted, both)(*own),
+                               attribution.model_prior(fixed, fitted, both)(*own), rtol=1e-12, atol=1e-12)
+    behaviours = ["recency_days", "frequency", "purchase_age_days"]
+    # BG/NBD's outputs among the features pass their contribution on to the same behaviours
+    # (where they moved from the reference's), the prior its shares.
+    derived = {model.feature_names_in_[p]: weights for p, weights in split_up.derived.items()}
+    assert set(derived) == {"bgnbd_p_alive", "bgnbd_expected_purchases"}
+    moved = plain[behaviours].to_numpy() + shares
+    for name, weights in derived.items():
+        passed = np.isclose(weights.sum(axis=1), 1.0)
+        assert passed.mean() > 0.9 and (passed | (weights == 0).all(axis=1)).all()
+        moved += plain[name].to_numpy()[:, None] * weights
+        np.testing.assert_allclose(split[name], np.where(passed, 0.0, plain[name]), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(split[behaviours].to_numpy(), moved, rtol=0, atol=1e-12)
+    others = [c for c in model.feature_names_in_ if c not in behaviours and c not in derived]
+    pd.testing.assert_frame_equal(split[others], plain[others], rtol=0, atol=0)
+    # Nothing stays with the prior, each row still adds up to the raw score, and the bias is the
+    # reference customer's prior, the same for everyone.
+    assert (split[PRIOR] == 0).all()
+    np.testing.assert_allclose(split.sum(axis=1), model.raw_score(frame), rtol=0, atol=1e-9)
+    assert np.ptp(split[BIAS]) < 1e-12 and np.ptp(split[BIAS] - plain[BIAS]) < 1e-12
+    # The shares point the way BG/NBD does: a longer silence than the median raises the churn prior.
+    recency = frame["recency_days"].to_numpy()
+    longer, shorter = recency > 2 * np.nanmedian(recency), recency < np.nanmedian(recency) / 2
+    assert (shares[longer, 0] > 0).mean() > 0.9 and (shares[shorter, 0] < 0).mean() > 0.9
+
+
+def test_a_piece_scored_with_the_populations_norms_and_reference_gets_the_whole_tables_rows(models, inputs, scores,
+                                                                                           dataset):
+    """What each Spark partition does: the population's BG/NBD fit, reference customer, peers'
+    norms and medians, then one piece scored on its own."""
+    population = inputs["churn"]
+    priors = fit_population_priors(population)
+    fixed = {target: model.with_population_prior(population, priors) for target, model in models.items()}
+    context = reasons.ReasonContext(horizon_days=90,
+                                    peers=reasons.peer_norms(population, models["churn"].feature_names_in_))
+    thresholds = segments.value_thresholds(scores["ltv"], scores["repurchase_probability"])
+    piece = slice(200, 650)
+    rows = table.score_customers({t: frame.iloc[piece] for t, frame in inputs.items()}, fixed, dataset.last_date,
+                                 context=context, thresholds=thresholds,
+                                 references=attribution.prior_references(population))
+    expected = scores.iloc[piece].reset_index(drop=True)
+    numbers = [c for c in expected.columns if expected[c].dtype == float]
+    pd.testing.assert_frame_equal(rows[numbers], expected[numbers], rtol=1e-9, atol=1e-12)
+    texts = ["customer_id", *REASON_COLUMNS[0::3], *REASON_COLUMNS[1::3], "risk_band", "recommended_action"]
+    pd.testing.assert_frame_equal(rows[texts], expected[texts], check_dtype=False)
+    # Without them, the piece's own norms and reference give other reasons.
+    alone = table.score_customers({t: frame.iloc[piece] for t, frame in inputs.items()}, fixed, dataset.last_date,
+                                  thresholds=thresholds)
+    assert (alone["reason_1"] != expected["reason_1"]).any()
+
+
+def test_at_most_a_tenth_of_first_reasons_name_a_model(scores):
+    """The retention team's rule: a first reason names a behaviour, not a model (BG/NBD, the
+    buying pattern, P(alive)), for at least 90% of the customers of the simulated shop."""
+    assert reasons.names_a_model(scores["reason_1_feature"], scores["reason_1"]).mean() <= 0.10
+    assert scores["reason_1_feature"].notna().mean() > 0.9
 
 
 def test_top_contributions_keep_only_risk_raising_features():
@@ -228,54 +329,6 @@ def test_text_taken_by_code_is_the_text_converted_value_by_value(infer_string):
         converted = pd.Series(table._text_array(values))
     pd.testing.assert_series_equal(taken, converted)
     assert taken.isna().tolist() == [False, True, False, False, False, True]
-
-
-def test_reason_phrases_read_like_the_examples():
-    rows = pd.DataFrame({
-        "recency_days": [124.0, 5.0, np.nan],
-        "mean_gap_days": [30.0, np.nan, np.nan],
-        "aov_change": [-0.45, 0.2, np.nan],
-        "order_value_drop_40": [True, False, False],
-        "interactions_per_month": [0.3, 0.0, 2.0],
-        "peer_interactions_per_month": [2.1, 2.1, 2.1],
-        "low_interaction": [True, True, False],
-        "no_repurchase_3m": [True, False, True],
-        "days_overdue": [94.0, np.nan, np.nan],
-        "orders_90d": [0, 1, 3],
-        "orders_trend_30_90": [0.5, np.nan, 1.0],
-        "login_90d": [0, 1, 2],
-        "tier": ["dormant", "core", "basic"],
-        "region": ["north", "south", None],
-        "age": [41.0, 33.5, np.nan],
-    })
-    said = {feature: reasons.describe(feature, rows).tolist() for feature in rows.columns}
-    assert said["recency_days"] == ["no purchase for 124 days (usually every 30)", "no purchase for 5 days",
-                                    "no purchase yet (refunds only)"]
-    assert said["aov_change"][:2] == ["order value down 45% vs the previous 90 days",
-                                      "order value up 20% vs the previous 90 days"]
-    assert said["order_value_drop_40"][0] == "order value down 45% vs the previous 90 days"
-    assert said["low_interaction"][:2] == ["interactions 0.3 a month (peers 2.1)", "interactions 0 a month (peers 2.1)"]
-    assert said["no_repurchase_3m"] == ["no repurchase in 3 months", "bought in the last 3 months",
-                                        "no repurchase in 3 months"]
-    assert said["days_overdue"][:2] == ["next purchase 94 days overdue (usually every 30)",
-                                        "no buying rhythm yet (fewer than two purchases)"]
-    assert said["orders_90d"] == ["0 orders in the last 90 days", "1 order in the last 90 days",
-                                  "3 orders in the last 90 days"]
-    assert said["orders_trend_30_90"][0] == "order pace over the last 30 days at 50% of the 90-day pace"
-    assert said["login_90d"][:2] == ["0 logins in the last 90 days", "1 login in the last 90 days"]
-    assert said["tier"][0] == "loyalty tier: dormant"
-    # Features without a template fall back to "<feature> = <value>".
-    assert said["region"] == ["region = north", "region = south", "region = missing"]
-    assert said["age"][:2] == ["age = 41", "age = 33.5"]
-
-
-def test_phrases_quote_the_configured_windows():
-    rows = pd.DataFrame({"aov_change": [-0.5], "no_repurchase_3m": [True], "bgnbd_expected_purchases": [0.04]})
-    context = reasons.ReasonContext(order_value_window_days=60, no_repurchase_days=61, horizon_days=30)
-    assert reasons.describe("aov_change", rows, context).iloc[0] == "order value down 50% vs the previous 60 days"
-    assert reasons.describe("no_repurchase_3m", rows, context).iloc[0] == "no repurchase in 2 months"
-    assert (reasons.describe("bgnbd_expected_purchases", rows, context).iloc[0]
-            == "0.04 purchases expected in the next 30 days")
 
 
 # --- bands, segments, actions -------------------------------------------------------------------
@@ -689,7 +742,7 @@ def test_tables_that_disagree_with_the_model_are_not_used(models, inputs, caplog
     with caplog.at_level("WARNING", logger="churnml.models.contributions"):
         values = tree_contributions.contributions(model, frame)
     assert "tabulated trees differ from the model" in caplog.text
-    pd.testing.assert_frame_equal(values, model.contributions(frame), rtol=0, atol=0)
+    pd.testing.assert_frame_equal(values, attributed(model, frame), rtol=0, atol=0)
 
 
 def test_explain_scores_are_the_batch_path(dataset, models, inputs):
@@ -736,13 +789,15 @@ def test_contributions_are_the_models_own_with_and_without_tables(models, inputs
     import copy
 
     model, frame = models[target], inputs[target]
-    expected = model.contributions(frame)
+    expected = attributed(model, frame)
     assert list(expected.columns) == [*model.feature_names_in_, *([PRIOR] if model.prior else []), BIAS]
     calls = rows_scored_by_tables(monkeypatch)
     fast = tree_contributions.contributions(model, frame, threads=1)
     assert (len(frame), True) in calls
     pd.testing.assert_frame_equal(fast, expected, rtol=0, atol=1e-9)
     np.testing.assert_allclose(fast.sum(axis=1), model.raw_score(frame), rtol=0, atol=1e-9)
+    as_the_model = tree_contributions.contributions(model, frame, threads=1, attribute=False)
+    pd.testing.assert_frame_equal(as_the_model, model.contributions(frame), rtol=0, atol=1e-9)
 
     untabulated = copy.copy(model)
     untabulated.tree_tables_ = None
@@ -763,7 +818,7 @@ def test_contributions_without_numba_are_the_models_own(models, inputs, monkeypa
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else find_spec(name, *a))
     calls = rows_scored_by_tables(monkeypatch)
-    pd.testing.assert_frame_equal(tree_contributions.contributions(model, frame), model.contributions(frame),
+    pd.testing.assert_frame_equal(tree_contributions.contributions(model, frame), attributed(model, frame),
                                   rtol=0, atol=0)
     assert calls == []
 

@@ -265,7 +265,7 @@ class ScoreSettings:
     format: str = "parquet"  # parquet | csv
     drift_threshold: float = 0.2  # PSI above which a feature (or the score) is reported as drifted
     risk_bands: RiskBandSettings = field(default_factory=RiskBandSettings)  # type: ignore[valid-type]
-    reasons: int = _SCORING_DEFAULTS.n_reasons  # risk-raising features reported per customer
+    reasons: int = _SCORING_DEFAULTS.n_reasons  # reasons per customer: what raises the risk (low band: lowers it)
     # Who gets reasons: all | actionable (high and medium risk bands) | top_fraction (the riskiest
     # reasons_top_fraction of customers, ties in customer order); the others get empty reason
     # columns and cost no contributions.

@@ -3,7 +3,8 @@ reference path, and tabulated trees as an optional accelerator for small LightGB
 
 :func:`contributions` gives every row's contributions, :func:`model_scores` what scoring needs
 (probabilities and each row's top contributions, memory-bounded); both choose between the two
-paths the same way.
+paths the same way, and on both the BG/NBD prior's contribution is split over the behaviours
+behind it (:func:`attributed_contributions`, :mod:`churnml.models.attribution`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
+from churnml.models.attribution import (
+    PriorReference,
+    attribute_prior,
+    prior_input_columns,
+    prior_references,
+    with_fixed_prior,
+)
 from churnml.models.classifier import BIAS, PRIOR, ChurnModel, category_codes
 
 log = logging.getLogger(__name__)
@@ -29,7 +37,8 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
-def top_contributions(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+def top_contributions(values: np.ndarray, n: int, signs: np.ndarray | None = None,
+                      eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and values of the ``n`` largest positive entries of each row, largest first.
 
     Parameters
@@ -39,12 +48,17 @@ def top_contributions(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
         are chosen (set a column to -inf to leave it out).
     n : int
         How many to keep.
+    signs : numpy.ndarray, optional
+        ``(rows,)``: 1 keeps a row's largest positive entries (what raises the score most), -1
+        its most negative ones (what lowers it most), 0 none. Default: 1 for every row.
+    eligible : numpy.ndarray, optional
+        ``(columns, rows)`` booleans: the entries that may be chosen. Default: all.
 
     Returns
     -------
     indices, contributions : numpy.ndarray
-        Shape ``(rows, n)``; where a row has fewer than ``n`` positive contributions the rest are
-        index -1 and contribution NaN.
+        Shape ``(rows, n)``; where a row has fewer than ``n`` entries to choose from, the rest
+        are index -1 and contribution NaN. Contributions keep their sign.
     """
     n_rows, n_features = values.shape
     indices = np.full((n_rows, n), -1, dtype=np.int64)
@@ -54,6 +68,10 @@ def top_contributions(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
     # Entries that cannot be chosen (not positive, NaN) become -inf; argmax takes the first of
     # equal values, so equal contributions come in feature order and reruns order them the same.
     candidates = np.array(values, dtype=float, order="C")
+    if signs is not None:
+        candidates *= np.asarray(signs, dtype=float)[:, None]
+    if eligible is not None:
+        candidates[~np.asarray(eligible, dtype=bool).T] = -np.inf
     candidates[~(candidates > 0)] = -np.inf
     rows = np.arange(n_rows)
     for slot in range(min(n, n_features)):
@@ -63,18 +81,44 @@ def top_contributions(values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarra
         indices[:, slot] = np.where(found, best, -1)
         chosen[:, slot] = np.where(found, value, np.nan)
         candidates[rows, best] = -np.inf
+    if signs is not None:
+        chosen *= np.asarray(signs, dtype=float)[:, None]
     return indices, chosen
 
 
 @dataclass(frozen=True)
+class ReasonFilter:
+    """Which contributions of some rows may be given as reasons.
+
+    Attributes
+    ----------
+    signs : numpy.ndarray
+        ``(rows,)``: 1 to give a row the contributions that raise its score most, -1 those that
+        lower it most, 0 none.
+    eligible : numpy.ndarray or None
+        ``(columns, rows)`` booleans, columns as :attr:`TopReasons.names`: the contributions
+        that may be given (a phrase can say them in the direction they push); None: all.
+    """
+
+    signs: np.ndarray
+    eligible: np.ndarray | None = None
+
+
+# Given the positions of the rows that get reasons, their probabilities and the contribution
+# columns' names: which of their contributions may be reasons.
+ReasonFilterFactory = Callable[[np.ndarray, np.ndarray, list], ReasonFilter]
+
+
+@dataclass(frozen=True)
 class TopReasons:
-    """The risk-raising contributions kept for each customer.
+    """The contributions kept as each customer's reasons.
 
     Attributes
     ----------
     names : list of str
         What ``indices`` point to: the contribution columns (the model's features, and
-        ``bgnbd_prior`` for a model that boosts from BG/NBD).
+        ``bgnbd_prior`` for a model that boosts from BG/NBD: what of the prior no feature takes,
+        see :func:`attributed_contributions`).
     indices, contributions : numpy.ndarray
         As :func:`top_contributions`.
     prior_log_odds : numpy.ndarray or None
@@ -88,28 +132,108 @@ class TopReasons:
     prior_log_odds: np.ndarray | None = None
 
 
-def churn_reasons(model: ChurnModel, inputs: pd.DataFrame, n: int = 3, batch_size: int = 200_000) -> TopReasons:
-    """The ``n`` contributions that raise each customer's churn score most.
+def attributed_contributions(model: ChurnModel, X: pd.DataFrame, frame: pd.DataFrame,
+                             references: Mapping[str | None, PriorReference] | None = None,
+                             prior: np.ndarray | None = None) -> pd.DataFrame:
+    """Contributions with the BG/NBD prior's share split over the behaviours behind it.
+
+    ``frame`` is laid out as :meth:`ChurnModel.contributions` (features, ``bgnbd_prior``, ``bias``).
+    Each behaviour's share (:func:`churnml.models.attribution.attribute_prior`) is added to its
+    feature (``recency_days``, ``frequency``, ``purchase_age_days`` or their stand-ins);
+    ``bgnbd_prior`` keeps the shares of behaviours the model has no feature for (0 when it has
+    them all), and the bias takes the reference customer's prior, the same for every customer
+    of a cutoff. The contributions of BG/NBD's outputs among the features (P(alive), expected
+    purchases) pass to the same behaviours where they can (the rescale rule, see
+    :mod:`churnml.models.attribution`). Each row still adds up to the raw score. A frame
+    without ``bgnbd_prior`` is returned as it is.
+
+    Parameters
+    ----------
+    model : ChurnModel
+        The model, with its BG/NBD fit fixed (``with_population_prior``).
+    X : pandas.DataFrame
+        The rows of ``frame``, with the BG/NBD source columns.
+    frame : pandas.DataFrame
+        ``(rows, features + 2)``, modified in place and returned.
+    references : mapping, optional
+        The population's reference customers (:func:`churnml.models.attribution.prior_references`);
+        default: those of ``X``.
+    prior : numpy.ndarray, optional
+        ``model.prior_log_odds(X)``, when already computed.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    if PRIOR not in frame.columns:
+        return frame
+    prior = model.prior_log_odds(X) if prior is None else prior
+    attribution = attribute_prior(model, X, prior, references)
+    names = list(model.feature_names_in_)
+    columns = frame[names].to_numpy(dtype=float).T.copy()
+    unattributed = attribution.apply(columns)
+    frame[names] = columns.T
+    # The prior's contribution less every share is the reference's prior (less the training mean).
+    frame[BIAS] += frame[PRIOR].to_numpy() - attribution.shares.sum(axis=1)
+    frame[PRIOR] = unattributed
+    return frame
+
+
+def _filter_rows(reason_filter: ReasonFilter | None, start: int, stop: int) -> dict[str, Any]:
+    """The ``signs`` and ``eligible`` arguments of :func:`top_contributions` for rows start:stop
+    of contributions laid out as :meth:`ChurnModel.contributions` (the bias last, never eligible)."""
+    if reason_filter is None:
+        return {}
+    eligible = reason_filter.eligible
+    if eligible is not None:
+        eligible = np.vstack([eligible[:, start:stop], np.zeros((1, stop - start), dtype=bool)])
+    return {"signs": reason_filter.signs[start:stop], "eligible": eligible}
+
+
+def churn_reasons(model: ChurnModel, inputs: pd.DataFrame, n: int = 3, batch_size: int = 200_000,
+                  references: Mapping[str | None, PriorReference] | None = None,
+                  reason_filter: ReasonFilter | None = None) -> TopReasons:
+    """The ``n`` contributions that raise each customer's churn score most (or, as
+    ``reason_filter`` says, lower it most), through the model's own contributions.
 
     Contributions are the model's exact per-row contributions in log-odds (with the bias they sum
-    to the raw score). Without a prior they are computed ``batch_size`` rows at a time and only
-    the top ones kept, which bounds memory. A model that boosts from a BG/NBD prior fits that
-    prior on the rows it is given, as ``predict_proba`` does on the whole table, so its
-    contributions are computed on the whole table at once: per batch, each batch would get a
-    prior of its own and the contributions would no longer add up to the probabilities' score.
+    to the raw score), with the BG/NBD prior split over the behaviours behind it
+    (:func:`attributed_contributions`). They are computed ``batch_size`` rows at a time and only
+    the top ones kept, which bounds memory. A model that boosts from a BG/NBD prior has it
+    fitted once on all of ``inputs`` first (unless its fit is fixed already), as
+    ``predict_proba`` fits it on the whole table, so that every batch gets the same prior.
+
+    Parameters
+    ----------
+    model : ChurnModel
+    inputs : pandas.DataFrame
+        ``(rows, columns)`` with the model's features.
+    n : int
+    batch_size : int
+    references : mapping, optional
+        The population's reference customers for the prior's shares; default: those of ``inputs``.
+    reason_filter : ReasonFilter, optional
+        For the rows of ``inputs``; default: each row's largest positive contributions.
+
+    Returns
+    -------
+    TopReasons
     """
-    if getattr(model, "prior", None):
-        batch_size = max(len(inputs), 1)
-    names: list[str] = [*model.feature_names_in_]
+    model = with_fixed_prior(model, inputs)
+    has_prior = bool(getattr(model, "prior", None))
+    if has_prior and references is None:
+        references = prior_references(inputs)
+    names: list[str] = [*model.feature_names_in_, *([PRIOR] if has_prior else []), BIAS]
     tops = []
     for start in range(0, len(inputs), batch_size):
-        contributions = model.contributions(inputs.iloc[start:start + batch_size])
+        batch = inputs.iloc[start:start + batch_size]
+        contributions = attributed_contributions(model, batch, model.contributions(batch), references)
         names = list(contributions.columns)
         values = contributions.to_numpy(dtype=float, copy=True)
         del contributions
         # The bias is the same for everyone: not a reason.
         values[:, names.index(BIAS)] = -np.inf
-        tops.append(top_contributions(values, n))
+        tops.append(top_contributions(values, n, **_filter_rows(reason_filter, start, start + len(batch))))
         del values
     if not tops:
         return TopReasons(names, np.full((0, n), -1, dtype=np.int64), np.full((0, n), np.nan))
@@ -149,8 +273,8 @@ _ZERO_THRESHOLD = float(np.float32(1e-35))
 
 @dataclass(frozen=True)
 class ModelScores:
-    """What scoring needs from one model: the probability of each row and, when asked for, the
-    top risk-raising contributions.
+    """What scoring needs from one model: the probability of each row and, when asked for, each
+    row's top contributions (those raising its score most, or as a reason filter chose them).
 
     Attributes
     ----------
@@ -635,16 +759,20 @@ def _top_kernel() -> Callable[..., None]:
     import numba
 
     @numba.njit(nogil=True, parallel=True, cache=True)
-    def kernel(columns, last, indices, chosen, block):
+    def kernel(columns, last, signs, eligible, indices, chosen, block):
         n_columns, n_rows = columns.shape
         n = indices.shape[1]
+        signed, filtered = signs.shape[0] > 0, eligible.shape[0] > 0
         for b in numba.prange((n_rows + block - 1) // block):
             start = b * block
             stop = min(n_rows, start + block)
             for c in range(n_columns + (1 if last.shape[0] else 0)):
                 column = columns[c] if c < n_columns else last
                 for r in range(start, stop):
-                    value = column[r]
+                    if filtered and not eligible[c, r]:
+                        continue
+                    # Signed so that the chosen ones are always the largest positive values.
+                    value = column[r] * signs[r] if signed else column[r]
                     # Only positive values; a value equal to a kept one goes after it (feature order).
                     if not (value > 0.0) or (indices[r, n - 1] >= 0 and not (value > chosen[r, n - 1])):
                         continue
@@ -660,17 +788,26 @@ def _top_kernel() -> Callable[..., None]:
 
 
 def top_contributions_by_column(columns: np.ndarray, n: int, last: np.ndarray | None = None,
-                                block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                                block: int = 4096, signs: np.ndarray | None = None,
+                                eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`top_contributions` of contributions stored a feature per row, as
     :func:`tabulated_scores` gives them, with ``last`` (one value per customer) as one more
     feature after them; compiled, and without copying the contributions into rows.
+
+    ``signs`` and ``eligible`` as in :func:`top_contributions` (``eligible`` with a row for
+    ``last`` too, when it is given).
     """
     n_rows = columns.shape[1]
     indices = np.full((n_rows, n), -1, dtype=np.int64)
     chosen = np.full((n_rows, n), np.nan)
     if n_rows and n:
         last = np.zeros(0) if last is None else np.ascontiguousarray(last, dtype=float)
-        _top_kernel()(np.ascontiguousarray(columns, dtype=float), last, indices, chosen, block)
+        signs = np.zeros(0) if signs is None else np.ascontiguousarray(signs, dtype=float)
+        eligible = (np.zeros((0, 0), dtype=np.bool_) if eligible is None
+                    else np.ascontiguousarray(eligible, dtype=np.bool_))
+        _top_kernel()(np.ascontiguousarray(columns, dtype=float), last, signs, eligible, indices, chosen, block)
+        if signs.shape[0]:
+            chosen *= signs[:, None]
     return indices, chosen
 
 
@@ -742,9 +879,11 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
     """The tables, if they give the model's own probabilities (and, ``with_contributions``, its
     contributions) on a sample of rows; None (with a warning) if they do not.
 
-    The sample is scored on its own (a prior is fitted on the sample) on both paths alike. For a
-    model with a prior, the returned tables also know how the model's contributions split the
-    prior between its ``bgnbd_prior`` column and the bias (``prior_offset``).
+    The sample is scored on its own on both paths alike, with the model's BG/NBD fit when it is
+    fixed (:func:`model_scores` fixes it on all the rows first), else with one fitted on the
+    sample. For a model with a prior, the returned tables also know how the model's
+    contributions split the prior between its ``bgnbd_prior`` column and the bias
+    (``prior_offset``).
     """
     rows = np.unique(np.linspace(0, len(inputs) - 1, min(n_rows, len(inputs))).astype(int))
     sample = inputs.iloc[rows]
@@ -774,14 +913,20 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
 
 def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables, n_reasons: int = 0,
                       threads: int | None = None, encodings: dict[tuple, np.ndarray] | None = None,
-                      reason_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> ModelScores:
+                      reason_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+                      references: Mapping[str | None, PriorReference] | None = None,
+                      reason_filter: ReasonFilterFactory | None = None) -> ModelScores:
     """Probabilities and top contributions from tabulated trees (see :func:`tabulate_model`).
 
     ``encodings`` keeps :func:`encode_for_trees` tables for the next model that reads the same
     rows the same way (the churn and repurchase models usually share their inputs).
-    ``reason_rows`` as in :func:`model_scores`: then every row's probability comes from its raw
-    score alone, and contributions are computed for the chosen rows only.
+    ``reason_rows``, ``references`` and ``reason_filter`` as in :func:`model_scores`: with
+    ``reason_rows``, every row's probability comes from its raw score alone, and contributions
+    are computed for the chosen rows only. The prior's contribution is split over the
+    behaviours behind it as in :func:`attributed_contributions`.
     """
+    if n_reasons:
+        model = with_fixed_prior(model, inputs)
     prior = _prior_log_odds(model, inputs)
     key = _encoding_key(model, inputs)
     encoded = encodings.get(key) if encodings is not None else None
@@ -802,32 +947,46 @@ def score_with_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTable
         _, contributions = tabulated_scores(tables, encoded[:, rows], with_contributions=True, threads=threads)
     names = [*model.feature_names_in_]
     has_prior = bool(getattr(model, "prior", None))
+    chosen_prior = prior if rows is None else prior[rows]
+    unattributed = None
     if has_prior:
         names.append(PRIOR)
-    chosen_prior = prior if rows is None else prior[rows]
-    # As in the model's contributions: the prior relative to its share of the bias.
-    indices, chosen = top_contributions_by_column(contributions, n_reasons,
-                                                  chosen_prior - tables.prior_offset if has_prior else None)
+        population = prior_input_columns(inputs)
+        attribution = attribute_prior(model, population if rows is None else population.iloc[rows], chosen_prior,
+                                      references if references is not None else prior_references(population))
+        unattributed = attribution.apply(contributions)
+    positions = np.arange(len(inputs)) if rows is None else rows
+    chosen_filter = reason_filter(positions, probability[positions], names) if reason_filter is not None else None
+    indices, chosen = top_contributions_by_column(
+        contributions, n_reasons, unattributed,
+        signs=None if chosen_filter is None else chosen_filter.signs,
+        eligible=None if chosen_filter is None else chosen_filter.eligible)
     del contributions
     reasons = TopReasons(names, indices, chosen, chosen_prior if has_prior else None)
     return ModelScores(probability, _spread(reasons, rows, len(inputs)), rows)
 
 
 def score_with_model(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, batch_size: int = 200_000,
-                     reason_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> ModelScores:
+                     reason_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+                     references: Mapping[str | None, PriorReference] | None = None,
+                     reason_filter: ReasonFilterFactory | None = None) -> ModelScores:
     """Probabilities and top contributions through the model's ``predict_proba`` and
-    ``contributions`` (``reason_rows`` as in :func:`model_scores`)."""
+    ``contributions`` (``reason_rows``, ``references`` and ``reason_filter`` as in
+    :func:`model_scores`)."""
+    if n_reasons:
+        # One BG/NBD fit on all the rows serves the probabilities and every batch of reasons.
+        model = with_fixed_prior(model, inputs)
+        if getattr(model, "prior", None) and references is None:
+            references = prior_references(inputs)
     probability = model.predict_proba(inputs)[:, 1]
     if not n_reasons:
         return ModelScores(probability)
-    if reason_rows is None:
-        return ModelScores(probability, churn_reasons(model, inputs, n_reasons, batch_size))
-    rows = _positions(reason_rows(probability), len(inputs))
-    if getattr(model, "prior", None) and getattr(model, "population_priors_", None) is None:
-        # The prior of the chosen rows as of all the rows: fitted once on them, as predict_proba
-        # fitted it, rather than on the chosen rows alone.
-        model = model.with_population_prior(inputs)
-    reasons = churn_reasons(model, inputs.iloc[rows], n_reasons, batch_size)
+    rows = None if reason_rows is None else _positions(reason_rows(probability), len(inputs))
+    positions = np.arange(len(inputs)) if rows is None else rows
+    names = [*model.feature_names_in_, *([PRIOR] if getattr(model, "prior", None) else [])]
+    chosen_filter = reason_filter(positions, probability[positions], names) if reason_filter is not None else None
+    chosen = inputs if rows is None else inputs.iloc[rows]
+    reasons = churn_reasons(model, chosen, n_reasons, batch_size, references, chosen_filter)
     return ModelScores(probability, _spread(reasons, rows, len(inputs)), rows)
 
 
@@ -892,7 +1051,8 @@ def _verified_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables
 
 
 def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = None,
-                  tables: TreeTables | None = None) -> pd.DataFrame:
+                  tables: TreeTables | None = None, attribute: bool = True,
+                  references: Mapping[str | None, PriorReference] | None = None) -> pd.DataFrame:
     """Exact per-row contributions of each feature to the model's raw score, in log-odds.
 
     Through tabulated trees when the model's trees can be tabulated, numba is installed and the
@@ -912,13 +1072,21 @@ def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = N
     tables : TreeTables, optional
         Tables to use (checked like the model's own); default the model's ``tree_tables_``, or
         tables built now when it has none.
+    attribute : bool
+        Split the BG/NBD prior's contribution over the behaviours behind it
+        (:func:`attributed_contributions`); False: the prior relative to the training mean in
+        ``bgnbd_prior``, as :meth:`ChurnModel.contributions` gives it.
+    references : mapping, optional
+        The population's reference customers for that split
+        (:func:`churnml.models.attribution.prior_references`); default: those of ``X``.
 
     Returns
     -------
     pandas.DataFrame
         ``(rows, features [+ 1] + 1)``, index of ``X``: one column per model feature, then
         ``bgnbd_prior`` for a model boosted from BG/NBD, then ``bias``; each row sums to
-        ``model.raw_score(X)``.
+        ``model.raw_score(X)``. With ``attribute``, ``bgnbd_prior`` is 0 when the model has a
+        feature for each of recency, frequency and age, and the bias differs between cutoffs.
 
     Raises
     ------
@@ -928,25 +1096,32 @@ def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = N
         From the model's own method, for models without exact contributions.
     """
     model.check_features(X)
+    model = with_fixed_prior(model, X)
     verified = _verified_tables(model, X, tables, with_contributions=True, threads=threads)
     if verified is None:
-        return model.contributions(X)
-    _, values = tabulated_scores(verified, encode_for_trees(model, X), with_contributions=True, threads=threads)
-    frame = pd.DataFrame(values.T, columns=list(model.feature_names_in_), index=X.index)
-    if getattr(model, "prior", None):
-        frame[PRIOR] = _prior_log_odds(model, X) - verified.prior_offset
-    frame[BIAS] = verified.expected_value + verified.prior_offset
-    return frame
+        frame = model.contributions(X)
+    else:
+        _, values = tabulated_scores(verified, encode_for_trees(model, X), with_contributions=True, threads=threads)
+        frame = pd.DataFrame(values.T, columns=list(model.feature_names_in_), index=X.index)
+        if getattr(model, "prior", None):
+            frame[PRIOR] = _prior_log_odds(model, X) - verified.prior_offset
+        frame[BIAS] = verified.expected_value + verified.prior_offset
+    return attributed_contributions(model, X, frame, references) if attribute else frame
 
 
 def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, batch_size: int = 200_000,
                  tabulate: bool = True, threads: int | None = None,
                  encodings: dict[tuple, np.ndarray] | None = None,
-                 reason_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> ModelScores:
+                 reason_rows: Callable[[np.ndarray], np.ndarray] | None = None,
+                 references: Mapping[str | None, PriorReference] | None = None,
+                 reason_filter: ReasonFilterFactory | None = None) -> ModelScores:
     """A model's probabilities and, when ``n_reasons``, each row's top contributions: what
     scoring needs, without holding every row's contributions at once.
 
-    The tables or the model's own methods are chosen as in :func:`contributions`.
+    The tables or the model's own methods are chosen as in :func:`contributions`. A model
+    boosted from BG/NBD has the prior fitted once on ``inputs`` (unless its fit is fixed
+    already) and its contribution split over the behaviours behind it
+    (:func:`attributed_contributions`) on either path.
 
     Parameters
     ----------
@@ -966,19 +1141,31 @@ def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, ba
     reason_rows : callable, optional
         Given every row's probability, the positions of the rows that need contributions; the
         others get none (and cost none). Default: every row.
+    references : mapping, optional
+        The population's reference customers for the prior's split
+        (:func:`churnml.models.attribution.prior_references`); default: those of ``inputs``
+        (pass the population's when ``inputs`` is one piece of it).
+    reason_filter : callable, optional
+        ``reason_filter(positions, probability, names)`` -> :class:`ReasonFilter` for the rows
+        that get reasons (their positions and probabilities; ``names``: the contribution
+        columns); default: every row's largest positive contributions.
 
     Returns
     -------
     ModelScores
     """
     started = time.perf_counter()
+    if n_reasons:
+        # Fixed before the tables are checked, so that both paths use the fit on all the rows.
+        model = with_fixed_prior(model, inputs)
     tables = _verified_tables(model, inputs, None, n_reasons > 0, threads) if tabulate else None
     if tables is not None:
-        scores = score_with_tables(model, inputs, tables, n_reasons, threads, encodings, reason_rows)
+        scores = score_with_tables(model, inputs, tables, n_reasons, threads, encodings, reason_rows, references,
+                                   reason_filter)
         log.info("%s model: %s rows through %s tabulated trees in %.1f s", model.target, f"{len(inputs):,}",
                  len(tables.n_splits), time.perf_counter() - started)
         return scores
-    scores = score_with_model(model, inputs, n_reasons, batch_size, reason_rows)
+    scores = score_with_model(model, inputs, n_reasons, batch_size, reason_rows, references, reason_filter)
     log.info("%s model: %s rows through its own methods in %.1f s", model.target, f"{len(inputs):,}",
              time.perf_counter() - started)
     return scores

@@ -171,6 +171,17 @@ def risk_band(churn_probability: pd.Series | np.ndarray, bands: RiskBands = Risk
     return np.where(p >= bands.high, "high", np.where(p >= bands.medium, "medium", "low")).astype(object)
 
 
+# Bands whose reasons are what lowers the risk (what keeps the customer) rather than what raises it.
+KEEPING_BANDS = ("low",)
+
+
+def reason_signs(churn_probability: pd.Series | np.ndarray, bands: RiskBands = RiskBands()) -> np.ndarray:
+    """Which way each customer's reasons point: 1 (what raises the churn risk most) for the high
+    and medium bands, -1 (what lowers it most: what keeps them) for the low band."""
+    keeping = np.isin(risk_band(churn_probability, bands), KEEPING_BANDS)
+    return np.where(keeping, -1.0, 1.0)
+
+
 # Who gets reasons
 # --------------------------------------------------------------------------------------------
 

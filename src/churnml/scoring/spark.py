@@ -6,7 +6,12 @@ whole table on one machine gives (:func:`churnml.scoring.table.score_customers`)
 depend on the whole population, so they are settled on the driver before any row is scored:
 
 - the BG/NBD fit that the models' prior and their BG/NBD features come from: the driver collects
-  the five BG/NBD inputs of every customer and fits BG/NBD once;
+  the five BG/NBD inputs of every customer and fits BG/NBD once, and takes the median customer
+  that the prior's shares are measured against
+  (:func:`churnml.models.attribution.prior_references`);
+- the peers' norms that reasons quote (:func:`churnml.scoring.reasons.peer_norms`): Spark
+  aggregates the exact median of each numeric feature of the churn model and counts the values
+  of each text feature;
 - the medians of LTV and of the repurchase probability that split the value segments: a first
   pass (``mapInPandas``) computes every repurchase probability on the executors, and the driver
   collects them with the LTVs and takes the exact medians;
@@ -39,6 +44,7 @@ import pandas as pd
 from churnml.evaluation import drift
 from churnml.features.segments import ValueThresholds, value_thresholds
 from churnml.features.snapshots import dated_features
+from churnml.models.attribution import PriorReference, prior_references
 from churnml.models.btyd import (
     BGNBD_FEATURE_COLUMNS,
     BGNBD_SOURCE_COLUMNS,
@@ -51,7 +57,7 @@ from churnml.models.btyd import (
 from churnml.models.classifier import ChurnModel, fit_population_priors
 from churnml.models.contributions import model_scores, with_tree_tables
 from churnml.scoring.policy import ReasonCut, ScoringConfig, reason_cut
-from churnml.scoring.reasons import ReasonContext
+from churnml.scoring.reasons import ReasonContext, peer_norms, quotes_peers, stable_norm
 from churnml.scoring.summary import summary_of_groups
 from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
 
@@ -89,6 +95,9 @@ class ScoringSetup:
     reason_cut : ReasonCut, optional
         For ``score.reasons_for=top_fraction``: who gets reasons in the population; None before
         it is known, and for the other settings.
+    references : mapping, optional
+        The population's reference customers for the BG/NBD prior's shares; None before they
+        are known, and for models without a prior.
     """
 
     as_of: dt.date
@@ -100,6 +109,7 @@ class ScoringSetup:
     bgnbd_model: Any = None
     thresholds: ValueThresholds | None = None
     reason_cut: ReasonCut | None = None
+    references: Mapping[str | None, PriorReference] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,8 +202,10 @@ def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Itera
     if needs_reason_cut(setup.config) and setup.reason_cut is None:
         raise ValueError("score.reasons_for=top_fraction needs the population's cut (with_population_thresholds)")
     inputs = piece_inputs(setup, piece_features(setup, piece))
+    if setup.context is None or setup.context.peers is None:
+        raise ValueError("scoring a piece needs the population's norms (with_population_norms)")
     yield score_customers(inputs, setup.models, setup.as_of, setup.config, setup.context, setup.identities,
-                          setup.thresholds, setup.reason_cut)
+                          setup.thresholds, setup.reason_cut, setup.references)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,10 +337,51 @@ def with_population_fit(features: Any, setup: ScoringSetup) -> ScoringSetup:
         return setup
     population = bgnbd_population(features, setup.as_of)
     priors = fit_population_priors(population) if has_prior else {}
+    references = None
     if has_prior:
         models = {target: model.with_population_prior(population, priors) for target, model in models.items()}
+        references = prior_references(population)
     bgnbd_model = population_bgnbd(population, priors) if has_bgnbd_features else None
-    return replace(setup, models=models, bgnbd_model=bgnbd_model)
+    return replace(setup, models=models, bgnbd_model=bgnbd_model, references=references)
+
+
+def spark_peer_norms(features: Any, columns: Sequence[str]) -> dict[str, Any]:
+    """:func:`churnml.scoring.reasons.peer_norms` of ``columns`` of a Spark DataFrame, aggregated
+    by Spark: the exact median of the numbers (NaN counted as missing, as pandas does) and the
+    most common text; columns whose phrases do not quote the peers and absent ones are left out."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType, StringType
+
+    types = {field.name: field.dataType for field in features.schema.fields}
+    # As peer_norms: only what phrases quote (an exact median holds a column's distinct values).
+    numeric = [c for c in columns if isinstance(types.get(c), NumericType) and quotes_peers(c)]
+    text = [c for c in columns if isinstance(types.get(c), StringType) and quotes_peers(c, text=True)]
+    norms: dict[str, Any] = {}
+    if numeric:
+        medians = features.agg(*(F.median(F.nanvl(F.col(c).cast("double"), F.lit(None).cast("double"))).alias(c)
+                                 for c in numeric)).first()
+        norms.update({c: stable_norm(float(medians[c])) for c in numeric if medians[c] is not None})
+    for column in text:
+        counts = features.where(F.col(column).isNotNull()).groupBy(column).count().toPandas()
+        if len(counts):
+            top = counts["count"].max()
+            norms[column] = str(min(counts.loc[counts["count"] == top, column].astype(str)))
+    return norms
+
+
+def with_population_norms(features: Any, setup: ScoringSetup) -> ScoringSetup:
+    """The setup with the peers' norms of the churn model's features over the whole population
+    in its reason context, as scoring the whole table computes them."""
+    model = setup.models["churn"]
+    norms = spark_peer_norms(features, model.feature_names_in_)
+    # The BG/NBD features exist only in each piece's inputs: from the population's fit here.
+    extra = [c for c in BGNBD_FEATURE_COLUMNS if c in model.feature_names_in_]
+    if extra and setup.bgnbd_model is not None:
+        population = bgnbd_population(features, setup.as_of)
+        norms.update(peer_norms(population_bgnbd_features(setup.bgnbd_model, population, int(model.horizon_days)),
+                                extra))
+    context = setup.context or ReasonContext(horizon_days=int(model.horizon_days))
+    return replace(setup, context=replace(context, peers=norms))
 
 
 def with_population_thresholds(features: Any, setup: ScoringSetup) -> ScoringSetup:
@@ -398,6 +451,7 @@ def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[
         setup = replace(setup, schema=table.schema(), config=executor_config(setup.config, session))
         check_models(features, setup)
         setup = with_population_fit(features, setup)
+        setup = with_population_norms(features, setup)
         # Trained models carry their tables (tree_tables_); others are tabulated once here, and
         # the tables travel with the models to every task.
         setup = replace(setup, models={target: with_tree_tables(model) for target, model in setup.models.items()})

@@ -7,11 +7,15 @@ writes the file. One output row per customer:
 - ``churn_probability`` / ``repurchase_probability``: the calibrated probabilities of the two
   models (their horizons are the models' ``horizon_days``).
 - ``risk_band``: high / medium / low from thresholds on the churn probability.
-- ``reason_<k>``, ``reason_<k>_feature``, ``reason_<k>_contribution``: the features that raise
-  the churn risk most for this customer, as short phrases, with their exact contribution to the
-  churn model's raw score in log-odds (LightGBM ``pred_contrib``; for a model boosted from
-  BG/NBD, the prior's log-odds count as one more contribution, ``bgnbd_prior``). Only
-  risk-raising contributions are reported; a customer with none gets one phrase saying so.
+- ``reason_<k>``, ``reason_<k>_feature``, ``reason_<k>_contribution``: for the high and medium
+  risk bands, the features that raise the churn risk most for this customer; for the low band,
+  those that lower it most (what keeps them). Each is a short phrase with the customer's value
+  and a norm (their own rhythm or the peers', :mod:`churnml.scoring.reasons`), with its exact
+  contribution to the churn model's raw score in log-odds (LightGBM ``pred_contrib``; for a
+  model boosted from BG/NBD, the prior's contribution is split over recency, frequency and age
+  and added to those features, :mod:`churnml.models.attribution`). A contribution is given only
+  when the value reads the way it pushes (a rising order pace is never a churn reason); a
+  customer with none gets one phrase saying that no behaviour stands out.
   ``score.reasons_for`` may limit reasons to the high and medium risk bands (``actionable``) or
   to the riskiest share of customers (``top_fraction``): the others get empty (null) reason
   columns, and their contributions are not computed.
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -48,18 +52,27 @@ import pyarrow as pa
 
 from churnml.features.segments import ValueThresholds, predicted_value_segment
 from churnml.io.files import write_frame_atomic
+from churnml.models.attribution import PriorReference
 from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features, uses_bgnbd_features
 from churnml.models.classifier import PRIOR, ChurnModel
-from churnml.models.contributions import model_scores
-from churnml.scoring.policy import ReasonCut, ScoringConfig, recommend_actions, risk_band, rows_with_reasons
-from churnml.scoring.reasons import ReasonContext, reason_phrases
+from churnml.models.contributions import ReasonFilter, model_scores
+from churnml.scoring.policy import (
+    ReasonCut,
+    ScoringConfig,
+    reason_signs,
+    recommend_actions,
+    risk_band,
+    rows_with_reasons,
+)
+from churnml.scoring.reasons import ReasonContext, peer_norms, reason_eligibility, reason_phrases
 
 log = logging.getLogger(__name__)
 
 from churnml.features.labels import TARGETS
 
 FORMATS = ("parquet", "csv")
-NO_RISK_FACTOR = "no feature raises the churn risk"
+# Said when no contribution reads the way it pushes: nothing stands out rather than noise.
+NO_RISK_FACTOR = "no behaviour stands out"
 
 @dataclass(frozen=True)
 class ModelIdentity:
@@ -137,6 +150,7 @@ def score_customers(
     identities: Mapping[str, ModelIdentity] | None = None,
     thresholds: ValueThresholds | None = None,
     reason_cut: ReasonCut | None = None,
+    references: Mapping[str | None, PriorReference] | None = None,
 ) -> pd.DataFrame:
     """One row per customer: probabilities, band, reasons, tier, segment, LTV, action, models.
 
@@ -153,7 +167,8 @@ def score_customers(
         Bands, number of reasons, playbook.
     context : ReasonContext, optional
         Settings quoted in reason phrases; default: the default features and the churn model's
-        horizon.
+        horizon. Its ``peers`` default to :func:`churnml.scoring.reasons.peer_norms` of the
+        customers in ``inputs`` (pass the whole population's when ``inputs`` is one piece of it).
     identities : mapping of str to ModelIdentity, optional
         Registered name and version of each model; default: the target and ``"unknown"``.
     thresholds : ValueThresholds, optional
@@ -163,6 +178,10 @@ def score_customers(
         For ``config.reasons_for="top_fraction"``: who gets reasons, decided on the whole
         population (:func:`churnml.scoring.policy.reason_cut`); default: the riskiest share of
         the customers in ``inputs``.
+    references : mapping, optional
+        The reference customers the BG/NBD prior's shares are measured against
+        (:func:`churnml.models.attribution.prior_references`); default: those of ``inputs``
+        (pass the whole population's when ``inputs`` is one piece of it).
 
     Returns
     -------
@@ -174,6 +193,8 @@ def score_customers(
     if len(churn_inputs) != len(repurchase_inputs) or not churn_inputs["customer_id"].equals(repurchase_inputs["customer_id"]):
         raise ValueError("the churn and repurchase input tables must hold the same customers in the same order")
     context = context or ReasonContext(horizon_days=int(churn_model.horizon_days))
+    if context.peers is None:
+        context = replace(context, peers=peer_norms(churn_inputs, churn_model.feature_names_in_))
     identities = identities or {t: ModelIdentity(t, "unknown") for t in TARGETS}
 
     encodings: dict[tuple, np.ndarray] = {}
@@ -181,15 +202,18 @@ def score_customers(
     chooser = (None if config.reasons_for == "all"
                else partial(rows_with_reasons, config, customer_ids=churn_inputs["customer_id"], cut=reason_cut))
     churn = model_scores(churn_model, churn_inputs, config.n_reasons, config.batch_size, config.tabulate_trees,
-                         config.threads, encodings, reason_rows=chooser)
+                         config.threads, encodings, reason_rows=chooser, references=references,
+                         reason_filter=partial(_reason_filter, churn_inputs, context, config))
     repurchase = model_scores(repurchase_model, repurchase_inputs, 0, config.batch_size, config.tabulate_trees,
                               config.threads, encodings)
     # The encoded rows are as large as the feature table: freed before the reasons are phrased.
     del encodings
     churn_probability, repurchase_probability, reasons = churn.probability, repurchase.probability, churn.reasons
     quoted = churn_inputs if reasons.prior_log_odds is None else churn_inputs.assign(**{PRIOR: reasons.prior_log_odds})
-    phrases = reason_phrases(reasons.names, reasons.indices, quoted, context)
     contributions = reasons.contributions
+    # A reason is phrased in the direction its contribution pushes the risk.
+    directions = np.where(contributions < 0, -1.0, 1.0)
+    phrases = reason_phrases(reasons.names, reasons.indices, quoted, context, directions)
     # Every customer given reasons gets at least one, even when no feature pushes the risk up.
     unexplained = pd.isna(phrases[:, 0])
     if churn.reason_rows is not None:
@@ -235,6 +259,18 @@ def score_customers(
         columns[f"{target}_model_version"] = _text_by_code([str(identities[target].version)],
                                                            np.zeros(len(churn_inputs), np.int64))
     return pd.DataFrame(columns)[score_columns(config.n_reasons)]
+
+
+def _reason_filter(inputs: pd.DataFrame, context: ReasonContext, config: ScoringConfig, positions: np.ndarray,
+                   probability: np.ndarray, names: list[str]) -> ReasonFilter:
+    """The contributions of the rows at ``positions`` that may be reasons: those raising the risk
+    for the high and medium bands, those lowering it for the low band
+    (:func:`churnml.scoring.policy.reason_signs`), whose value reads that way
+    (:func:`churnml.scoring.reasons.reason_eligibility`)."""
+    signs = reason_signs(probability, config.risk_bands)
+    # Every row (the default): the columns as they are, not a copy of their rows.
+    every_row = len(positions) == len(inputs)
+    return ReasonFilter(signs, reason_eligibility(names, inputs, context, signs, None if every_row else positions))
 
 
 def _text_column(column: pd.Series) -> np.ndarray | pd.api.extensions.ExtensionArray:
