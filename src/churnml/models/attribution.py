@@ -41,14 +41,12 @@ import pandas as pd
 from churnml.models.btyd import (
     BGNBD_FEATURE_COLUMNS,
     BGNBD_SOURCE_COLUMNS,
-    DAYS_PER_WEEK,
     bgnbd_inputs,
-    bgnbd_probability,
     bgnbd_probability_alive,
     expected_purchases,
     fitted_bgnbd_features,
 )
-from churnml.models.classifier import MIN_EXPECTED_PURCHASES, ChurnModel, _cutoff_key, _rows_by_cutoff, prior_terms
+from churnml.models.classifier import ChurnModel, _cutoff_key, _rows_by_cutoff, prior_terms_of_inputs
 
 log = logging.getLogger(__name__)
 
@@ -217,43 +215,20 @@ PriorOf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = None) -> PriorOf:
-    """The model's own prior (:meth:`ChurnModel.prior_log_odds`: BG/NBD's terms, blended with the
-    model's weights) with the BG/NBD fit ``fitted``, for customers given by their BG/NBD inputs,
-    ``(rows,)``; with ``derived`` (a list, maybe empty), ``(rows, 1 + len(derived))``: the prior,
-    then those BG/NBD outputs (:func:`churnml.models.btyd.fitted_bgnbd_features` at the model's
-    horizon).
-
-    The customers are written as the feature rows :func:`churnml.models.btyd.bgnbd_inputs`
-    reads them from, so that every value is computed by the model's own code.
+    """The model's own prior (:meth:`ChurnModel.prior_log_odds`: BG/NBD's terms by
+    :func:`churnml.models.classifier.prior_terms_of_inputs`, blended with the model's weights)
+    with the BG/NBD fit ``fitted``, for customers given by their BG/NBD inputs, ``(rows,)``; with
+    ``derived`` (a list, maybe empty), ``(rows, 1 + len(derived))``: the prior, then those BG/NBD
+    outputs (the columns of :func:`churnml.models.btyd.fitted_bgnbd_features` at the model's
+    horizon). The expected purchases, the costly part (a hypergeometric function per customer),
+    are computed once for the prior and the outputs.
     """
-    def prior_of(x: np.ndarray, t_x: np.ndarray, age: np.ndarray) -> np.ndarray:
-        rows = pd.DataFrame({"frequency": x + 1.0, "repeat_orders": x, "purchase_span_days": t_x * DAYS_PER_WEEK,
-                             "purchase_age_days": age * DAYS_PER_WEEK, "tenure_days": age * DAYS_PER_WEEK})
-        prior = model._blended(prior_terms(fitted, rows, model.horizon_days, model.target))
-        if derived is None:
-            return prior
-        if not derived:
-            return prior[:, None]
-        outputs = fitted_bgnbd_features(fitted, rows, int(model.horizon_days))
-        return np.column_stack([prior, *(outputs[name].to_numpy(dtype=float) for name in derived)])
-
-    return prior_of
-
-
-def fast_model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = None) -> PriorOf:
-    """:func:`model_prior` with the expected purchases computed once for the prior and the
-    features (the costly part: a hypergeometric function per customer) and the BG/NBD inputs
-    taken as they are: the prior's terms as :func:`churnml.models.classifier.prior_terms` writes
-    them. :func:`attribute_prior` uses it only where it gives :func:`model_prior`'s values."""
     horizon, target = int(model.horizon_days), model.target
 
     def prior_of(x: np.ndarray, t_x: np.ndarray, age: np.ndarray) -> np.ndarray:
         inputs = pd.DataFrame({"x": x, "t_x": t_x, "T": age})
         expected = expected_purchases(fitted, inputs, horizon)
-        probability = np.clip(bgnbd_probability(fitted, inputs, horizon, target), 1e-6, 1 - 1e-6)
-        terms = np.column_stack([np.log(probability) - np.log1p(-probability),
-                                 np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES))])
-        prior = model._blended(terms)
+        prior = model._blended(prior_terms_of_inputs(fitted, inputs, horizon, target, expected))
         if derived is None:
             return prior
         outputs = {"bgnbd_p_alive": lambda: bgnbd_probability_alive(fitted, inputs),
@@ -362,7 +337,7 @@ def attribute_prior(model: ChurnModel, inputs: pd.DataFrame, prior: np.ndarray,
         from_fit = [names[p] for p in derived if _from_fit(fitted, part, names[p], int(model.horizon_days))]
         own = np.column_stack([prior[rows], *(part[n].to_numpy(dtype=float) for n in from_fit)])
         inputs_part = bgnbd_inputs(part)
-        part_shares, reference_values = bgnbd_shares(_values_of(model, fitted, from_fit, inputs_part), inputs_part, own,
+        part_shares, reference_values = bgnbd_shares(model_prior(model, fitted, from_fit), inputs_part, own,
                                                      references[key])
         prior_shares, reference_prior = part_shares[:, :, 0], float(np.atleast_1d(reference_values)[0])
         # A mixed customer BG/NBD gives no finite prior for: that row's prior goes to the bias whole.
@@ -384,18 +359,6 @@ def passed_on(shares: np.ndarray) -> np.ndarray:
         moved = np.isfinite(shares).all(axis=1) & (total != 0)
         along = np.where(shares * np.sign(total)[:, None] > 0, shares, 0.0)
         return np.where(moved[:, None], along / np.where(moved, along.sum(axis=1), 1.0)[:, None], 0.0)
-
-
-def _values_of(model: ChurnModel, fitted: Any, derived: Sequence[str], inputs: pd.DataFrame) -> PriorOf:
-    """:func:`fast_model_prior` if it gives :func:`model_prior`'s values on a sample of the rows
-    (``inputs``: their BG/NBD inputs), else :func:`model_prior`."""
-    exact, fast = model_prior(model, fitted, derived), fast_model_prior(model, fitted, derived)
-    sample = inputs.iloc[np.unique(np.linspace(0, len(inputs) - 1, min(CHECKED_ROWS, len(inputs))).astype(int))]
-    arrays = [sample[c].to_numpy(dtype=float) for c in ("x", "t_x", "T")]
-    if np.allclose(fast(*arrays), exact(*arrays), rtol=1e-9, atol=1e-12, equal_nan=True):
-        return fast
-    log.info("the prior's terms differ from churnml.models.classifier.prior_terms: the slower exact path is used")
-    return exact
 
 
 def _from_fit(fitted: Any, part: pd.DataFrame, name: str, horizon_days: int) -> bool:

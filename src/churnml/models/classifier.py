@@ -369,18 +369,31 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
 
 def prior_terms(fitted: Any, features: pd.DataFrame, horizon_days: int, target: str) -> np.ndarray:
+    """The two BG/NBD outputs the prior blends for feature rows, shape ``(n_rows, 2)``
+    (:func:`prior_terms_of_inputs` of :func:`churnml.models.btyd.bgnbd_inputs`).
+
+    ``fitted``: a BG/NBD model fitted at the rows' cutoff; ``features``: feature rows.
+    """
+    from churnml.models.btyd import bgnbd_inputs
+
+    return prior_terms_of_inputs(fitted, bgnbd_inputs(features), horizon_days, target)
+
+
+def prior_terms_of_inputs(fitted: Any, inputs: pd.DataFrame, horizon_days: int, target: str,
+                          expected: np.ndarray | None = None) -> np.ndarray:
     """The two BG/NBD outputs the prior blends, shape ``(n_rows, 2)``: the log-odds of the target
     in the horizon (:func:`churnml.models.btyd.bgnbd_probability`) and the log of the expected
     purchases in it (:func:`churnml.models.btyd.expected_purchases`, floored at
     :data:`MIN_EXPECTED_PURCHASES`); NaN where BG/NBD gives no finite value.
 
-    ``fitted``: a BG/NBD model fitted at the rows' cutoff; ``features``: feature rows.
+    ``inputs``: BG/NBD inputs ``x``, ``t_x``, ``T`` (weeks); ``expected``: the rows' expected
+    purchases in the horizon when already computed.
     """
-    from churnml.models.btyd import bgnbd_inputs, bgnbd_probability, expected_purchases
+    from churnml.models.btyd import bgnbd_probability, expected_purchases
 
-    inputs = bgnbd_inputs(features)
     probability = bgnbd_probability(fitted, inputs, horizon_days, target)
-    expected = expected_purchases(fitted, inputs, horizon_days)
+    if expected is None:
+        expected = expected_purchases(fitted, inputs, horizon_days)
     return np.column_stack([_logit(np.clip(probability, 1e-6, 1 - 1e-6)),
                             np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES))])
 
