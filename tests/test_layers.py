@@ -8,7 +8,8 @@ those under ``if TYPE_CHECKING:`` (they state a dependency just the same). The r
     ====  ==========================================  ===========================================
     rank  layer                                       notes
     ====  ==========================================  ===========================================
-    0     ``churnml`` (``__init__``), ``conf``          the package; Hydra's YAML
+    0     ``churnml`` (``__init__``), ``conf``,         the package; Hydra's YAML; the user-error
+          ``errors``                                    exception every layer raises
     1     ``io``, ``simulate``                          ``io.sources`` writes the demo shop
     2     ``features``
     3     ``evaluation``                                arrays in, numbers out; knows no models
@@ -45,7 +46,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "churnml"
 
 RANKS = {
-    "churnml": 0, "conf": 0,
+    "churnml": 0, "conf": 0, "errors": 0,
     "io": 1, "simulate": 1,
     "features": 2,
     "evaluation": 3,

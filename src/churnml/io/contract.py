@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from churnml.errors import UserError
+
 ColumnKind = Literal["id", "timestamp", "number", "integer", "string"]
 
 
@@ -91,7 +93,7 @@ class Problem:
         return text
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """Input data breaks the contract; nothing was written."""
 
     def __init__(self, problems: list[Problem]):

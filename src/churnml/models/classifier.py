@@ -12,6 +12,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
+from churnml.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # Identifiers, the label, and per-snapshot constants that carry no information about a customer.
@@ -30,7 +32,7 @@ MIN_EXPECTED_PURCHASES = 1e-3
 MIN_PRIOR_CUSTOMERS = 100
 
 
-class FeatureMismatchError(ValueError):
+class FeatureMismatchError(UserError, ValueError):
     """A feature table does not have the columns or types the model was trained on."""
 
 
