@@ -230,6 +230,7 @@ class TrainSettings:
     cv_folds: int = TrainingPlan.cv_folds
     bgnbd_features: bool = TrainingPlan.bgnbd_features
     refit: bool = TrainingPlan.refit
+    seasonality: bool = TrainingPlan.seasonality
     champion_metric: str = "holdout_roc_auc"
     objective: str = "cv_roc_auc_mean"  # what a sweep maximises: CV, never the holdout
     export_dir: Optional[str] = "models"

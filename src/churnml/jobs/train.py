@@ -46,6 +46,7 @@ def training_plan(settings: Mapping[str, Any]):
         cv_folds=int(train["cv_folds"]),
         bgnbd_features=bool(train["bgnbd_features"]),
         refit=bool(train["refit"]),
+        seasonality=bool(train["seasonality"]),
     )
 
 

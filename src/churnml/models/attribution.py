@@ -214,21 +214,24 @@ def shapley_shares(game: Any, n_rows: int) -> np.ndarray:
 PriorOf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
-def model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = None) -> PriorOf:
+def model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = None, cutoff: Any = None) -> PriorOf:
     """The model's own prior (:meth:`ChurnModel.prior_log_odds`: BG/NBD's terms by
     :func:`churnml.models.classifier.prior_terms_of_inputs`, blended with the model's weights)
     with the BG/NBD fit ``fitted``, for customers given by their BG/NBD inputs, ``(rows,)``; with
     ``derived`` (a list, maybe empty), ``(rows, 1 + len(derived))``: the prior, then those BG/NBD
     outputs (the columns of :func:`churnml.models.btyd.fitted_bgnbd_features` at the model's
     horizon). The expected purchases, the costly part (a hypergeometric function per customer),
-    are computed once for the prior and the outputs.
+    are computed once for the prior and the outputs unless the prior runs in a season's
+    operational time (:meth:`ChurnModel.prior_horizon_days` at ``cutoff``).
     """
     horizon, target = int(model.horizon_days), model.target
+    prior_horizon = model.prior_horizon_days(cutoff)
 
     def prior_of(x: np.ndarray, t_x: np.ndarray, age: np.ndarray) -> np.ndarray:
         inputs = pd.DataFrame({"x": x, "t_x": t_x, "T": age})
         expected = expected_purchases(fitted, inputs, horizon)
-        prior = model._blended(prior_terms_of_inputs(fitted, inputs, horizon, target, expected))
+        prior_expected = expected if prior_horizon == horizon else expected_purchases(fitted, inputs, prior_horizon)
+        prior = model._blended(prior_terms_of_inputs(fitted, inputs, prior_horizon, target, prior_expected))
         if derived is None:
             return prior
         outputs = {"bgnbd_p_alive": lambda: bgnbd_probability_alive(fitted, inputs),
@@ -337,7 +340,7 @@ def attribute_prior(model: ChurnModel, inputs: pd.DataFrame, prior: np.ndarray,
         from_fit = [names[p] for p in derived if _from_fit(fitted, part, names[p], int(model.horizon_days))]
         own = np.column_stack([prior[rows], *(part[n].to_numpy(dtype=float) for n in from_fit)])
         inputs_part = bgnbd_inputs(part)
-        part_shares, reference_values = bgnbd_shares(model_prior(model, fitted, from_fit), inputs_part, own,
+        part_shares, reference_values = bgnbd_shares(model_prior(model, fitted, from_fit, cutoff), inputs_part, own,
                                                      references[key])
         prior_shares, reference_prior = part_shares[:, :, 0], float(np.atleast_1d(reference_values)[0])
         # A mixed customer BG/NBD gives no finite prior for: that row's prior goes to the bias whole.

@@ -140,11 +140,15 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     # --- fitting ------------------------------------------------------------------------------
 
     def fit(self, X: pd.DataFrame, y: Any, calibration_set: tuple[pd.DataFrame, Any] | None = None,
-            progress: str | None = None) -> "ChurnModel":
+            progress: str | None = None, seasonality: Any = None) -> "ChurnModel":
         """Fit on ``X, y``; calibrate (and early-stop) on ``calibration_set``, a later time slice.
 
         ``progress``: a description to show a progress bar of the boosting rounds under (LightGBM
-        only: the round and the calibration slice's log loss), None for none.
+        only: the round and the calibration slice's log loss), None for none. ``seasonality``:
+        the shop's monthly multipliers, shape ``(12,)``
+        (:func:`churnml.features.seasonality.seasonal_index`), kept as ``seasonality_``: the
+        prior then runs each label window in its season's operational time
+        (:meth:`prior_horizon_days`); None for none.
         """
         if self.preprocessing not in PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {PREPROCESSING}, got '{self.preprocessing}'")
@@ -170,6 +174,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         }
         self.classes_ = np.array([0, 1])
         self.prior_fallback_ = float(_logit(np.clip(y.mean(), 1e-6, 1 - 1e-6)))
+        self.seasonality_ = None if seasonality is None else np.asarray(seasonality, dtype=float)
         train = self._prepare(X)
         calibration = None
         if calibration_set is not None:
@@ -246,8 +251,21 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             part = X.iloc[rows]
             fitted = fixed.get(_cutoff_key(cutoff)) if fixed is not None else _fit_prior(part, cutoff)
             if fitted is not None:
-                terms[rows] = prior_terms(fitted, part, self.horizon_days, self.target)
+                terms[rows] = prior_terms(fitted, part, self.prior_horizon_days(cutoff), self.target)
         return terms
+
+    def prior_horizon_days(self, cutoff: Any) -> float:
+        """The horizon the prior's BG/NBD terms use for label windows after ``cutoff``: the
+        model's ``horizon_days`` in the window's operational time, the days weighted by the
+        shop's monthly multipliers (:func:`churnml.features.seasonality.window_season_factor`);
+        the horizon itself without ``seasonality_`` or a cutoff."""
+        from churnml.features.seasonality import window_season_factor
+
+        seasonality = getattr(self, "seasonality_", None)
+        if seasonality is None or cutoff is None:
+            return float(self.horizon_days)
+        return float(self.horizon_days) * window_season_factor(seasonality, pd.Timestamp(cutoff).date(),
+                                                                int(self.horizon_days))
 
     def _blended(self, terms: np.ndarray) -> np.ndarray:
         # Models fitted before the blend existed boost from BG/NBD's own log-odds.

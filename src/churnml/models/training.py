@@ -19,6 +19,7 @@ from churnml.evaluation import drift, report
 from churnml.evaluation import metrics as evaluation_metrics
 from churnml.features.build import FeatureConfig
 from churnml.features.dates import resolve_as_of
+from churnml.features.seasonality import monthly_purchase_rates, seasonal_index
 from churnml.features.snapshots import snapshot_table, training_cutoffs
 from churnml.io.load import Dataset
 from churnml.models.baselines import baseline_probabilities
@@ -37,7 +38,10 @@ class TrainingPlan:
     calibration slice of the latest ``calibration_snapshots``; the model is fitted on the
     earlier snapshots of the other customers (:func:`split_for_calibration`). ``refit``: the
     model to deploy is fitted again after the evaluation, on the snapshots through the
-    holdout's (:func:`train_and_evaluate`).
+    holdout's (:func:`train_and_evaluate`). ``seasonality``: the prior runs each label window
+    in its season's operational time, with the shop's monthly multipliers measured on the data
+    each model may see (:func:`churnml.features.seasonality.seasonal_index`; none for a history
+    shorter than two years).
     """
 
     target: str = "churn"
@@ -52,6 +56,7 @@ class TrainingPlan:
     cv_folds: int = 3
     bgnbd_features: bool = True
     refit: bool = True
+    seasonality: bool = True
 
     def resolve_holdout(self, dataset: Dataset) -> dt.date:
         """The holdout date: given, or the last date in the data minus the horizon
@@ -143,7 +148,7 @@ def split_for_calibration(
 
 def fit_model(
     template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1, keep_reference: bool = True,
-    calibration_fraction: float = 0.0, progress: str | None = None,
+    calibration_fraction: float = 0.0, progress: str | None = None, rates: pd.Series | None = None,
 ) -> ChurnModel:
     """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones
     (:func:`split_for_calibration`).
@@ -155,12 +160,19 @@ def fit_model(
     otherwise redo. Trees too large to tabulate are reported here, as a warning, rather than
     found out in a slow scoring run (:func:`churnml.models.contributions.tabulation_note`).
     ``trained_through_`` is the latest cutoff whose labels the model saw. ``progress``: the
-    description of a progress bar of the boosting rounds, None for none.
+    description of a progress bar of the boosting rounds, None for none. ``rates``: the shop's
+    purchases per day by month (:func:`churnml.features.seasonality.monthly_purchase_rates`) for
+    the seasonality the model's prior runs on, cut to the months the model's labels close by;
+    None for none.
     """
     fit_part, calibration_part = split_for_calibration(table, calibration_snapshots, calibration_fraction)
     model = clone(template)
+    seasonality = None
+    if rates is not None:
+        labels_close = pd.Timestamp(table["cutoff"].max()) + pd.Timedelta(days=int(template.horizon_days))
+        seasonality = seasonal_index(rates[rates.index + pd.offsets.MonthEnd(0) <= labels_close])
     model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]),
-              progress=progress)
+              progress=progress, seasonality=seasonality)
     model.trained_through_ = pd.Timestamp(table["cutoff"].max()).date()
     if not keep_reference:
         return model
@@ -195,7 +207,7 @@ def cv_fold_cutoffs(cutoffs: list[dt.date], horizon_days: int, n_folds: int, cal
 
 def time_cv(
     template: ChurnModel, table: pd.DataFrame, horizon_days: int, n_folds: int, calibration_snapshots: int = 1,
-    progress: bool = True, calibration_fraction: float = 0.0,
+    progress: bool = True, calibration_fraction: float = 0.0, rates: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Out-of-time folds: each evaluates on one snapshot, training only on snapshots whose label
     windows close on or before its cutoff. Never random k-fold over time."""
@@ -209,7 +221,7 @@ def time_cv(
         evaluated = table[table["cutoff"] == pd.Timestamp(fold_cutoff)]
         # A fold's model is only evaluated, never scores new data: no drift reference.
         model = fit_model(template, table[known], calibration_snapshots, keep_reference=False,
-                          calibration_fraction=calibration_fraction)
+                          calibration_fraction=calibration_fraction, rates=rates)
         metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
     if not rows:
@@ -273,12 +285,17 @@ def train_and_evaluate(
     holdout_cutoff, cutoffs, train_table, holdout_table = _snapshots_for(dataset, plan, features, progress)
     template = clone(template).set_params(target=plan.target, horizon_days=plan.horizon_days)
     what = f"{plan.target} model"
+    rates = None
+    if plan.seasonality and template.prior:
+        rates = monthly_purchase_rates(dataset.transactions, dataset.last_date)
+    # Each model sees the months its labels close by: the evaluated one no month after the holdout cutoff.
     model = fit_model(template, train_table, plan.calibration_snapshots, keep_reference=not plan.refit,
-                      calibration_fraction=plan.calibration_fraction, progress=what if progress else None)
+                      calibration_fraction=plan.calibration_fraction, progress=what if progress else None,
+                      rates=rates)
     probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
     y_holdout = holdout_table["label"].to_numpy()
     folds = time_cv(template, train_table, plan.horizon_days, plan.cv_folds, plan.calibration_snapshots, progress,
-                    plan.calibration_fraction)
+                    plan.calibration_fraction, rates)
     metrics = evaluation_metrics.holdout_metrics(probabilities, y_holdout)
     if not folds.empty:
         metric_columns = [c for c in folds.columns if c not in ("cutoff", "train_rows", "n", "base_rate")]
@@ -287,7 +304,7 @@ def train_and_evaluate(
     if plan.refit:
         refit = fit_model(template, pd.concat([train_table, holdout_table], ignore_index=True),
                           plan.calibration_snapshots, calibration_fraction=plan.calibration_fraction,
-                          progress=f"{what}, refit through {holdout_cutoff}" if progress else None)
+                          progress=f"{what}, refit through {holdout_cutoff}" if progress else None, rates=rates)
     return Outcome(
         model=model,
         plan=plan,
