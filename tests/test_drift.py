@@ -106,3 +106,29 @@ def test_psi_of_known_shares():
     expected = (0.25 - 0.5) * np.log(0.25 / 0.5) + (0.75 - 0.5) * np.log(0.75 / 0.5)
     assert drift.population_stability(np.array([0.5, 0.5]), np.array([0.25, 0.75])) == pytest.approx(expected)
     assert drift.population_stability(np.array([0.5, 0.5]), np.array([0.5, 0.5])) == 0.0
+
+
+def psi_series(score: float, **features: float) -> pd.Series:
+    return pd.Series({**features, drift.SCORE: score}, dtype=float)
+
+
+def test_a_population_near_its_reference_is_not_refused():
+    # Ageing alone: one feature far past the reporting threshold, the score stable.
+    values = psi_series(0.05, tenure_days=1.4, recency_days=0.3, frequency=0.01, monetary=0.02)
+    assert drift.population_refusal(values, stop_psi=1.0, stop_share=0.5) is None
+
+
+def test_a_score_far_from_its_reference_is_refused_naming_the_worst_features():
+    values = psi_series(1.44, avg_order_value=5.71, ltv=2.96, frequency=0.1, recency_days=0.4)
+    reason = drift.population_refusal(values, stop_psi=1.0, stop_share=0.5, n_named=2)
+    assert reason == "score PSI 1.44 > 1; 2 of 4 features > 1, worst avg_order_value 5.71, ltv 2.96"
+
+
+def test_most_features_far_from_their_reference_are_refused_even_with_a_stable_score():
+    values = psi_series(0.1, a=3.0, b=2.0, c=1.5, d=0.1, e=float("nan"))
+    reason = drift.population_refusal(values, stop_psi=1.0, stop_share=0.5)
+    assert reason is not None and "3 of 4 features > 1" in reason and reason.index("a 3.00") < reason.index("b 2.00")
+    # Half is not most.
+    assert drift.population_refusal(psi_series(0.1, a=3.0, b=2.0, c=0.1, d=0.1), 1.0, 0.5) is None
+    # Without a score profile the features alone decide.
+    assert drift.population_refusal(pd.Series({"a": 3.0, "b": 0.1}), 1.0, 0.4).startswith("1 of 2 features")

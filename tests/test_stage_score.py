@@ -124,6 +124,37 @@ def test_drift_is_tracked_for_models_with_a_reference_profile(shop, tmp_path, ca
     # The reference snapshot is months older than as_of: customers' ages have moved on.
     assert "tenure_days" in drifted and "tenure_days" in printed
     assert "churn:tenure_days=" in run["tags.churnml.drifted_features"]
+    # Customers months on from the reference are the same population: the gate lets them through.
+    assert (tmp_path / "s.parquet").exists()
+
+
+def other_shop(directory: Path) -> dict[str, Path]:
+    """Another shop's files: other customers, prices 40 times the demo's, a quarter of the lines."""
+    from churnml.simulate import simulate_shop
+
+    tables = simulate_shop(n_customers=1500, start="2023-01-01", end="2024-12-31", seed=11)
+    transactions = tables["transactions"].assign(amount=tables["transactions"]["amount"] * 40).iloc[::4]
+    return write_shop({**tables, "transactions": transactions, "interactions": tables["interactions"].iloc[::5]},
+                      directory)
+
+
+def test_another_shops_customers_are_refused_naming_the_worst_features(shop, tmp_path, capsys):
+    from churnml.errors import UserError
+
+    other = {"root": shop["root"], **other_shop(tmp_path / "other")}
+    profiled = f"score.model_dir={shop['root']}/profiled"
+    output = tmp_path / "out" / "scores.parquet"
+    runs_before = len(scoring_runs(f"sqlite:///{shop['root']}/mlflow.db"))
+    with pytest.raises(UserError) as refused:
+        run_score(settings_for(other, profiled, f"score.output={output}"))
+    message = str(refused.value)
+    assert "churn model churnml-churn v8: score PSI" in message and "worst avg_order_value" in message
+    assert "score.allow_drift=true" in message and "\n" not in message
+    assert not output.parent.exists()
+    assert len(scoring_runs(f"sqlite:///{shop['root']}/mlflow.db")) == runs_before
+
+    assert run_score(settings_for(other, profiled, f"score.output={output}", "score.allow_drift=true")) == output
+    assert output.exists()
 
 
 def test_as_of_outside_the_data_writes_nothing(shop, tmp_path):

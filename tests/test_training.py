@@ -178,6 +178,46 @@ def test_champion_rule():
     assert is_at_least_as_good(0.5, float("nan"))
 
 
+def test_a_nan_score_never_promotes():
+    # A one-class holdout makes both sides NaN: NaN is a loss, not "nothing to compare".
+    assert not is_at_least_as_good(float("nan"), float("nan"))
+    assert not is_at_least_as_good(float("nan"), None)
+    assert not is_at_least_as_good(None, 0.91)
+    assert not is_at_least_as_good(float("inf"), 0.91)
+
+
+def refunds_only_at_the_end() -> pd.DataFrame:
+    """Eight customers buying every 20 days, each stopping at a different month of 2023-2024 (so
+    earlier snapshots hold both outcomes), then only refunds from 2024-04-01 to 2024-06-30."""
+    rows = []
+    for number in range(8):
+        customer = f"C{number}"
+        last = pd.Timestamp("2023-09-01") + pd.DateOffset(months=number)
+        for day in pd.date_range("2023-01-05", last, freq="20D"):
+            rows.append((customer, day, 50.0 + number))
+        rows.append((customer, pd.Timestamp("2024-04-10") + pd.Timedelta(days=10 * number), -20.0))
+    rows.append(("C0", pd.Timestamp("2024-06-30"), -5.0))
+    return pd.DataFrame(rows, columns=["customer_id", "ts", "amount"])
+
+
+def test_a_one_class_holdout_stops_training_naming_the_window_and_a_fix():
+    from churnml.errors import UserError
+
+    dataset = frame_dataset(refunds_only_at_the_end())
+    plan = TrainingPlan(target="churn", horizon_days=90, holdout_cutoff=dt.date(2024, 3, 31), step_days=30,
+                        max_snapshots=4, min_snapshots=2, cv_folds=0, bgnbd_features=False)
+    with pytest.raises(UserError) as refused:
+        train_and_evaluate(dataset, quick_model(), plan, progress=False)
+    message = str(refused.value)
+    assert "as_of=2024-03-31" in message and "(2024-03-31, 2024-06-29]" in message
+    assert "only positive churn labels" in message and "\n" not in message
+    # The fix names the latest earlier snapshot whose window holds both outcomes.
+    assert "pass as_of=2024-01-01 or another as_of" in message
+    # The same data at that date is a valid holdout.
+    ok = dataclasses.replace(plan, holdout_cutoff=dt.date(2024, 1, 1), min_snapshots=1)
+    assert train_and_evaluate(dataset, quick_model(), ok, progress=False).holdout_table["label"].nunique() == 2
+
+
 def small_train_settings(tmp_path, *extra: str) -> dict:
     return compose_resolved("train", [
         "data.n_customers=1200", f"data.directory={tmp_path}/data", "data.end=2024-12-31",
@@ -188,14 +228,17 @@ def small_train_settings(tmp_path, *extra: str) -> dict:
 
 
 @pytest.mark.slow
-def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(tmp_path, capsys):
+def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(tmp_path, capsys, caplog):
     import mlflow
     from mlflow import MlflowClient
 
     from churnml.jobs.train import run as run_train
 
     settings = small_train_settings(tmp_path)
-    objective = run_train(settings)
+    with caplog.at_level("WARNING"):
+        objective = run_train(settings)
+    # Warnings speak of the user's data: logging the model's 5-row input example fits no prior.
+    assert "too few to fit the BG/NBD prior" not in caplog.text
     assert math.isfinite(objective)
     client = MlflowClient(tracking_uri=settings["mlflow"]["tracking_uri"])
     champion = client.get_model_version_by_alias("churnml-churn", "champion")
@@ -221,6 +264,18 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     holdout_cutoff = run.data.params["holdout_cutoff"]
     assert run.data.tags["churnml.refit_through"] == holdout_cutoff
     assert str(load_model(str(tmp_path / "models" / "churnml-churn")).trained_through_) == holdout_cutoff
+    # The registered model saw the holdout's labels: evaluating it there is refused, naming both dates.
+    from churnml.errors import UserError
+    from churnml.jobs.evaluate import run as run_evaluate
+
+    evaluate = compose_resolved("evaluate", [
+        "data.n_customers=1200", f"data.directory={tmp_path}/data", "data.end=2024-12-31",
+        f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"train.report_dir={tmp_path}/evaluate",
+        f"as_of={holdout_cutoff}"])
+    labels_end = dt.date.fromisoformat(holdout_cutoff) + dt.timedelta(days=90)
+    with pytest.raises(UserError, match=f"trained on labels through {labels_end}.*as_of={holdout_cutoff}"):
+        run_evaluate(evaluate)
+    assert not (tmp_path / "evaluate").exists()
 
     # A model that cannot learn (one shallow tree on a tiny learning rate) does not take the alias.
     run_train(small_train_settings(tmp_path, "model.n_estimators=1", "model.learning_rate=0.0001",

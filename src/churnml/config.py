@@ -24,6 +24,7 @@ import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from churnml.evaluation import drift
 from churnml.features.build import FeatureConfig
 from churnml.features.dates import as_date
 from churnml.io.contract import SPECS, TableSpec
@@ -265,6 +266,11 @@ class ScoreSettings:
     output: Optional[str] = None  # None: scores/as_of=<as_of>/scores.<format>; on Spark the directory
     format: str = "parquet"  # parquet | csv
     drift_threshold: float = 0.2  # PSI above which a feature (or the score) is reported as drifted
+    # Scoring stops, writing nothing, when the score's PSI or that of more than drift_stop_share of
+    # the features is above drift_stop_psi: the population is not the one the model learnt.
+    drift_stop_psi: float = drift.STOP_PSI
+    drift_stop_share: float = drift.STOP_SHARE
+    allow_drift: bool = False  # true: score such a population anyway (the drift is still reported)
     risk_bands: RiskBandSettings = field(default_factory=RiskBandSettings)  # type: ignore[valid-type]
     reasons: int = _SCORING_DEFAULTS.n_reasons  # reasons per customer: what raises the risk (low band: lowers it)
     # Who gets reasons: all | actionable (high and medium risk bands) | top_fraction (the riskiest

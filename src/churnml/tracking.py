@@ -9,9 +9,10 @@ import json
 import logging
 import math
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
@@ -114,15 +115,16 @@ def log_training(
     signature = infer_signature(_signature_frame(example), example_output)
     with mlflow.start_run(run_name=run_name) as run:
         _log_outcome(outcome, settings, fingerprint, stage="train")
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            serialization_format="cloudpickle",
-            signature=signature,
-            input_example=_signature_frame(example),
-            pyfunc_predict_fn="predict_proba",
-            registered_model_name=registered_name,
-        )
+        with _without_example_prior_warnings():
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="cloudpickle",
+                signature=signature,
+                input_example=_signature_frame(example),
+                pyfunc_predict_fn="predict_proba",
+                registered_model_name=registered_name,
+            )
         version = str(info.registered_model_version)
         if outcome.refit_model is not None:
             # The registered model was refit on the holdout's labels: its figures are its evaluated twin's.
@@ -142,6 +144,27 @@ def log_training(
             champion=promote,
             champion_reason=reason,
         )
+
+
+@contextmanager
+def _without_example_prior_warnings() -> Iterator[None]:
+    """Drop the classifier's BG/NBD prior warnings while MLflow logs a model.
+
+    MLflow checks the input example by predicting its 5 rows alone, without a ``cutoff``: a
+    model boosted from a prior fits BG/NBD on those 5 customers and warns that they are too few.
+    The warning would be about the example, not the user's data; the signature is made from the
+    scores of the whole holdout.
+    """
+    classifier_log = logging.getLogger("churnml.models.classifier")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "BG/NBD prior" not in record.getMessage()
+
+    classifier_log.addFilter(keep)
+    try:
+        yield
+    finally:
+        classifier_log.removeFilter(keep)
 
 
 def _log_outcome(outcome: Any, settings: Mapping[str, Any], fingerprint: Mapping[str, Any], stage: str) -> None:
@@ -169,6 +192,29 @@ def _log_outcome(outcome: Any, settings: Mapping[str, Any], fingerprint: Mapping
         mlflow.log_text(outcome.report_html, "evaluation/report.html")
 
 
+def log_trial(outcome: Any, settings: Mapping[str, Any], fingerprint: Mapping[str, Any], objective: str,
+              run_name: str | None = None) -> str:
+    """Log one trial of a sweep that chooses by ``objective`` (a time-based CV score): config,
+    data fingerprint, params and the CV, tagged ``churnml.stage=train-trial``; return the run id.
+
+    No holdout figure is logged and nothing is registered: the sweep registers its chosen trial
+    alone, trained again (:mod:`churnml.jobs.sweep`), so that the holdout is never what chooses.
+    """
+    import mlflow
+
+    model: ChurnModel = outcome.model
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"churnml.stage": "train-trial", "churnml.target": model.target,
+                         "churnml.horizon_days": str(model.horizon_days), "churnml.objective": objective})
+        mlflow.log_dict(dict(settings), "config.json")
+        mlflow.log_dict(dict(fingerprint), "data_fingerprint.json")
+        _log_params(settings)
+        mlflow.log_metrics(_finite({k: v for k, v in outcome.metrics.items() if k.startswith("cv_")}))
+        if not outcome.cv_folds.empty:
+            mlflow.log_text(outcome.cv_folds.to_csv(index=False), "evaluation/cv_folds.csv")
+        return run.info.run_id
+
+
 def log_evaluation(
     outcome: Any, settings: Mapping[str, Any], fingerprint: Mapping[str, Any], model_uri: str, run_name: str | None = None
 ) -> str:
@@ -194,11 +240,18 @@ def _signature_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(converted, index=frame.index)
 
 
-def is_at_least_as_good(new_score: float, champion_score: float | None) -> bool:
-    """The champion rule: the new version wins ties, and wins when there is nothing to compare."""
+def is_at_least_as_good(new_score: float | None, champion_score: float | None) -> bool:
+    """The champion rule: the new version wins ties, and wins when there is nothing to compare.
+
+    A score that is missing or NaN loses: a new version without a finite score never wins (not
+    even against no champion or a champion without one), and a champion without one loses to any
+    new version with one.
+    """
+    if new_score is None or not math.isfinite(new_score):
+        return False
     if champion_score is None or not math.isfinite(champion_score):
         return True
-    return math.isfinite(new_score) and new_score >= champion_score
+    return new_score >= champion_score
 
 
 def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]:
@@ -232,10 +285,10 @@ def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]
 def _out_of_time(model: ChurnModel, holdout_cutoff: Any) -> bool:
     """Whether every label ``model`` was trained on closed by ``holdout_cutoff`` (models fitted
     before ``trained_through_`` was kept count as out of time)."""
-    import datetime as dt
+    from churnml.models.training import labels_through
 
-    through = getattr(model, "trained_through_", None)
-    return through is None or through + dt.timedelta(days=int(model.horizon_days)) <= holdout_cutoff
+    through = labels_through(model)
+    return through is None or through <= holdout_cutoff
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:

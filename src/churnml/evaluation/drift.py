@@ -13,6 +13,7 @@ before trusting the scores.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -269,3 +270,50 @@ def drifted(psi_values: pd.Series, threshold: float = 0.2) -> pd.Series:
     """The entries of a PSI series above ``threshold``, largest first."""
     above = psi_values[psi_values > threshold]
     return above.sort_values(ascending=False, kind="stable")
+
+
+# A population this far from the reference is not the one the model learnt (another shop, another
+# currency, a broken feed), rather than the same customers months on: scoring it stops. The
+# reporting threshold (0.2) is passed by ageing alone (tenure, days since signup), so the stop
+# sits well above it.
+STOP_PSI = 1.0
+# Share of the features that must be past STOP_PSI for the population to count as another one
+# when the score itself has not moved that far.
+STOP_SHARE = 0.5
+
+
+def population_refusal(psi_values: pd.Series, stop_psi: float = STOP_PSI, stop_share: float = STOP_SHARE,
+                       n_named: int = 5) -> str | None:
+    """Why a scored population is not one the model was trained on, or None when it is.
+
+    It is not when the score's PSI (``model_score``) is above ``stop_psi``, or when more than
+    ``stop_share`` of the features with a PSI are above ``stop_psi``.
+
+    Parameters
+    ----------
+    psi_values : pandas.Series
+        PSI by feature and ``model_score``, as :func:`psi` returns; NaN entries are ignored.
+    stop_psi : float
+        PSI above which the score or a feature counts as far from its reference.
+    stop_share : float
+        Share of features in [0, 1]; more than this above ``stop_psi`` stops.
+    n_named : int
+        How many of the worst features the reason names.
+
+    Returns
+    -------
+    str or None
+        ``"score PSI 1.44 > 1; 9 of 31 features > 1, worst avg_order_value 5.71, ..."``, or None.
+    """
+    values = psi_values.dropna()
+    features = values.drop(SCORE, errors="ignore")
+    score = float(values[SCORE]) if SCORE in values.index else float("nan")
+    far = features[features > stop_psi]
+    score_far = score > stop_psi
+    features_far = len(features) > 0 and len(far) / len(features) > stop_share
+    if not (score_far or features_far):
+        return None
+    worst = features.sort_values(ascending=False, kind="stable").head(n_named)
+    named = ", ".join(f"{name} {value:.2f}" for name, value in worst.items())
+    score_text = f"score PSI {score:.2f}" + (f" > {stop_psi:g}" if score_far else "") + "; " if math.isfinite(score) else ""
+    return f"{score_text}{len(far)} of {len(features)} features > {stop_psi:g}, worst {named}"

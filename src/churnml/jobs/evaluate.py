@@ -9,8 +9,53 @@ from churnml.jobs.common import configure_tracking, engine_connection
 from churnml.jobs.train import print_comparison, report_context, training_plan
 
 
+def require_out_of_time(model: Any, holdout_cutoff: Any, last_date: Any, label: str) -> None:
+    """Refuse a holdout inside the window of the labels ``model`` was trained on.
+
+    Parameters
+    ----------
+    model : ChurnModel
+        With ``trained_through_`` (models fitted before it was kept are not checked).
+    holdout_cutoff : datetime.date
+        The holdout's cutoff (``as_of``).
+    last_date : datetime.date
+        The data's last date, to say whether an out-of-time holdout exists at all.
+    label : str
+        The model as named in the message (``churnml-churn v3``).
+
+    Raises
+    ------
+    churnml.errors.UserError
+        If ``holdout_cutoff`` is before :func:`churnml.models.training.labels_through` of ``model``.
+    """
+    import datetime as dt
+
+    from churnml.errors import UserError
+    from churnml.models.training import labels_through
+
+    through = labels_through(model)
+    if through is None or holdout_cutoff >= through:
+        return
+    horizon = int(model.horizon_days)
+    if through + dt.timedelta(days=horizon) <= last_date:
+        fix = f"pass as_of={through} or later"
+    else:
+        fix = (f"this data (to {last_date}) holds no later holdout: the out-of-time figures of this version are "
+               "those its training run logged; evaluate it again when newer data arrives")
+    raise UserError(
+        f"{label} was trained on labels through {through} (snapshots to {model.trained_through_}), so a holdout at "
+        f"as_of={holdout_cutoff} is inside its training data, not out of time: {fix}, or give model_uri= a version "
+        "trained on earlier data")
+
+
 def run(settings: Mapping[str, Any]) -> dict[str, float]:
-    """Evaluate a registered (or exported) model on a holdout cutoff and log it as its own run."""
+    """Evaluate a registered (or exported) model on a holdout cutoff and log it as its own run.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        If the holdout lies inside the model's training labels (:func:`require_out_of_time`).
+    """
     from churnml import tracking
     from churnml.features.build import FeatureConfig
     from churnml.io.files import write_text_atomic
@@ -28,6 +73,7 @@ def run(settings: Mapping[str, Any]) -> dict[str, float]:
     plan = training_plan({**settings, "train": {**settings["train"], "calibration_snapshots": 1, "cv_folds": 0,
                                                 "bgnbd_features": uses_bgnbd_features(model)}})
     dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
+    require_out_of_time(model, plan.resolve_holdout(dataset), dataset.last_date, f"{name} v{version}")
     outcome = evaluate_model(dataset, model, plan, FeatureConfig.from_dict(settings["features"]))
     outcome = add_report(outcome, report_context(settings, outcome, f"{name} v{version}"))
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from churnml.jobs.common import configure_tracking, engine_connection
 
@@ -41,8 +41,13 @@ def reference_profiles(models: Mapping[str, Any], identities: Mapping[str, Any])
 
 def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
                       context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
-                      fmt: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """Score the whole feature table in memory and write one file; return its path, the summary and the drift."""
+                      fmt: str, check_drift: Callable[[Mapping[str, Any]], None] | None = None,
+                      ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Score the whole feature table in memory and write one file; return its path, the summary and the drift.
+
+    ``check_drift`` is given the PSI of each target before anything is written, and may raise to
+    stop the run (:func:`population_gate`).
+    """
     from churnml.evaluation import drift
     from churnml.features.snapshots import feature_frame
     from churnml.scoring.summary import summarize
@@ -61,15 +66,22 @@ def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Map
     scores = score_customers(inputs, models, as_of, config, context, identities)
     psi = {target: drift.psi(profile, inputs[target], score=scores[f"{target}_probability"].to_numpy())
            for target, profile in profiles.items()}
+    if check_drift is not None:
+        check_drift(psi)
     path = write_scores(scores, output, fmt)
     return path, summarize(scores), psi
 
 
 def score_with_spark(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
                      context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
-                     fmt: str) -> tuple[Path | str, dict[str, Any], dict[str, Any]]:
+                     fmt: str, check_drift: Callable[[Mapping[str, Any]], None] | None = None,
+                     ) -> tuple[Path | str, dict[str, Any], dict[str, Any]]:
     """Score the feature table where it is, on Spark, and write a directory of part files; return
-    its path, the summary and the drift."""
+    its path, the summary and the drift.
+
+    Spark measures the score's drift on the written rows, so ``check_drift`` runs after the write:
+    a refusal stops the run before it is tracked, but the directory is in place.
+    """
     from churnml.features.build import build_features
     from churnml.scoring import spark as spark_scoring
 
@@ -78,7 +90,49 @@ def score_with_spark(dataset: Any, as_of: Any, feature_config: Any, models: Mapp
     # The session may be shared (a notebook's, a test's): it is left running.
     scored = spark_scoring.score_on_spark(dataset.con, table, setup, profiles, str(output), fmt)
     path = output if "://" in str(output) else Path(output)
+    if check_drift is not None:
+        check_drift(scored.psi)
     return path, scored.summary, scored.psi
+
+
+def population_gate(score_settings: Mapping[str, Any], identities: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], None]:
+    """The check that stops scoring a population the models were not trained on.
+
+    Parameters
+    ----------
+    score_settings : mapping
+        The ``score`` node: ``drift_stop_psi``, ``drift_stop_share`` and ``allow_drift``.
+    identities : mapping of str to ModelIdentity
+        Name and version of each target's model, for the message.
+
+    Returns
+    -------
+    callable
+        Takes the PSI series of each target (:func:`churnml.evaluation.drift.psi`); raises
+        :class:`churnml.errors.UserError` naming the model and its worst features when
+        :func:`churnml.evaluation.drift.population_refusal` finds a reason, unless
+        ``allow_drift`` (then a warning names them).
+    """
+    from churnml.errors import UserError
+    from churnml.evaluation.drift import population_refusal
+
+    stop_psi, stop_share = float(score_settings["drift_stop_psi"]), float(score_settings["drift_stop_share"])
+    allowed = bool(score_settings["allow_drift"])
+
+    def check(psi: Mapping[str, Any]) -> None:
+        reasons = {target: reason for target, values in psi.items()
+                   if (reason := population_refusal(values, stop_psi, stop_share)) is not None}
+        if not reasons:
+            return
+        listed = "; ".join(f"{target} model {identities[target].name} v{identities[target].version}: {reason}"
+                           for target, reason in reasons.items())
+        if allowed:
+            log.warning("scoring a population far from the models' training data (score.allow_drift=true): %s", listed)
+            return
+        raise UserError(f"the customers at this as_of are far from the data the models were trained on ({listed}): "
+                        "score them with models trained on this data, or pass score.allow_drift=true to score anyway")
+
+    return check
 
 
 def default_score_output(as_of: Any, fmt: str, engine: str) -> Path:
@@ -93,8 +147,9 @@ def default_score_output(as_of: Any, fmt: str, engine: str) -> Path:
 def run(settings: Mapping[str, Any]) -> Path | str:
     """Score every customer with history at ``as_of``, write one row each, track the run.
 
-    Nothing is written when the date is outside the data or the models do not fit the feature
-    table; the output is renamed into place only once complete. ``engine=spark`` scores on
+    Nothing is written when the date is outside the data, the models do not fit the feature
+    table, or the customers are far from the models' training data (:func:`population_gate`,
+    overridden by ``score.allow_drift``); the output is renamed into place only once complete. ``engine=spark`` scores on
     Spark and writes a directory of part files (see :mod:`churnml.scoring.spark`).
     """
     from churnml import tracking
@@ -128,7 +183,7 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     output = score.get("output") or default_score_output(as_of, fmt, engine)
     score_on_engine = score_with_spark if engine == "spark" else score_with_duckdb
     path, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
-                                         profiles, output, fmt)
+                                         profiles, output, fmt, population_gate(score, identities))
     threshold = float(score["drift_threshold"])
 
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))

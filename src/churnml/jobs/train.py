@@ -3,6 +3,9 @@ scores, MLflow tracking, the registry and the champion export."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -74,8 +77,50 @@ def print_comparison(outcome: Any) -> None:
               f"+/- {outcome.metrics['cv_roc_auc_std']:.4f}")
 
 
+def champion_score(outcome: Any, metric: str) -> float:
+    """The holdout figure the champion rule compares (``train.champion_metric``).
+
+    Raises
+    ------
+    churnml.errors.UserError
+        If the metric is not one the evaluation computes, or is NaN or infinite on this holdout:
+        a version without a finite figure can be neither compared nor promoted.
+    """
+    from churnml.errors import UserError
+
+    holdout = [name for name in outcome.metrics if name.startswith("holdout_")]
+    if metric not in outcome.metrics:
+        raise UserError(f"train.champion_metric={metric} is not a metric of the evaluation: use one of {', '.join(holdout)}")
+    value = float(outcome.metrics[metric])
+    if not math.isfinite(value):
+        window = f"({outcome.holdout_cutoff}, {outcome.holdout_cutoff + dt.timedelta(days=outcome.plan.horizon_days)}]"
+        raise UserError(f"{metric} is {value} on the holdout at as_of={outcome.holdout_cutoff} (label window {window}, "
+                        f"{len(outcome.holdout_table):,} customers): nothing registered; pass another as_of or "
+                        "train.champion_metric")
+    return value
+
+
 def run(settings: Mapping[str, Any]) -> float:
-    """Train, evaluate, track and register one target's model; return the sweep objective."""
+    """Train, evaluate, track and register one target's model; return the sweep objective.
+
+    In a sweep that chooses by its objective (:mod:`churnml.jobs.sweep`) this is one trial
+    (:func:`run_trial`): tracked, not registered.
+    """
+    from churnml.jobs.sweep import is_sweep_trial
+
+    return run_trial(settings) if is_sweep_trial() else train_and_register(settings)
+
+
+def train_and_register(settings: Mapping[str, Any]) -> float:
+    """Train, evaluate, track and register one target's model, move the champion alias when the
+    rule says so and export the champion; return the sweep objective (``train.objective``).
+
+    Raises
+    ------
+    churnml.errors.UserError
+        If the holdout has a single class or the champion metric is not finite on it: nothing is
+        logged, registered or exported.
+    """
     from churnml import tracking
     from churnml.features.build import FeatureConfig
     from churnml.io.files import write_text_atomic
@@ -87,6 +132,7 @@ def run(settings: Mapping[str, Any]) -> float:
     dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
     template = build_model(settings["model"], plan.target, plan.horizon_days)
     outcome = train_and_evaluate(dataset, template, plan, FeatureConfig.from_dict(settings["features"]))
+    champion_score(outcome, settings["train"]["champion_metric"])
     outcome = add_report(outcome, report_context(settings, outcome, settings["model"]["name"]))
     mlflow_settings = configure_tracking(settings)
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
@@ -104,3 +150,26 @@ def run(settings: Mapping[str, Any]) -> float:
     print(f"model {registered.model_uri}; {registered.champion_reason}")
     print(f"report {report_path}" + (f"; champion exported to {exported}" if exported else ""))
     return float(outcome.metrics.get(settings["train"]["objective"], float("nan")))
+
+
+def run_trial(settings: Mapping[str, Any]) -> float:
+    """One trial of a sweep: train without the refit, log the config and the time-based CV (no
+    holdout figures, no model), register nothing; return the objective (``train.objective``)."""
+    from churnml import tracking
+    from churnml.features.build import FeatureConfig
+    from churnml.io.sources import data_sources, load_data
+    from churnml.models.training import train_and_evaluate
+
+    plan = dataclasses.replace(training_plan(settings), refit=False)
+    objective = settings["train"]["objective"]
+    dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
+    template = build_model(settings["model"], plan.target, plan.horizon_days)
+    outcome = train_and_evaluate(dataset, template, plan, FeatureConfig.from_dict(settings["features"]))
+    mlflow_settings = configure_tracking(settings)
+    fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
+    run_name = f"trial-{plan.target}-{settings['model']['name']}-{settings['data']['name']}"
+    run_id = tracking.log_trial(outcome, settings, fingerprint, objective, run_name)
+    value = float(outcome.metrics.get(objective, float("nan")))
+    print(f"trial: {objective}={value:.4f}; MLflow run {run_id} (experiment '{mlflow_settings['experiment']}'); "
+          "registered only if chosen when the sweep ends")
+    return value

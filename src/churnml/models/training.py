@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 
+from churnml.errors import UserError
 from churnml.evaluation import drift, report
 from churnml.evaluation import metrics as evaluation_metrics
 from churnml.features.build import FeatureConfig
@@ -159,11 +160,12 @@ def fit_model(
     :func:`churnml.models.contributions.attach_tree_tables`), which every scoring run would
     otherwise redo. Trees too large to tabulate are reported here, as a warning, rather than
     found out in a slow scoring run (:func:`churnml.models.contributions.tabulation_note`).
-    ``trained_through_`` is the latest cutoff whose labels the model saw. ``progress``: the
-    description of a progress bar of the boosting rounds, None for none. ``rates``: the shop's
-    purchases per day by month (:func:`churnml.features.seasonality.monthly_purchase_rates`) for
-    the seasonality the model's prior runs on, cut to the months the model's labels close by;
-    None for none.
+    ``trained_through_`` is the latest cutoff whose labels the model saw (:func:`labels_through`
+    adds the horizon): for the evaluated model, the last training snapshot before the holdout; for
+    the refit one, the holdout's own cutoff. ``progress``: the description of a progress bar of
+    the boosting rounds, None for none. ``rates``: the shop's purchases per day by month
+    (:func:`churnml.features.seasonality.monthly_purchase_rates`) for the seasonality the model's
+    prior runs on, cut to the months the model's labels close by; None for none.
     """
     fit_part, calibration_part = split_for_calibration(table, calibration_snapshots, calibration_fraction)
     model = clone(template)
@@ -182,6 +184,19 @@ def fit_model(
     if note:
         log.warning("%s model: %s", model.target, note)
     return model
+
+
+def labels_through(model: ChurnModel) -> dt.date | None:
+    """The last day the labels a model was trained on looked at: ``trained_through_`` plus the
+    horizon, or None for a model fitted before ``trained_through_`` was kept.
+
+    A holdout at a cutoff before this day has a label window that overlaps the training labels:
+    the model has seen (part of) the answers, and its figures there are not out of time.
+    """
+    through = getattr(model, "trained_through_", None)
+    if through is None:
+        return None
+    return pd.Timestamp(through).date() + dt.timedelta(days=int(model.horizon_days))
 
 
 def holdout_probabilities(
@@ -244,7 +259,50 @@ def _snapshots_for(dataset: Dataset, plan: TrainingPlan, features: FeatureConfig
     extra = extra_feature_builder(plan)
     table = snapshot_table(dataset, [*cutoffs, holdout_cutoff], plan.target, plan.horizon_days, features, extra, progress)
     is_holdout = table["cutoff"] == pd.Timestamp(holdout_cutoff)
-    return holdout_cutoff, cutoffs, table[~is_holdout].reset_index(drop=True), table[is_holdout].reset_index(drop=True)
+    train_table, holdout_table = table[~is_holdout].reset_index(drop=True), table[is_holdout].reset_index(drop=True)
+    require_both_classes(holdout_table, holdout_cutoff, plan.target, plan.horizon_days, train_table)
+    return holdout_cutoff, cutoffs, train_table, holdout_table
+
+
+def require_both_classes(holdout_table: pd.DataFrame, holdout_cutoff: dt.date, target: str, horizon_days: int,
+                         earlier: pd.DataFrame | None = None) -> None:
+    """Refuse a holdout whose labels are all one class: ROC AUC, PR AUC and lift are undefined
+    on it, and a model judged on it could neither be compared nor promoted.
+
+    Parameters
+    ----------
+    holdout_table : pandas.DataFrame
+        The holdout snapshot, with a ``label`` column (0/1), one row per customer.
+    holdout_cutoff : datetime.date
+        Its cutoff; the label window is ``(holdout_cutoff, holdout_cutoff + horizon_days]``.
+    target : str
+    horizon_days : int
+    earlier : pandas.DataFrame, optional
+        Earlier snapshots (``cutoff``, ``label``): the latest of them with both classes is
+        suggested as another holdout date.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        If the holdout has no rows, or every label is the same.
+    """
+    labels = holdout_table["label"]
+    if labels.nunique() >= 2:
+        return
+    window = f"({holdout_cutoff}, {holdout_cutoff + dt.timedelta(days=horizon_days)}]"
+    if labels.empty:
+        found = "has no customers with history"
+    else:
+        outcome = "positive" if int(labels.iloc[0]) == 1 else "negative"
+        found = f"has only {outcome} {target} labels ({len(labels):,} customers), so ROC AUC and PR AUC are undefined"
+    hint = "an as_of whose label window holds both outcomes"
+    if earlier is not None and not earlier.empty:
+        both = earlier.groupby("cutoff")["label"].nunique()
+        both = both[both >= 2]
+        if not both.empty:
+            hint = f"as_of={pd.Timestamp(both.index.max()).date()} or another as_of whose label window holds both outcomes"
+    raise UserError(f"the holdout at as_of={holdout_cutoff} (label window {window}) {found}: pass {hint}, "
+                    "or check the transactions of that window")
 
 
 def evaluate_model(
