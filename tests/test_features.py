@@ -251,15 +251,17 @@ def test_tier_thresholds_come_from_config():
     assert tier_of(600, 2, 400, 10, 0.0, config) == "core"
 
 
-def test_ltv_is_aov_times_yearly_purchases_times_years():
-    frame = pd.DataFrame({"avg_order_value": [50.0, 80.0], "orders_365d": [6, 1], "tenure_days": [400.0, 9.0]})
+def test_ltv_is_net_order_value_times_yearly_purchases_times_years():
+    # Net spend per order: 300 / 6 = 50; 80 / 1; refunds above purchases count as no value; no order.
+    frame = pd.DataFrame({"net_spend": [300.0, 80.0, -20.0, 0.0], "frequency": [6, 1, 2, 0],
+                          "orders_365d": [6, 1, 2, 0], "tenure_days": [400.0, 9.0, 400.0, 400.0]})
     table = ibis.memtable(frame)
     con = ibis.duckdb.connect()
     config = SegmentConfig(ltv_expected_years=3.0, min_rate_exposure_days=90)
     rates = con.execute(purchases_per_year(table, config).name("r")).tolist()
-    assert rates == pytest.approx([6.0, 365 / 90])
+    assert rates == pytest.approx([6.0, 365 / 90, 2.0, 0.0])
     ltv = con.execute(lifetime_value(table, config).name("l")).tolist()
-    assert ltv == pytest.approx([50 * 6 * 3, 80 * 365 / 90 * 3])
+    assert ltv == pytest.approx([50 * 6 * 3, 80 * 365 / 90 * 3, 0.0, 0.0])
 
 
 def test_every_customer_gets_a_tier_and_segment(tiny_features):
@@ -307,3 +309,90 @@ def test_events_on_the_cutoff_day_count_and_the_next_day_does_not(tiny_transacti
                          "category": ["x", "y"], "channel": ["web", "web"]})
     a = features_at(frame_dataset(pd.concat([frame, late], ignore_index=True))).loc["A"]
     assert (a.frequency, a.monetary_total, a.n_categories) == (5, 410, 3)
+
+
+# --- inputs of real extracts -----------------------------------------------------------------
+
+def load_text(tmp_path, text: str, **options):
+    from churnml.io.load import LoadOptions, TableSource, connect, load_dataset
+
+    path = tmp_path / "tx.csv"
+    path.write_text(text)
+    return load_dataset(TableSource(path=str(path)), options=LoadOptions(**options), con=connect())
+
+
+LINES_WITHOUT_ORDER_IDS = """customer_id,ts,amount,order_id
+S1,2024-01-15 11:00:00,50,W-1001
+S1,2024-03-10 16:30:00,20,
+S1,2024-05-28 12:05:00,35,
+S2,2024-02-01 09:00:00,15,
+S2,2024-06-25 09:00:00,15,
+"""
+
+
+def test_a_line_without_order_id_is_an_order_of_its_own(tmp_path):
+    # as_of 2024-06-30; frequency counts orders (repeat_orders the ones after the first).
+    table = features_at(load_text(tmp_path, LINES_WITHOUT_ORDER_IDS), "2024-06-30")
+    s1, s2 = table.loc["S1"], table.loc["S2"]
+    assert (s2.frequency, s2.repeat_orders, s2.recency_days, s2.monetary_total) == (2, 1, 5, 30)
+    assert s2.mean_gap_days == pytest.approx(145)  # 2024-02-01 09:00 to 2024-06-25 09:00
+    assert (s1.frequency, s1.recency_days, s1.monetary_total, s1.avg_order_value) == (3, 33, 105, 35)
+
+
+def test_lines_without_order_id_are_purchases_of_their_own_in_the_label_window(tmp_path):
+    from churnml.features.labels import purchases_in_window
+
+    dataset = load_text(tmp_path, LINES_WITHOUT_ORDER_IDS)
+    counts = purchases_in_window(dataset.transactions, "2024-01-31", 180).to_pandas()
+    assert dict(zip(counts["customer_id"], counts["n_purchases"])) == {"S1": 2, "S2": 2}
+
+
+CANCELLED_IN_FULL = """order_id,customer_id,ts,amount,quantity
+541001,X1,2011-01-18 10:01:00,77183.60,74215
+C541003,X1,2011-01-18 10:17:00,-77183.60,-74215
+100,Y1,2011-01-10 09:00:00,100,1
+200,Y2,2010-12-01 09:00:00,50,1
+201,Y2,2011-01-05 09:00:00,50,1
+300,Y3,2011-01-12 09:00:00,30,3
+C301,Y3,2011-01-14 09:00:00,-10,-1
+"""
+
+
+def test_an_order_cancelled_in_full_has_no_value(tmp_path):
+    from churnml.features.segments import predicted_value_segment
+
+    # as_of 2011-01-31, 3 expected years, purchases per year over at least 90 days of exposure.
+    table = features_at(load_text(tmp_path, CANCELLED_IN_FULL), "2011-01-31")
+    x1 = table.loc["X1"]
+    assert (x1.frequency, x1.net_spend, x1.ltv) == (1, 0, 0)
+    assert x1.tier == "dormant"
+    assert x1.value_segment.startswith("low_value")
+    assert table["ltv"].to_dict() == pytest.approx({
+        "X1": 0.0,
+        "Y1": 100 * 365 / 90 * 3,
+        "Y2": 50 * 2 * 365 / 90 * 3,
+        "Y3": 20 * 365 / 90 * 3,  # 30 less the refund of 10
+    })
+    # The score-time segment reads the same LTV.
+    segments = predicted_value_segment(table["ltv"], np.array([0.9, 0.1, 0.5, 0.2]))
+    assert segments[list(table.index).index("X1")].startswith("low_value")
+
+
+def test_tiers_rank_net_annual_spend(tmp_path):
+    # Five orders of 1,100 since January (four repurchases), one refunded in June: 5,500 gross
+    # would be "core" (5,000 and four repurchases); 4,400 net is "potential".
+    rows = "".join(f"o{i},C,2024-0{i}-10 10:00:00,1100\n" for i in range(1, 6))
+    text = "order_id,customer_id,ts,amount\n" + rows + "r1,C,2024-06-01 10:00:00,-1100\n"
+    c = features_at(load_text(tmp_path, text), "2024-06-30").loc["C"]
+    assert (c.spend_365d, c.net_spend, c.frequency) == (5500, 4400, 5)
+    assert c.tier == "potential"
+
+
+def test_no_value_is_never_high_value():
+    from churnml.features.segments import value_segment
+
+    table = ibis.memtable(pd.DataFrame({"ltv": [0.0, 0.0, 0.0, 10.0], "trend": [1.0, 0.5, 1.0, 1.0]}))
+    threshold = table.ltv.quantile(0.5).over(ibis.window())  # 0: most customers have no value
+    segments = ibis.duckdb.connect().execute(value_segment(table.ltv, table.trend, threshold).name("s")).tolist()
+    assert segments == ["low_value_high_potential", "low_value_low_potential", "low_value_high_potential",
+                        "high_value_high_potential"]

@@ -211,3 +211,129 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     first = target.read_bytes()
     write_frame_atomic(frame, target)
     assert target.read_bytes() == first
+
+
+# --- inputs of real extracts -----------------------------------------------------------------
+
+def test_missing_value_markers_in_ids_are_missing_ids(tmp_path):
+    # R and many exports write NA for a missing value; it is no customer called "NA".
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,1\nNA,2024-01-02,5\nNULL,2024-01-03,5\nB,2024-01-04,2\n")
+    with pytest.raises(DataValidationError, match=r"column 'customer_id': is empty .*\(2 of 4 rows\); e.g. row 2: 'NA', row 3: 'NULL'"):
+        load_csv(path)
+    dataset = load_dataset(TableSource(path=path), options=LoadOptions(drop_missing_customer_id=True), con=connect())
+    assert sorted(dataset.transactions.to_pandas()["customer_id"]) == ["A", "B"]
+    assert dataset.reports["transactions"].dropped["missing_customer_id"] == 2
+
+
+def test_missing_value_markers_follow_the_same_rules_in_every_column(tmp_path):
+    # A required amount marked missing is refused as empty, like a required id; optional columns
+    # (an order id, a quantity, a category) become null.
+    path = write_csv(tmp_path, "customer_id,ts,amount\nA,2024-01-01,NA\nA,2024-01-02,5\n")
+    with pytest.raises(DataValidationError, match=r"column 'amount': is empty .*\(1 of 2 rows\); e.g. row 1: 'NA'"):
+        load_csv(path)
+    text = ("customer_id,ts,amount,order_id,quantity,category\n"
+            "A,2024-01-01,1,NA,NaN,n/a\nA,2024-01-02,2,o2,3,None\nA,2024-01-03,4,o3,4,toys\n")
+    frame = load_csv(write_csv(tmp_path, text, name="optional.csv")).transactions.to_pandas().sort_values("ts")
+    assert frame["order_id"].tolist()[0] is None or pd.isna(frame["order_id"].tolist()[0])
+    assert frame["quantity"].isna().tolist() == [True, False, False]
+    assert frame["category"].isna().tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("bad", ["inf", "-Infinity"])
+def test_infinite_amounts_are_refused(tmp_path, bad):
+    path = write_csv(tmp_path, f"customer_id,ts,amount,quantity\nA,2024-01-01,1,1\nB,2024-01-02,{bad},1\nC,2024-01-03,2,inf\n")
+    with pytest.raises(DataValidationError) as err:
+        load_csv(path)
+    message = str(err.value)
+    assert f"column 'amount': is not a finite number (1 of 3 rows); e.g. row 2: '{bad}'" in message
+    assert "column 'quantity': is not a finite number (1 of 3 rows); e.g. row 3: 'inf'" in message
+
+
+def test_infinite_and_nan_amounts_in_parquet(tmp_path):
+    path = tmp_path / "tx.parquet"
+    pd.DataFrame({"customer_id": ["A", "B", "C"], "ts": pd.to_datetime(["2024-01-01"] * 3),
+                  "amount": [1.0, float("inf"), float("nan")]}).to_parquet(path)
+    with pytest.raises(DataValidationError) as err:
+        load_csv(str(path))
+    assert {(p.column, p.message.split(" (")[0], p.n_bad) for p in err.value.problems} == {
+        ("amount", "is not a finite number", 1), ("amount", "is empty or marked missing", 1)}
+
+
+@pytest.mark.parametrize("header", ["customer_id,ts,amount,amount", "customer_id,ts,amount,Amount"])
+def test_repeated_column_names_in_csv_are_refused(tmp_path, header):
+    path = write_csv(tmp_path, f"{header}\nA,2024-01-01,1,2\n")
+    with pytest.raises(DataValidationError, match=r"tx\.csv', column 'amount': is the name of 2 columns .*"
+                                                  r"e\.g\. column 3: 'amount', column 4: '(amount|Amount)'"):
+        load_csv(path)
+
+
+def test_repeated_column_names_in_parquet_and_frames_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "tx.parquet"
+    columns = [pa.array(["A"]), pa.array(["2024-01-01"]), pa.array([1.0]), pa.array([2.0])]
+    pq.write_table(pa.table(columns, names=["customer_id", "ts", "amount", "amount"]), path)
+    with pytest.raises(DataValidationError, match=r"column 'amount': is the name of 2 columns"):
+        load_csv(str(path))
+    frame = pd.DataFrame([["A", "2024-01-01", 1.0, 2.0]], columns=["customer_id", "ts", "amount", "amount"])
+    with pytest.raises(DataValidationError, match=r"column 'amount': is the name of 2 columns"):
+        load_dataset(TableSource(frame=frame, label="tx"), con=connect())
+
+
+def test_a_column_named_like_an_engines_renamed_copy_is_kept(tmp_path):
+    path = write_csv(tmp_path, "customer_id,ts,amount,amount_1\nA,2024-01-01,1,2\n")
+    assert load_csv(path).transactions.to_pandas()["amount"].tolist() == [1.0]
+
+
+def test_ids_are_the_same_key_in_every_table_and_format(tmp_path):
+    # Transactions from CSV (ids as written, "007" keeps its zeros), interactions from Parquet
+    # strings, customers from a Parquet float column (as a pandas export with a gap writes them).
+    tx = write_csv(tmp_path, "customer_id,ts,amount\n007,2024-01-01,1\n12346,2024-01-02,2\n1.5,2024-01-03,3\n")
+    inter = tmp_path / "inter.parquet"
+    pd.DataFrame({"customer_id": ["007", "12346"], "ts": pd.to_datetime(["2024-01-01"] * 2),
+                  "kind": ["login", "visit"]}).to_parquet(inter)
+    customers = tmp_path / "customers.parquet"
+    pd.DataFrame({"customer_id": [12346.0, 1.5, float("nan")], "region": ["north", "south", "east"]}).to_parquet(customers)
+    dataset = load_dataset(TableSource(path=tx), TableSource(path=str(inter)), TableSource(path=str(customers)),
+                           options=LoadOptions(drop_missing_customer_id=True), con=connect())
+    assert sorted(dataset.transactions.to_pandas()["customer_id"]) == ["007", "1.5", "12346"]
+    assert sorted(dataset.interactions.to_pandas()["customer_id"]) == ["007", "12346"]
+    assert sorted(dataset.customers.to_pandas()["customer_id"]) == ["1.5", "12346"]
+    assert dataset.reports["customers"].dropped == {"missing_customer_id": 1}
+    from churnml.features.build import build_features
+
+    features = build_features(dataset, "2024-01-31").to_pandas().set_index("customer_id")
+    assert features["n_interactions"].to_dict() == {"007": 1, "1.5": 0, "12346": 1}
+    assert features["region"].fillna("(none)").to_dict() == {"007": "(none)", "1.5": "south", "12346": "north"}
+
+
+def test_attribute_types_do_not_depend_on_the_file_format(tmp_path):
+    tx = write_csv(tmp_path, GOOD_CSV)
+    frame = pd.DataFrame({
+        "customer_id": ["A", "B"],
+        "age": pd.array([34, None], dtype="Int64"),
+        "score": [0.5, 2.0],
+        "vip": [True, False],
+        "zip": ["01234", "99999"],
+        "since": pd.to_datetime(["2023-01-01", None]),
+        "region": ["north", "NA"],
+    })
+    frame.to_parquet(tmp_path / "customers.parquet")
+    (tmp_path / "customers.csv").write_text(
+        "customer_id,age,score,vip,zip,since,region\nA,34,0.5,true,01234,2023-01-01,north\nB,NA,2,False,99999,,NA\n")
+    loaded = {
+        fmt: load_dataset(TableSource(path=tx), customers=TableSource(path=str(tmp_path / f"customers.{fmt}")),
+                          con=connect()).customers
+        for fmt in ("csv", "parquet")
+    }
+    assert loaded["csv"].schema() == loaded["parquet"].schema()
+    schema = loaded["csv"].schema()
+    assert {c: str(schema[c]) for c in ("age", "score", "vip", "zip", "region")} == {
+        "age": "float64", "score": "float64", "vip": "float64", "zip": "float64", "region": "string"}
+    assert schema["since"].is_timestamp()
+    csv, parquet = (loaded[f].to_pandas().sort_values("customer_id").reset_index(drop=True) for f in ("csv", "parquet"))
+    pd.testing.assert_frame_equal(csv, parquet, check_dtype=False)
+    assert csv["age"].tolist()[0] == 34 and pd.isna(csv["age"].tolist()[1])
+    assert csv["vip"].tolist() == [1.0, 0.0]
+    assert pd.isna(csv["region"].tolist()[1])

@@ -18,7 +18,7 @@ import pytest
 
 from churnml.features.build import build_features
 from churnml.io.contract import DataValidationError
-from churnml.io.load import Dataset, TableSource, connect, load_dataset
+from churnml.io.load import Dataset, LoadOptions, TableSource, connect, load_dataset
 from churnml.io.sources import load_data
 from churnml.jobs.features import run as run_features
 from churnml.jobs.score import run as run_score
@@ -181,12 +181,44 @@ def test_fractions_of_a_second_count_on_both_engines(spark):
 
 def test_bad_amounts_in_a_csv_are_counted_on_spark(tmp_path, spark):
     path = tmp_path / "tx.csv"
-    path.write_text("customer_id,ts,amount\nA,2024-01-01,10\nA,2024-01-02,n/a\nB,2024-01-03,7.5\nB,2024-01-04,ten\n")
+    path.write_text("customer_id,ts,amount\nA,2024-01-01,10\nA,2024-01-02,\"12,5\"\nB,2024-01-03,7.5\nB,2024-01-04,ten\n"
+                    "B,2024-01-05,inf\nB,2024-01-06,NA\n")
     with pytest.raises(DataValidationError) as err:
         load_dataset(TableSource(path=str(path)), con=spark)
     message = str(err.value)
-    assert "column 'amount': is not a number (2 of 4 rows)" in message
-    assert "row 2: 'n/a'" in message and "row 4: 'ten'" in message
+    assert "column 'amount': is not a number (2 of 6 rows)" in message
+    assert "row 2: '12,5'" in message and "row 4: 'ten'" in message
+    assert "column 'amount': is not a finite number (1 of 6 rows); e.g. row 5: 'inf'" in message
+    assert "column 'amount': is empty or marked missing (NA, NULL ...) (1 of 6 rows); e.g. row 6: 'NA'" in message
+
+
+def test_inputs_of_real_extracts_give_the_same_features_on_spark(tmp_path, spark):
+    # Lines without order id (each its own order), an order cancelled in full, a missing-value
+    # marker as customer id (dropped as guest rows), quantities marked missing.
+    path = tmp_path / "tx.csv"
+    path.write_text(
+        "customer_id,ts,amount,order_id,quantity\n"
+        "S1,2024-01-15 11:00:00,50,W-1001,1\nS1,2024-03-10 16:30:00,20,,NA\nS1,2024-05-28 12:05:00,35,,2\n"
+        "S2,2024-02-01 09:00:00,15,,1\nS2,2024-06-25 09:00:00,15,,1\nS2,2024-06-26 09:00:00,-15,,-1\n"
+        "X1,2024-01-18 10:01:00,77183.60,541001,74215\nX1,2024-01-18 10:17:00,-77183.60,C541003,-74215\n"
+        "NA,2024-03-01 10:00:00,99999,G1,1\n"
+    )
+    options = LoadOptions(drop_missing_customer_id=True)
+    on_duckdb = build_features(load_dataset(TableSource(path=str(path)), options=options, con=connect("duckdb")), "2024-06-30")
+    on_spark = build_features(load_dataset(TableSource(path=str(path)), options=options, con=spark), "2024-06-30")
+    assert on_spark.schema() == on_duckdb.schema()
+    expected = on_duckdb.to_pandas()
+    assert_same_features(expected, on_spark.to_pandas())
+    rows = expected.set_index("customer_id")
+    assert rows["frequency"].to_dict() == {"S1": 3, "S2": 2, "X1": 1}
+    assert (rows.loc["S2", "recency_days"], rows.loc["X1", "ltv"]) == (5, 0)
+
+
+def test_repeated_column_names_are_refused_on_spark(tmp_path, spark):
+    path = tmp_path / "tx.csv"
+    path.write_text("customer_id,ts,amount,amount\nA,2024-01-01,1,2\n")
+    with pytest.raises(DataValidationError, match=r"column 'amount': is the name of 2 columns"):
+        load_dataset(TableSource(path=str(path)), con=spark)
 
 
 def test_aware_parquet_timestamps_are_recognised_on_spark(tmp_path, spark):

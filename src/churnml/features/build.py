@@ -20,7 +20,7 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from churnml.features.dates import as_date
-from churnml.features.segments import SegmentConfig, add_segments
+from churnml.features.segments import ANNUAL_REFUND, SegmentConfig, add_segments
 from churnml.io.load import Dataset
 
 SECONDS_PER_DAY = 86_400.0
@@ -96,24 +96,46 @@ def window_start(cutoff: dt.date, days: int) -> dt.datetime:
 
 
 def roll_up_orders(lines: ir.Table, breadth: Mapping[str, list[Any]] | None = None) -> ir.Table:
-    """Transaction lines rolled up to orders.
+    """Transaction lines rolled up to orders, one row per order.
 
-    Lines of one order share ``order_id``; without that column, lines of a customer with the same
-    timestamp form one order. ``gross`` is the order's positive value, ``refund`` its returns.
-    ``breadth`` (a column and its listed values, see :func:`breadth_values`) adds the mask of the
-    column's values on the order's purchase lines (bit ``i`` for ``values[i]``).
+    Lines of one order share ``order_id``, and a line whose ``order_id`` is missing is an order
+    of its own; without that column, lines of a customer with the same timestamp form one order.
+    ``gross`` is the order's positive value, ``refund`` its returns (both in the currency of
+    ``amount``). ``breadth`` (a column and its listed values, see :func:`breadth_values`) adds the
+    mask of the column's values on the order's purchase lines (bit ``i`` for ``values[i]``).
     """
-    key = "order_id" if "order_id" in lines.columns else "ts"
+    if "order_id" not in lines.columns:
+        return _orders_by(lines, "ts", breadth)
+    # Grouped by a missing order_id, every such line of a customer would fall into one order.
+    orders = _orders_by(lines.filter(lines.order_id.notnull()), "order_id", breadth)
+    single = lines.filter(lines.order_id.isnull())
+    is_purchase = single.amount > 0
+    # The aggregates of _orders_by over one line each (a sum "where amount > 0" of no line is null).
+    alone: dict[str, ir.Value] = {
+        "gross": single.amount.clip(lower=0),
+        "refund": (-single.amount).clip(lower=0),
+        "ts": single.ts,
+    }
+    if "quantity" in single.columns:
+        alone["quantity"] = is_purchase.ifelse(single.quantity, ibis.null("float64"))
+    for column, values in (breadth or {}).items():
+        alone[_mask_name(column)] = is_purchase.ifelse(_value_bit(single[column], values), ibis.null("int64"))
+    lone_orders = single.select("customer_id", "order_id", **alone).select(*orders.columns)
+    return orders.union(lone_orders)
+
+
+def _orders_by(lines: ir.Table, key: str, breadth: Mapping[str, list[Any]] | None) -> ir.Table:
+    is_purchase = lines.amount > 0
     aggs = {
         "gross": lines.amount.clip(lower=0).sum(),
         "refund": (-lines.amount).clip(lower=0).sum(),
     }
-    if key == "order_id":
+    if key != "ts":
         aggs["ts"] = lines.ts.min()
     if "quantity" in lines.columns:
-        aggs["quantity"] = lines.quantity.sum(where=lines.amount > 0)
+        aggs["quantity"] = lines.quantity.sum(where=is_purchase)
     for column, values in (breadth or {}).items():
-        aggs[_mask_name(column)] = _bit_or(_value_bit(lines[column], values), where=lines.amount > 0)
+        aggs[_mask_name(column)] = _bit_or(_value_bit(lines[column], values), where=is_purchase)
     return lines.group_by(["customer_id", key]).aggregate(**aggs)
 
 
@@ -160,6 +182,7 @@ def order_features(
         "max_order_value": orders.gross.max(where=purchase),
         "refund_amount": orders.refund.sum(),
         "n_refunds": orders.refund.count(where=orders.refund > 0),
+        ANNUAL_REFUND: orders.refund.sum(where=orders.ts >= window_start(cutoff, 365)),
         "gap_sum_sq": (gap * gap).sum(where=purchase),
         "gap_count": gap.count(where=purchase),
         "last_gap_days": gap.max(where=purchase & orders.is_latest),
@@ -220,6 +243,7 @@ def _derive_order_features(
         "n_refunds": t.n_refunds,
         "refund_rate": t.refund_amount.fill_null(zero) / monetary.nullif(0),
         "net_spend": monetary - t.refund_amount.fill_null(zero),
+        ANNUAL_REFUND: t[ANNUAL_REFUND].fill_null(zero),
         "aov_recent": recent_aov,
         "aov_previous": previous_aov,
         "aov_change": recent_aov / previous_aov.nullif(0) - 1,
@@ -361,7 +385,7 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
         table = _with_customers(table, dataset.customers, cutoff, today)
     table = add_segments(table, config.segments, has_interactions=dataset.interactions is not None)
     table = table.mutate(cutoff=ibis.literal(cutoff, type="date"))
-    return table.drop("first_seen_ts", "first_purchase_ts", "last_purchase_ts").order_by("customer_id")
+    return table.drop("first_seen_ts", "first_purchase_ts", "last_purchase_ts", ANNUAL_REFUND).order_by("customer_id")
 
 
 def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: FeatureConfig) -> ir.Table:

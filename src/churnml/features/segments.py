@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 TIERS = ("core", "potential", "basic", "dormant")
+# Refunds dated in the tier window, kept beside the window's spend so that tiers rank net value.
+ANNUAL_REFUND = "_refund_365d"
 VALUE_SEGMENTS = (
     "high_value_high_potential",
     "high_value_low_potential",
@@ -58,9 +60,13 @@ class SegmentConfig:
 
 
 def _annual_columns(table: ir.Table) -> tuple[ir.Value, ir.Value]:
+    """Net spend of the last 365 days (purchases less the refunds dated in them, at least 0) and
+    repurchases in them."""
     if "spend_365d" not in table.columns or "orders_365d" not in table.columns:
         raise ValueError("tiers need the 365-day window: keep 365 in features.windows_days")
     spend, orders = table.spend_365d, table.orders_365d
+    if ANNUAL_REFUND in table.columns:
+        spend = (spend - table[ANNUAL_REFUND].fill_null(0.0)).clip(lower=0.0)
     first_in_year = (table.tenure_days < 365) & (table.frequency > 0)
     repurchases = (orders - first_in_year.ifelse(1, 0)).clip(lower=0)
     return spend, repurchases
@@ -96,14 +102,28 @@ def purchases_per_year(table: ir.Table, config: SegmentConfig) -> ir.FloatingVal
     return table.orders_365d * 365.0 / exposure
 
 
+def net_order_value(table: ir.Table) -> ir.FloatingValue:
+    """Net spend (purchases less refunds, at least 0) per order; 0 without orders.
+
+    An order cancelled in full adds an order and no value, whatever id its cancellation carries.
+    """
+    return (table.net_spend.clip(lower=0.0) / table.frequency.nullif(0)).fill_null(0.0)
+
+
 def lifetime_value(table: ir.Table, config: SegmentConfig) -> ir.FloatingValue:
-    """Average order value x purchases per year x expected remaining years."""
-    return (table.avg_order_value.fill_null(0.0) * purchases_per_year(table, config) * config.ltv_expected_years)
+    """Net order value x purchases per year x expected remaining years (currency of ``amount``).
+
+    Needs ``net_spend``, ``frequency``, ``orders_365d`` and ``tenure_days``.
+    """
+    return net_order_value(table) * purchases_per_year(table, config) * config.ltv_expected_years
 
 
 def value_segment(ltv: ir.FloatingValue, recent_trend: ir.FloatingValue, threshold: ir.FloatingValue) -> ir.StringValue:
-    """Value (LTV against the peers' quantile) x potential (buying at least as often lately)."""
-    high_value = ltv >= threshold
+    """Value (LTV against the peers' quantile) x potential (buying at least as often lately).
+
+    An LTV of 0 is never high value, even where most customers have none and the quantile is 0.
+    """
+    high_value = (ltv >= threshold) & (ltv > 0)
     high_potential = recent_trend.fill_null(0.0) >= 1.0
     return ibis.cases(
         (high_value & high_potential, VALUE_SEGMENTS[0]),

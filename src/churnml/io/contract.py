@@ -9,6 +9,14 @@ from churnml.errors import UserError
 
 ColumnKind = Literal["id", "timestamp", "number", "integer", "string"]
 
+# Text that means "no value" in every column: pandas' read_csv defaults, which is also what R
+# (NA), databases (NULL), spreadsheets (#N/A) and Python (None, nan) write. An empty or blank
+# cell is missing as well; so is a floating-point NaN.
+MISSING_MARKERS = (
+    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+)
+
 
 @dataclass(frozen=True)
 class TableSpec:

@@ -8,17 +8,20 @@ aggregate pass, cleaned by the documented rules, and kept as engine tables.
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import logging
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import ibis
 import ibis.expr.datatypes as idt
 import ibis.expr.types as ir
 import pandas as pd
 
-from churnml.io.contract import SPECS, DataValidationError, Problem, TableReport, TableSpec
+from churnml.io.contract import MISSING_MARKERS, SPECS, DataValidationError, Problem, TableReport, TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,10 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 TZ_OFFSET_PATTERN = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|UTC|[+-]\d{2}(:?\d{2})?)\s*$"
 N_EXAMPLES = 5
 RAW_PREFIX = "raw__"
+# Ids stored as floating-point numbers keep their integer spelling up to 2**53, below which every
+# whole number is exact.
+MAX_EXACT_FLOAT_ID = 2.0**53
+MAX_DECIMAL_ID = 1e18
 
 
 @dataclass(frozen=True)
@@ -219,6 +226,7 @@ def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
     if source.frame is not None:
         if source.frame.empty:
             raise DataValidationError([Problem(label, None, "has no rows")])
+        _refuse_repeated_names([str(c) for c in source.frame.columns], label)
         return ibis.memtable(source.frame)
     if not source.path:
         raise DataValidationError([Problem(label, None, "no file given")])
@@ -237,22 +245,74 @@ def _open_raw(con: Any, source: TableSource, label: str) -> ir.Table:
         raise DataValidationError([Problem(label, None, f"unknown file format '{path.suffix}'; supported: {supported}")])
     if is_local and path.is_file() and path.stat().st_size == 0:
         raise DataValidationError([Problem(label, None, "file is empty")])
+    location = source.path if not is_local else str(path)
     try:
-        location = source.path if not is_local else str(path)
         if reader == "parquet":
             table = con.read_parquet(location)
             if con.name == "pyspark":
                 from churnml.io.spark import with_utc_timestamps
 
                 # Ibis types Spark's aware and naive timestamps alike; the aware/naive check needs them apart.
-                return with_utc_timestamps(con, table)
-            return table
-        if con.name == "duckdb":
+                table = with_utc_timestamps(con, table)
+        elif con.name == "duckdb":
             # Strings first, so that every bad value can be counted and shown instead of failing the read.
-            return con.read_csv(location, all_varchar=True)
-        return con.read_csv(location, header=True, inferSchema=False)
+            table = con.read_csv(location, all_varchar=True)
+        else:
+            table = con.read_csv(location, header=True, inferSchema=False)
+        header = _file_header(con, reader, location, is_local, table.columns)
     except Exception as exc:  # the engine's parse errors are re-raised with the file named
         raise DataValidationError([Problem(label, None, f"cannot be read as {reader.upper()}: {exc}")]) from exc
+    _refuse_repeated_names(header, label)
+    return table
+
+
+def _file_header(con: Any, reader: str, location: str, is_local: bool, columns: tuple[str, ...]) -> list[str]:
+    """The column names as the file spells them.
+
+    Engines rename a repeated name (DuckDB ``amount_1``, Spark ``amount3``), which would let the
+    second column pass unnoticed. The file's own header is read only when a column could be such
+    a renamed copy (always on Spark, whose renaming leaves no name as written).
+    """
+    lowered = {c.lower() for c in columns}
+    renamed = any(
+        (m := re.fullmatch(r"(.+)_\d+", c.lower())) is not None and m.group(1) in lowered for c in columns
+    )
+    if not renamed and con.name == "duckdb":
+        return list(columns)
+    if reader == "csv":
+        if con.name == "duckdb":
+            first = con.read_csv(location, all_varchar=True, header=False)
+        else:
+            first = con.read_csv(location, header=False, inferSchema=False)
+        row = first.limit(1).to_pyarrow().to_pylist()
+        return [str(v) for v in row[0].values()] if row else list(columns)
+    if not is_local:
+        # Spark refuses a Parquet schema with a repeated name itself; DuckDB's copies are left to
+        # the names check, which cannot open remote schemas.
+        return list(columns)
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(location)) if any(ch in location for ch in "*?[") else [location]
+    if files and Path(files[0]).is_dir():
+        files = sorted(str(p) for p in Path(files[0]).rglob("*") if p.is_file() and not p.name.startswith((".", "_")))
+    return pq.read_schema(files[0]).names if files else list(columns)
+
+
+def _refuse_repeated_names(names: list[str], label: str) -> None:
+    """Refuse a header that names a column twice; names are compared without case, as the engines do."""
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(names, start=1):
+        positions.setdefault(name.lower(), []).append(i)
+    problems = [
+        Problem(
+            label, names[where[0] - 1],
+            f"is the name of {len(where)} columns (names are compared without case); rename or remove all but one",
+            examples=tuple(f"column {i}: {names[i - 1]!r}" for i in where[:N_EXAMPLES]),
+        )
+        for where in positions.values() if len(where) > 1
+    ]
+    if problems:
+        raise DataValidationError(problems)
 
 
 def _map_columns(raw: ir.Table, spec: TableSpec, source: TableSource, label: str) -> ir.Table:
@@ -288,6 +348,8 @@ def _typed_columns(
     exprs: dict[str, ir.Value] = {}
     problems: list[Problem] = []
     aware: bool | None = None
+    attributes = [c for c in raw.columns if c not in spec.kinds]
+    attribute_kinds = _attribute_kinds(raw, attributes) if attributes else {}
     for col in raw.columns:
         kind = spec.kinds.get(col)
         value = raw[col]
@@ -295,10 +357,8 @@ def _typed_columns(
         if kind == "id":
             exprs[col] = _as_id(value)
         elif kind == "number":
-            if dtype.is_string():
-                exprs[col] = value.try_cast("float64")
-            elif dtype.is_numeric() or dtype.is_boolean():
-                exprs[col] = value.cast("float64")
+            if dtype.is_string() or dtype.is_numeric() or dtype.is_boolean():
+                exprs[col] = _as_number(value)
             else:
                 problems.append(Problem(label, col, f"holds {dtype}, expected numbers"))
         elif kind == "timestamp":
@@ -312,21 +372,116 @@ def _typed_columns(
             else:
                 problems.append(Problem(label, col, f"holds {dtype}, expected dates or timestamps"))
         elif kind == "string":
-            exprs[col] = value.cast("string")
+            exprs[col] = _as_text(value)
+        elif col in attribute_kinds:
+            exprs[col] = _as_attribute(value, attribute_kinds[col])
         else:
             exprs[col] = value
     return exprs, aware, problems
 
 
-def _as_id(value: ir.Value) -> ir.Value:
+def _missing(raw: ir.Value) -> ir.BooleanValue:
+    """Whether a cell holds no value: null, blank text, a missing-value marker (``NA``, ``NULL``,
+    ``nan`` ..., see :data:`churnml.io.contract.MISSING_MARKERS`) or a floating-point NaN."""
+    dtype = raw.type()
+    if dtype.is_string():
+        return _null_or_blank(raw) | raw.isin(MISSING_MARKERS)
+    if dtype.is_floating():
+        return raw.isnull() | raw.isnan()
+    return raw.isnull()
+
+
+def _as_text(value: ir.Value) -> ir.StringValue:
+    text = value.cast("string")
+    return _missing(value).ifelse(ibis.null("string"), text)
+
+
+def _as_number(value: ir.Value) -> ir.FloatingValue:
+    """float64; missing cells are null, text that is no number is null too (and counted as unparsed)."""
+    number = value.try_cast("float64") if value.type().is_string() else value.cast("float64")
+    return _missing(value).ifelse(ibis.null("float64"), number)
+
+
+def _as_id(value: ir.Value) -> ir.StringValue:
+    """Ids as text, compared as written; missing cells (blank, markers, NaN) are null.
+
+    Ids that went through a numeric column keep their integer spelling (12346.0 and a decimal
+    12346.00 are '12346', as an integer column gives); other numbers keep their digits ('1.5').
+    """
     dtype = value.type()
     if dtype.is_string():
-        # Ids are compared as written; an empty one is missing.
-        return value.nullif("")
-    if dtype.is_floating():
-        # Ids that went through a float column (12346.0) keep their integer spelling.
-        return value.cast("int64").cast("string")
+        return _as_text(value)
+    if dtype.is_floating() or dtype.is_decimal():
+        limit = MAX_EXACT_FLOAT_ID if dtype.is_floating() else MAX_DECIMAL_ID
+        whole = (value == value.floor()) & (value.abs() < limit)
+        # try_cast: the engine may compute every branch, and NaN has no integer.
+        spelled = whole.ifelse(value.try_cast("int64").cast("string"), value.cast("string"))
+        return _missing(value).ifelse(ibis.null("string"), spelled)
     return value.cast("string")
+
+
+# How a customers column outside the contract is typed; "as_is" for types no file format changes.
+AttributeKind = Literal["number", "flag", "timestamp", "text", "as_is"]
+
+
+def _attribute_kinds(raw: ir.Table, columns: list[str]) -> dict[str, AttributeKind]:
+    """How each attribute column (a customers column outside the contract) is typed, the same
+    whatever the file format: numbers (integer, decimal, float, or text that is all numbers) are
+    float64; flags (boolean, or text that is all true/false) are float64 0/1; dates and timestamps
+    (or ISO text that is all timestamps) are timestamps; other text is text. Text is judged by
+    its non-missing cells, in one pass over the table.
+    """
+    kinds: dict[str, AttributeKind] = {}
+    text: list[str] = []
+    for col in columns:
+        dtype = raw[col].type()
+        if dtype.is_numeric():
+            kinds[col] = "number"
+        elif dtype.is_boolean():
+            kinds[col] = "flag"
+        elif dtype.is_timestamp() or dtype.is_date():
+            kinds[col] = "timestamp"
+        elif dtype.is_string():
+            text.append(col)
+        else:
+            kinds[col] = "as_is"
+    if not text:
+        return kinds
+    aggs: dict[str, ir.Scalar] = {}
+    for i, col in enumerate(text):
+        value = raw[col]
+        present = ~_missing(value)
+        aggs[f"present_{i}"] = present.sum()
+        aggs[f"number_{i}"] = (present & value.try_cast("float64").notnull()).sum()
+        aggs[f"flag_{i}"] = (present & value.strip().lower().isin(("true", "false"))).sum()
+        aggs[f"timestamp_{i}"] = (present & _parse_timestamp(value, None).notnull()).sum()
+    counts = raw.aggregate(**aggs).to_pandas().iloc[0]
+    for i, col in enumerate(text):
+        n_present = int(counts[f"present_{i}"] or 0)
+        kind = "text"
+        if n_present:
+            for candidate in ("number", "flag", "timestamp"):
+                if int(counts[f"{candidate}_{i}"] or 0) == n_present:
+                    kind = candidate
+                    break
+        kinds[col] = kind
+    return kinds
+
+
+def _as_attribute(value: ir.Value, kind: AttributeKind) -> ir.Value:
+    dtype = value.type()
+    if kind == "number":
+        return _as_number(value)
+    if kind == "flag":
+        flag = value.strip().lower() == "true" if dtype.is_string() else value
+        return _missing(value).ifelse(ibis.null("float64"), flag.cast("float64"))
+    if kind == "timestamp":
+        if dtype.is_string():
+            return _missing(value).ifelse(ibis.null(idt.Timestamp()), _parse_timestamp(value, None))
+        return value.cast(idt.Timestamp())
+    if kind == "text":
+        return _as_text(value)
+    return value
 
 
 def _parse_timestamp(text: ir.StringValue, ts_format: str | None) -> ir.TimestampValue:
@@ -342,9 +497,11 @@ def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> d
     for col in (c for c in spec.kinds if c in both.columns):
         raw, typed, kind = both[RAW_PREFIX + col], both[col], spec.kinds[col]
         if col in spec.required:
-            aggs[f"null_{col}"] = _null_or_blank(raw).sum()
+            aggs[f"null_{col}"] = _missing(raw).sum()
         if kind in ("number", "timestamp"):
             aggs[f"bad_{col}"] = _unparsed(raw, typed).sum()
+        if kind == "number":
+            aggs[f"infinite_{col}"] = _infinite(typed).sum()
         if kind == "timestamp":
             aggs[f"future_{col}"] = (typed > future_limit).sum()
             # As text: Spark cannot hand pandas a date past 2262 (a 9999-12-31 placeholder).
@@ -373,8 +530,13 @@ def _null_or_blank(raw: ir.Value) -> ir.BooleanValue:
     return raw.isnull()
 
 
+def _infinite(number: ir.FloatingValue) -> ir.BooleanValue:
+    # Not isinf(): Ibis compiles it for Spark as a comparison that is never true.
+    return number.abs() > sys.float_info.max
+
+
 def _unparsed(raw: ir.Value, typed: ir.Value) -> ir.BooleanValue:
-    return ~_null_or_blank(raw) & typed.isnull()
+    return ~_missing(raw) & typed.isnull()
 
 
 def _find_problems(
@@ -388,11 +550,13 @@ def _find_problems(
         n_null = checks.get(f"null_{col}", 0)
         if n_null and not (col == "customer_id" and options.drop_missing_customer_id):
             hint = " (set data.cleaning.drop_missing_customer_id=true to drop guest rows)" if col == "customer_id" else ""
-            found.append((col, f"is empty{hint}", n_null, _null_or_blank(raw)))
+            found.append((col, f"is empty or marked missing (NA, NULL ...){hint}", n_null, _missing(raw)))
         if checks.get(f"bad_{col}"):
             what = "is not a number" if kind == "number" else "is not a date or timestamp"
             hint = " (set the table's ts_format for non-ISO dates)" if kind == "timestamp" else ""
             found.append((col, f"{what}{hint}", checks[f"bad_{col}"], _unparsed(raw, typed)))
+        if checks.get(f"infinite_{col}"):
+            found.append((col, "is not a finite number", checks[f"infinite_{col}"], _infinite(typed)))
         n_aware = checks.get(f"aware_{col}", 0)
         if n_aware and n_aware < n_rows - checks.get(f"null_{col}", 0):
             found.append((col, "mixes time-zone-aware and naive timestamps; use one kind", n_aware, raw.re_search(TZ_OFFSET_PATTERN)))
