@@ -191,3 +191,23 @@ def test_saving_refuses_what_it_cannot_store_as_data(models, tmp_path):
     odd.extra_state_ = object()
     with pytest.raises(ValueError, match="extra_state_"):
         persistence.save_model(odd, tmp_path / "odd")
+
+
+def test_a_champion_in_the_former_pickle_format_is_judged_by_its_logged_figures(models, tmp_path):
+    import datetime as dt
+    from types import SimpleNamespace
+
+    import mlflow
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+
+    tracking.configure(f"sqlite:///{tmp_path}/mlflow.db", "former-format", str(tmp_path / "art"))
+    with mlflow.start_run():
+        mlflow.log_metric("holdout_roc_auc", 0.7)
+        mlflow.sklearn.log_model(models["churn"], name="model", serialization_format="cloudpickle",
+                                 pip_requirements=[], registered_model_name="churnml-churn")
+    MlflowClient().set_registered_model_alias("churnml-churn", "champion", "1")
+    outcome = SimpleNamespace(metrics={"holdout_roc_auc": 0.65}, holdout_cutoff=dt.date(2024, 6, 30),
+                              holdout_table=None)
+    promote, reason = tracking._champion_decision("churnml-churn", outcome, "holdout_roc_auc")
+    assert not promote and "0.7" in reason and "format" in reason
