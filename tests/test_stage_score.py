@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from churnml import tracking
 from churnml.io.sources import load_data
 from churnml.jobs.score import run as run_score
 from churnml.jobs.train import run as run_train
@@ -38,9 +39,7 @@ def scoring_runs(tracking_uri: str, experiment: str = EXPERIMENT) -> pd.DataFram
 
 def save_exported(model, directory: Path, name: str, version: str) -> Path:
     """A model directory as ``churnml-train`` exports it (MLflow format plus churnml.json)."""
-    target = directory / name
-    # Explicit (empty) requirements: inferring them starts a subprocess that loads the model.
-    mlflow.sklearn.save_model(model, str(target), serialization_format="cloudpickle", pip_requirements=[])
+    target = tracking.save_model_directory(model, directory / name)
     (target / "churnml.json").write_text(json.dumps({"name": name, "version": version}))
     return target
 
@@ -200,3 +199,66 @@ def test_train_both_targets_then_score_from_the_registry_and_the_export(tmp_path
         *common, f"score.model_dir={tmp_path}/models", f"score.output={tmp_path}/export/scores.parquet"]))
     # The exported directory holds the champion: the same models give the same file.
     assert from_export.read_bytes() == from_registry.read_bytes()
+
+
+def test_a_model_directory_with_a_planted_pickle_is_refused_unrun_and_nothing_is_written(shop, tmp_path):
+    import pickle
+    import shutil
+
+    from churnml.models.persistence import ModelFormatError
+    from test_persistence import Planted
+
+    marker = tmp_path / "payload-ran"
+    models = tmp_path / "models"
+    shutil.copytree(shop["root"] / "models", models)
+    planted = models / "churnml-churn" / "model.pkl"
+    planted.write_bytes(pickle.dumps(Planted(marker)))
+    output = tmp_path / "out" / "scores.parquet"
+    with pytest.raises(ModelFormatError, match="retrain") as refused:
+        run_score(settings_for(shop, f"score.model_dir={models}", f"score.output={output}"))
+    assert str(planted) in str(refused.value)
+    assert not marker.exists() and not output.parent.exists()
+
+
+def test_csv_scores_of_formula_like_ids_hold_no_cell_a_spreadsheet_evaluates(shop, tmp_path):
+    import csv
+
+    formulas = ["=1+1", "+cmd|' /C calc'!A0", "@SUM(1)", "-1+2", "\tx"]
+    transactions = pd.read_parquet(shop["transactions"])
+    renamed = dict(zip(sorted(transactions["customer_id"].unique())[:len(formulas)], formulas))
+    data = {}
+    for name in ("transactions", "customers", "interactions"):
+        frame = pd.read_parquet(shop[name])
+        frame["customer_id"] = frame["customer_id"].replace(renamed)
+        data[name] = tmp_path / f"{name}.parquet"
+        frame.to_parquet(data[name])
+    output = tmp_path / "scores.csv"
+    run_score(settings_for({**shop, **data}, "score.format=csv", f"score.output={output}"))
+    with open(output, newline="") as handle:
+        rows = list(csv.reader(handle))
+    text_cells = [cell for row in rows for cell in row if cell and not _is_number(cell)]
+    assert not [cell for cell in text_cells if cell[0] in "=+-@\t\r"]
+    ids = {row[0] for row in rows[1:]}
+    assert {"'" + formula for formula in formulas} <= ids
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def test_a_run_that_cannot_be_tracked_leaves_the_previous_scores(shop, tmp_path, monkeypatch):
+    output = tmp_path / "scores.parquet"
+    output.write_bytes(b"previous scores")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("tracking server unreachable")
+
+    monkeypatch.setattr(tracking, "log_scoring", unreachable)
+    with pytest.raises(ConnectionError):
+        run_score(settings_for(shop, f"score.output={output}"))
+    assert output.read_bytes() == b"previous scores"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.parquet"]

@@ -34,7 +34,7 @@ from churnml.features.build import WARNING_FLAGS, FeatureConfig
 from churnml.features.dates import resolve_as_of
 from churnml.io.load import Dataset
 from churnml.models.btyd import BGNBD_FEATURE_COLUMNS, bgnbd_features, uses_bgnbd_features
-from churnml.models.classifier import BIAS, PRIOR, ChurnModel
+from churnml.models.classifier import BIAS, PRIOR, ChurnModel, is_lightgbm
 from churnml.scoring.policy import RISK_BANDS, ScoringConfig
 from churnml.scoring.reasons import ReasonContext
 from churnml.scoring.table import model_inputs, score_customers
@@ -145,7 +145,7 @@ def _display_values(model: ChurnModel, features: pd.DataFrame) -> np.ndarray:
 def explanation_method(model: ChurnModel) -> str:
     """``tree`` (LightGBM), ``linear`` (exact contributions) or ``permutation``."""
     estimator = model.estimator_
-    if model.preprocessing == "native" and type(estimator).__module__.startswith("lightgbm"):
+    if model.preprocessing == "native" and is_lightgbm(estimator):
         return "tree"
     if model.preprocessing == "scaled" and hasattr(estimator[-1], "coef_"):
         return "linear"
@@ -219,7 +219,8 @@ def _tree_values(model: ChurnModel, features: pd.DataFrame) -> tuple[np.ndarray,
     import shap
 
     prepared = model._prepare(features)
-    explainer = shap.TreeExplainer(model.estimator_)
+    # The booster itself: a model loaded from its stored text has no LGBMClassifier around it.
+    explainer = shap.TreeExplainer(model.estimator_.booster_)
     with warnings.catch_warnings():
         # shap announces a change of output format for LightGBM binary models on every call.
         warnings.filterwarnings("ignore", message="LightGBM binary classifier with TreeExplainer")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,15 @@ from typing import Any, Iterator, Mapping
 import pandas as pd
 
 from churnml.evaluation.metrics import best_classical_scorers
-from churnml.io.files import file_fingerprint
+from churnml.io.files import (
+    file_fingerprint,
+    move_into_place,
+    neutralise_formulas,
+    remove_stale_temporaries,
+    temporary_path,
+)
 from churnml.io.load import Dataset
+from churnml.models import persistence
 from churnml.models.classifier import ChurnModel, FeatureMismatchError
 from churnml.models.registry import CHAMPION, registered_model_uri
 
@@ -81,17 +90,47 @@ def data_fingerprint(dataset: Dataset, sources: Mapping[str, Any] | None = None)
     return fingerprint
 
 
+# MLflow accepts these characters in metric and param names (and no "..", no leading "/").
+_KEY_CHARACTER = re.compile(r"[^0-9A-Za-z_\-. /]")
+MAX_KEY_LENGTH = 250
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as an MLflow metric or param name: characters MLflow refuses become ``_`` (a
+    customers column ``age (years)`` gives ``age _years_``), ``..`` becomes ``._``, a leading
+    ``/`` is dropped, and the name is cut to 250 characters."""
+    key = _KEY_CHARACTER.sub("_", str(name))
+    while ".." in key:
+        key = key.replace("..", "._")
+    return key.lstrip("/")[:MAX_KEY_LENGTH] or "_"
+
+
+def mlflow_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` under :func:`mlflow_key` names; names that collide once sanitised get ``_2``,
+    ``_3``... in order."""
+    keyed: dict[str, Any] = {}
+    for name, value in values.items():
+        key = mlflow_key(name)
+        if key in keyed:
+            stem, count = key[:MAX_KEY_LENGTH - 6], 2
+            while f"{stem}_{count}" in keyed:
+                count += 1
+            key = f"{stem}_{count}"
+        keyed[key] = value
+    return keyed
+
+
 def _log_params(settings: Mapping[str, Any]) -> None:
     import mlflow
 
-    params = {k: ("null" if v is None else str(v))[:500] for k, v in flatten(settings).items()}
+    params = mlflow_keys({k: ("null" if v is None else str(v))[:500] for k, v in flatten(settings).items()})
     items = list(params.items())
     for start in range(0, len(items), 100):
         mlflow.log_params(dict(items[start:start + 100]))
 
 
 def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    return mlflow_keys({k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))})
 
 
 def log_training(
@@ -113,16 +152,18 @@ def log_training(
     example_output = model.with_population_prior(outcome.holdout_table).predict_proba(example)
     example = example[model.feature_names_in_]
     signature = infer_signature(_signature_frame(example), example_output)
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_name=run_name) as run, tempfile.TemporaryDirectory(prefix="churnml-model-") as scratch:
         _log_outcome(outcome, settings, fingerprint, stage="train")
+        # The model is stored as data and loaded by churnml's own code (persistence), not pickled.
+        data = persistence.save_model(model, Path(scratch) / persistence.DATA_NAME)
         with _without_example_prior_warnings():
-            info = mlflow.sklearn.log_model(
-                model,
+            info = mlflow.pyfunc.log_model(
                 name="model",
-                serialization_format="cloudpickle",
+                loader_module=persistence.LOADER_MODULE,
+                data_path=str(data),
                 signature=signature,
                 input_example=_signature_frame(example),
-                pyfunc_predict_fn="predict_proba",
+                pip_requirements=persistence.requirements(),
                 registered_model_name=registered_name,
             )
         version = str(info.registered_model_version)
@@ -266,9 +307,14 @@ def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]
         current = MlflowClient().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return True, f"no champion yet: version promoted ({metric}={new_score:.4f})"
-    champion = load_model(registered_model_uri(name))
     logged = MlflowClient().get_run(current.run_id).data.metrics.get(metric)
-    if not _out_of_time(champion, outcome.holdout_cutoff):
+    try:
+        champion = load_model(registered_model_uri(name))
+    except persistence.ModelFormatError:
+        champion = None
+    if champion is None:
+        champion_score, basis = logged, "as logged (the champion is stored in a format churnml no longer loads)"
+    elif not _out_of_time(champion, outcome.holdout_cutoff):
         champion_score, basis = logged, "as logged (the champion was trained on labels inside this holdout's window)"
     else:
         try:
@@ -293,21 +339,42 @@ def _out_of_time(model: ChurnModel, holdout_cutoff: Any) -> bool:
 
 def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
     """A ChurnModel from ``models:/name@alias``, ``models:/name/version``, ``runs:/...`` or an
-    exported directory (``models/churnml-churn``).
+    exported directory (``models/churnml-churn``), read as data: nothing in it is unpickled or
+    run (:mod:`churnml.models.persistence`).
 
     ``tracking_uri`` (e.g. ``sqlite:///mlflow.db``) is where the registry is read from; an
     exported directory needs none.
-    """
-    import mlflow.sklearn
 
-    if tracking_uri and not Path(uri).exists():
+    Raises
+    ------
+    churnml.models.persistence.ModelFormatError
+        If there is no such directory, or it (or the registered version) holds anything but
+        the data files of a churnml model: a pickle of an older churnml version, an unknown
+        file, a file that does not parse; the message names the file.
+    """
+    if Path(uri).exists() or "://" not in uri and not uri.startswith(("models:/", "runs:/")):
+        return persistence.load_model(Path(uri).resolve() if Path(uri).exists() else uri, source=uri)
+    import mlflow
+
+    if tracking_uri:
         use_tracking_uri(tracking_uri)
-    if Path(uri).exists():
-        uri = str(Path(uri).resolve())
-    model = mlflow.sklearn.load_model(uri)
-    if not isinstance(model, ChurnModel):
-        raise TypeError(f"{uri} holds a {type(model).__name__}, not a churnml model")
-    return model
+    with tempfile.TemporaryDirectory(prefix="churnml-model-") as scratch:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+        return persistence.load_model(local, source=uri)
+
+
+def save_model_directory(model: ChurnModel, path: str | Path) -> Path:
+    """Write ``model`` as a model directory at ``path`` (which must not exist): MLflow's format,
+    a ``python_function`` model whose data churnml stores and loads itself
+    (:mod:`churnml.models.persistence`), as the registry holds it, without the signature and
+    input example a training run adds. ``load_model(path)`` reads it back."""
+    import mlflow.pyfunc
+
+    with tempfile.TemporaryDirectory(prefix="churnml-model-") as scratch:
+        data = persistence.save_model(model, Path(scratch) / persistence.DATA_NAME)
+        mlflow.pyfunc.save_model(str(path), loader_module=persistence.LOADER_MODULE, data_path=str(data),
+                                 pip_requirements=persistence.requirements())
+    return Path(path)
 
 
 def model_version_of(uri: str) -> tuple[str, str]:
@@ -331,20 +398,40 @@ def model_version_of(uri: str) -> tuple[str, str]:
 
 
 def export_model(name: str, directory: str | Path, alias: str = CHAMPION) -> Path:
-    """Copy the aliased version of a registered model into ``directory/name`` (MLflow format),
-    for batch jobs that cannot reach the tracking server."""
+    """Copy the aliased version of a registered model into ``directory/name`` (MLflow format,
+    with ``churnml.json`` naming the version), for batch jobs that cannot reach the tracking
+    server.
+
+    The copy is written beside the target, checked as scoring would load it, and swapped in by
+    rename (:func:`churnml.io.files.move_into_place`): the old directory is never deleted
+    first, so ``directory/name`` is at every moment a complete model. Temporaries of exports
+    that were killed are removed.
+
+    Raises
+    ------
+    churnml.models.persistence.ModelFormatError
+        If the registered version is stored in a format churnml does not load (a pickle of an
+        older churnml): nothing is exported.
+    """
     import mlflow
     from mlflow import MlflowClient
 
     version = MlflowClient().get_model_version_by_alias(name, alias)
     target = Path(directory) / name
-    staging = Path(directory) / f".{name}.export"
-    shutil.rmtree(staging, ignore_errors=True)
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}", dst_path=str(staging))
-    (staging / "churnml.json").write_text(json.dumps({"name": name, "version": str(version.version), "alias": alias,
-                                                        "run_id": version.run_id}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
+    staging = temporary_path(target)
+    try:
+        # The version, not the alias: the alias may move while this runs.
+        uri = f"models:/{name}/{version.version}"
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
+        (staging / "churnml.json").write_text(json.dumps({"name": name, "version": str(version.version), "alias": alias,
+                                                            "run_id": version.run_id}, indent=2))
+        persistence.load_model(staging, source=uri)
+        move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
 
 
@@ -463,7 +550,9 @@ def log_scoring(
         metrics.update({f"rows_{band}": count for band, count in summary["bands"].items()})
         for target, values in psi.items():
             metrics.update({f"psi.{target}.{name}": value for name, value in values.items()})
-            mlflow.log_text(values.rename_axis("feature").to_frame("psi").to_csv(), f"drift/psi_{target}.csv")
+            # Feature names are the user's column names: neutralised like any CSV churnml writes.
+            table = neutralise_formulas(values.rename_axis("feature").to_frame("psi").reset_index())
+            mlflow.log_text(table.to_csv(index=False), f"drift/psi_{target}.csv")
         mlflow.log_metrics(_finite(metrics))
         client = MlflowClient()
         for target, model in models.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -157,6 +158,7 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     from churnml.evaluation.drift import drifted
     from churnml.features.build import FeatureConfig
     from churnml.features.dates import resolve_as_of
+    from churnml.io.files import staged
     from churnml.io.sources import data_sources, load_data
     from churnml.scoring.policy import ScoringConfig
     from churnml.scoring.reasons import ReasonContext
@@ -182,15 +184,19 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     profiles = reference_profiles(models, identities)
     output = score.get("output") or default_score_output(as_of, fmt, engine)
     score_on_engine = score_with_spark if engine == "spark" else score_with_duckdb
-    path, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
-                                         profiles, output, fmt, population_gate(score, identities))
     threshold = float(score["drift_threshold"])
-
-    fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
-    scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}
-    logged_settings = {**settings, "as_of": str(as_of), "score": {**score, "output": str(path)}}
-    run_id = tracking.log_scoring(logged_settings, scored_models, summary, path, psi, threshold, fingerprint,
-                                  run_name=f"score-{as_of}")
+    # Written beside the output and renamed in only once the run is tracked: a failure in
+    # between (the tracking server, a name MLflow refuses) leaves the previous output as it was.
+    remote = "://" in str(output)
+    with contextlib.nullcontext(output) if remote else staged(output) as written:
+        _, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
+                                          profiles, written, fmt, population_gate(score, identities))
+        path = output if remote else Path(output)
+        fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
+        scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}
+        logged_settings = {**settings, "as_of": str(as_of), "score": {**score, "output": str(path)}}
+        run_id = tracking.log_scoring(logged_settings, scored_models, summary, path, psi, threshold, fingerprint,
+                                      run_name=f"score-{as_of}")
 
     models_used = " and ".join(f"{identity.name} v{identity.version}" for identity in identities.values())
     print(f"\nmodels: {models_used}")

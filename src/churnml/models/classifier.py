@@ -158,7 +158,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             raise ValueError("ChurnModel needs an estimator")
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got '{self.prior}'")
-        if self.prior and not (_is_lightgbm(self.estimator) and self.preprocessing == "native"):
+        if self.prior and not (is_lightgbm(self.estimator) and self.preprocessing == "native"):
             raise ValueError("prior='bgnbd' needs a LightGBM estimator with native preprocessing")
         # Tables of the trees of an earlier fit (also as kept before tree_tables_) describe other trees.
         for stale in ("tree_tables_", "_tree_tables"):
@@ -199,7 +199,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         fit_params: dict[str, Any] = {}
         if self.prior:
             fit_params["init_score"] = prior
-        if _is_lightgbm(estimator):
+        if is_lightgbm(estimator):
             import lightgbm
 
             callbacks = []
@@ -326,7 +326,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """The uncalibrated score in log-odds (prior included), the scale of ``contributions``;
         ``prior``: the rows' prior log-odds when already known."""
         prepared = self._checked(X)
-        if self.preprocessing == "native" and _is_lightgbm(self.estimator_):
+        if self.preprocessing == "native" and is_lightgbm(self.estimator_):
             prior = self.prior_log_odds(X) if prior is None else prior
             return self.estimator_.predict(prepared, raw_score=True) + prior
         return self.estimator_.decision_function(prepared)
@@ -341,7 +341,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         came from).
         """
         prepared = self._checked(X)
-        if self.preprocessing == "native" and _is_lightgbm(self.estimator_):
+        if self.preprocessing == "native" and is_lightgbm(self.estimator_):
             values = self.estimator_.predict(prepared, pred_contrib=True)
             frame = pd.DataFrame(values, columns=[*self.feature_names_in_, BIAS], index=X.index)
             if self.prior:
@@ -358,7 +358,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     def feature_importance(self) -> pd.Series:
         """Gain importance for LightGBM, absolute coefficients for linear models, by feature."""
         check_is_fitted(self, "estimator_")
-        if _is_lightgbm(self.estimator_):
+        if is_lightgbm(self.estimator_):
             gains = self.estimator_.booster_.feature_importance(importance_type="gain")
             return pd.Series(gains, index=self.feature_names_in_).sort_values(ascending=False)
         if self.preprocessing == "scaled" and hasattr(self.estimator_[-1], "coef_"):
@@ -494,8 +494,47 @@ def _logit(p: Any) -> Any:
     return np.log(p) - np.log1p(-p)
 
 
-def _is_lightgbm(estimator: Any) -> bool:
-    return type(estimator).__module__.startswith("lightgbm")
+def is_lightgbm(estimator: Any) -> bool:
+    """Whether ``estimator`` is a LightGBM model: a ``lightgbm`` estimator or a
+    :class:`BoosterClassifier` loaded from its model text."""
+    return isinstance(estimator, BoosterClassifier) or type(estimator).__module__.startswith("lightgbm")
+
+
+
+class BoosterClassifier:
+    """A fitted LightGBM binary classifier rebuilt from its model text
+    (:mod:`churnml.models.persistence`): the part of ``lightgbm.LGBMClassifier`` that a
+    fitted :class:`ChurnModel` uses, over LightGBM's public ``Booster``.
+
+    Parameters
+    ----------
+    booster : lightgbm.Booster
+        Loaded with ``lightgbm.Booster(model_str=...)``; its text keeps the pandas categories.
+
+    Attributes
+    ----------
+    booster_ : lightgbm.Booster
+    classes_ : numpy.ndarray
+        ``[0, 1]``.
+    n_features_in_ : int
+    """
+
+    def __init__(self, booster: Any):
+        self.booster_ = booster
+        self.classes_ = np.array([0, 1])
+        self.n_features_in_ = int(booster.num_feature())
+
+    def predict(self, X: pd.DataFrame, raw_score: bool = False, pred_contrib: bool = False) -> np.ndarray:
+        """Raw scores (log-odds, ``(n_rows,)``), contributions (``(n_rows, n_features + 1)``,
+        the last column the bias) or, with neither, the class with probability at least 0.5."""
+        if raw_score or pred_contrib:
+            return self.booster_.predict(X, raw_score=raw_score, pred_contrib=pred_contrib)
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Probabilities of the negative and positive class, shape ``(n_rows, 2)``."""
+        positive = self.booster_.predict(X)
+        return np.column_stack([1.0 - positive, positive])
 
 
 def _scaled_pipeline(estimator: Any, train: pd.DataFrame):

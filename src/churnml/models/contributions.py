@@ -465,8 +465,8 @@ def tabulation_note(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -
 def attach_tree_tables(model: ChurnModel, max_splits: int = MAX_TABULATED_SPLITS) -> str | None:
     """Tabulate a fitted model's trees and keep the tables on it as ``tree_tables_``.
 
-    Training calls this once, so that the tables travel with the model (pickled with it, shipped
-    to Spark's executors) and no scoring run rebuilds them. ``tree_tables_`` is None when the
+    Training calls this once, so that the tables travel with the model (stored with it as arrays,
+    shipped to Spark's executors) and no scoring run rebuilds them. ``tree_tables_`` is None when the
     trees cannot be tabulated: scoring then uses the model's own methods without trying again.
 
     Parameters

@@ -630,9 +630,15 @@ def _windowed_template(feature: str) -> ReasonTemplate | None:
     return None
 
 
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _generic_template(feature: str, text: bool) -> ReasonTemplate:
     """``"<feature> = <value>, peers <median>"``: no known direction, so the phrase states value
-    and norm only."""
+    and norm only. The feature's name (a user's column name) is quoted on one line: line
+    breaks, tabs and other control characters become spaces."""
+    feature = " ".join(_CONTROL_CHARACTERS.sub(" ", str(feature)).split())
+
     def render(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) -> pd.Series:
         if not text and not pd.api.types.is_bool_dtype(value.dtype):
             shown = pd.Series([f"{v:.4g}" for v in value.to_numpy(dtype=float)], index=value.index, dtype=object)

@@ -208,6 +208,15 @@ def scored_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Itera
                           setup.thresholds, setup.reason_cut, setup.references)
 
 
+def csv_safe_pieces(setup: ScoringSetup, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """:func:`scored_pieces` with the text cells a spreadsheet would evaluate neutralised
+    (:func:`churnml.io.files.neutralise_formulas`), for CSV output."""
+    from churnml.io.files import neutralise_formulas
+
+    for piece in scored_pieces(setup, batches):
+        yield neutralise_formulas(piece)
+
+
 # --------------------------------------------------------------------------------------------
 # Drift as bin counts
 # --------------------------------------------------------------------------------------------
@@ -461,7 +470,8 @@ def score_on_spark(con: Any, table: Any, setup: ScoringSetup, profiles: Mapping[
         if setup.reason_cut is not None:
             log.info("reasons for churn probabilities from %s (ties up to customer %s)",
                      setup.reason_cut.probability, setup.reason_cut.last_customer)
-        scores = features.mapInPandas(partial(scored_pieces, setup), score_schema(setup.config.n_reasons))
+        pieces = csv_safe_pieces if fmt == "csv" else scored_pieces
+        scores = features.mapInPandas(partial(pieces, setup), score_schema(setup.config.n_reasons))
         path = write_atomic(scores, output, fmt, WRITE_OPTIONS[fmt])
         written = read_scores(session, path, fmt, setup.config.n_reasons)
         summary = summarize_scores(written)
