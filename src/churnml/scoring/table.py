@@ -25,7 +25,7 @@ writes the file. One output row per customer:
 - ``predicted_value_segment``: the same vocabulary at scoring time: value is high when the
   customer's LTV is above the median LTV of the customers scored, potential is high when the
   repurchase probability is above the median repurchase probability.
-- ``ltv``: the feature table's lifetime value (average order value x purchases per year x
+- ``ltv``: the feature table's lifetime value (net order value after refunds x purchases per year x
   expected years), not adjusted for the churn risk.
 - ``recommended_action``: the first playbook rule that matches tier, segments, risk band and
   whether a purchase is overdue.
