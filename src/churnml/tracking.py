@@ -244,17 +244,41 @@ def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
 
     ``tracking_uri`` (e.g. ``sqlite:///mlflow.db``) is where the registry is read from; an
     exported directory needs none.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        When the registry has no such model, version or alias.
     """
     import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
 
     if tracking_uri and not Path(uri).exists():
         use_tracking_uri(tracking_uri)
     if Path(uri).exists():
         uri = str(Path(uri).resolve())
-    model = mlflow.sklearn.load_model(uri)
+    try:
+        model = mlflow.sklearn.load_model(uri)
+    except MlflowException as error:
+        raise _missing_model(uri, error) from error
     if not isinstance(model, ChurnModel):
         raise TypeError(f"{uri} holds a {type(model).__name__}, not a churnml model")
     return model
+
+
+_NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _missing_model(uri: str, error: Exception) -> Exception:
+    """A UserError for a model the registry does not have; other MLflow errors as they are."""
+    import mlflow
+
+    from churnml.errors import UserError
+
+    if getattr(error, "error_code", None) not in _NOT_FOUND_CODES:
+        return error
+    return UserError(f"the MLflow registry at {mlflow.get_tracking_uri()} has no {uri} ({error}): run make train "
+                     f"to register it, or set the model URI (or score.model_dir) to a model that exists")
 
 
 def model_version_of(uri: str) -> tuple[str, str]:
@@ -279,11 +303,21 @@ def model_version_of(uri: str) -> tuple[str, str]:
 
 def export_model(name: str, directory: str | Path, alias: str = CHAMPION) -> Path:
     """Copy the aliased version of a registered model into ``directory/name`` (MLflow format),
-    for batch jobs that cannot reach the tracking server."""
+    for batch jobs that cannot reach the tracking server.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        When the registry has no such model or alias.
+    """
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    version = MlflowClient().get_model_version_by_alias(name, alias)
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        raise _missing_model(f"models:/{name}@{alias}", error) from error
     target = Path(directory) / name
     staging = Path(directory) / f".{name}.export"
     shutil.rmtree(staging, ignore_errors=True)
