@@ -10,7 +10,8 @@ under ``conf/`` choose among alternatives (data sets, models, targets) and hold 
 their own.
 
 A value of the wrong type or an unknown key stops a stage before it starts, with the key's
-full name (``train.max_snapshots``) and the type expected. :func:`register_configs` puts the
+full name (``train.max_snapshots``) and the type expected (:func:`config_error_message` words
+Hydra's and OmegaConf's errors as one line). :func:`register_configs` puts the
 schemas in Hydra's ConfigStore; nothing happens at import time.
 """
 
@@ -24,6 +25,7 @@ import typing
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Dict, List, Optional
 
+from churnml.errors import UserValueError, one_line
 from churnml.evaluation import drift
 from churnml.features.build import FeatureConfig
 from churnml.features.dates import as_date
@@ -346,19 +348,125 @@ def register_configs() -> None:
 
 def validated(config_name: str, settings: typing.Mapping[str, Any]) -> typing.Mapping[str, Any]:
     """``settings`` once checked against the schema of ``config_name``, keys added with Hydra's
-    ``+`` included (Hydra lets those past its own check).
+    ``+`` included (Hydra lets those past its own check), and its values against the rules of the
+    library's settings (increasing windows, known formats and targets, ordered risk bands), so
+    that a bad value stops a stage before it reads any data.
 
     Raises
     ------
-    omegaconf.errors.ConfigKeyError
-        For a key the schema does not know, naming it (``features.window_days``).
-    omegaconf.errors.ValidationError
-        For a value of the wrong type, naming the key and the type.
+    churnml.errors.UserValueError
+        For a key the schema does not know (naming it, e.g. ``features.window_days``, and the
+        nearest known key), a value of the wrong type (naming the key and the type), or a value
+        the library refuses (naming the key and what it takes).
     """
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    OmegaConf.merge(OmegaConf.structured(stage_schemas()[config_name]), settings)
+    try:
+        OmegaConf.merge(OmegaConf.structured(stage_schemas()[config_name]), settings)
+    except OmegaConfBaseException as error:
+        raise UserValueError(config_error_message(error, config_name)) from error
+    _check_values(settings)
     return settings
+
+
+def _check_values(settings: typing.Mapping[str, Any]) -> None:
+    """Build the library's settings from ``settings`` once, so that their refusals come before the work.
+
+    Raises
+    ------
+    churnml.errors.UserValueError
+        Naming the config node and what its value must be.
+    """
+    from churnml.features.labels import TARGETS
+    from churnml.models.classifier import CALIBRATION, PREPROCESSING, PRIORS
+    from churnml.scoring.table import FORMATS
+
+    def refuse(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
+        listed = ", ".join("null" if a is None else str(a) for a in allowed)
+        raise UserValueError(f"{key}={value} is not one of {listed}: use one of them")
+
+    if settings.get("engine") not in ("duckdb", "spark"):
+        refuse("engine", settings.get("engine"), ("duckdb", "spark"))
+    checks: list[tuple[str, typing.Callable[[], Any]]] = [
+        ("features", lambda: FeatureConfig.from_dict(settings["features"])),
+    ]
+    if "score" in settings:
+        if settings["score"]["format"] not in FORMATS:
+            refuse("score.format", settings["score"]["format"], FORMATS)
+        checks.append(("score", lambda: ScoringConfig.from_dict(settings["score"])))
+    if "target" in settings:
+        if settings["target"]["name"] not in TARGETS:
+            refuse("target.name", settings["target"]["name"], TARGETS)
+        if int(settings["target"]["horizon_days"]) <= 0:
+            raise UserValueError(f"target.horizon_days={settings['target']['horizon_days']}: give a positive number of days")
+    if "model" in settings:
+        for key, allowed in (("preprocessing", PREPROCESSING), ("calibration", CALIBRATION), ("prior", PRIORS)):
+            if settings["model"].get(key) not in allowed:
+                refuse(f"model.{key}", settings["model"].get(key), allowed)
+    for node, build in checks:
+        try:
+            build()
+        except (ValueError, TypeError) as error:
+            message = str(error)
+            raise UserValueError(message if message.startswith(f"{node}.") else f"{node}: {message}") from error
+
+
+def config_error_message(error: BaseException, config_name: str | None = None) -> str:
+    """One line for an error of Hydra's or OmegaConf's about the user's configuration: the key
+    (or override, or config group) it is about, what is wrong, and how to fix it.
+
+    ``config_name`` (``train`` ...) lets an unknown key be answered with the nearest known one.
+    """
+    import difflib
+
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+        ValidationError,
+    )
+
+    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
+    if isinstance(error, OverrideParseException):
+        return (f"cannot read the override '{error.override}': {one_line(error.message).split('; See ')[0]}; "
+                f"write key=value (quote values with spaces or brackets)")
+    if isinstance(error, MissingConfigException):
+        first = str(error).splitlines()[0]
+        options = f"; available: {', '.join(error.options)}" if error.options else ""
+        return f"{first}{options}"
+    if not isinstance(cause, OmegaConfBaseException):
+        return one_line(error).replace("; Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", "")
+    key = getattr(cause, "full_key", None) or ""
+    # OmegaConf's message carries full_key, reference_type and object_type on lines of their own.
+    message = (getattr(cause, "msg", None) or str(cause)).splitlines()[0]
+    if isinstance(cause, MissingMandatoryValue):
+        return f"{key} is required and not set: give {key}=..."
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and " not in " in message:
+        nearest = difflib.get_close_matches(key, _known_keys(config_name), n=1) if config_name else []
+        hint = f"did you mean {nearest[0]}?" if nearest else "check the spelling"
+        return f"unknown config key {key}: {hint} (every key, with its type and default: churnml/config.py)"
+    override = one_line(error).split("; ")[0].removeprefix("Error merging override ") if cause is not error else ""
+    given = f" (given {override})" if override and "=" in override else ""
+    if isinstance(cause, ValidationError):
+        return f"config key {key}: {message}{given}; give a value of the type churnml/config.py declares for it"
+    return f"config key {key}: {message}{given}"
+
+
+def _known_keys(config_name: str) -> list[str]:
+    """Every key of the schema of ``config_name``, dotted (``train.max_snapshots``)."""
+    from omegaconf import OmegaConf
+
+    def walk(node: Any, prefix: str) -> typing.Iterator[str]:
+        for name, value in node.items():
+            yield f"{prefix}{name}"
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{name}.")
+
+    schema = OmegaConf.to_container(OmegaConf.structured(stage_schemas()[config_name]), resolve=False)
+    return list(walk(schema, ""))
 
 
 def deprecated_keys(settings: typing.Mapping[str, Any]) -> list[str]:
@@ -375,7 +483,7 @@ def stage_as_of(settings: typing.Mapping[str, Any]) -> Optional[str]:
 
     Raises
     ------
-    ValueError
+    churnml.errors.UserValueError
         If two of them are set to different dates, or the date is not ``YYYY-MM-DD``.
     """
     for key in deprecated_keys(settings):
@@ -384,7 +492,7 @@ def stage_as_of(settings: typing.Mapping[str, Any]) -> Optional[str]:
                                            ("score.as_of", (settings.get("score") or {}).get("as_of"))) if value}
     if len({str(v) for v in given.values()}) > 1:
         listed = ", ".join(f"{k}={v}" for k, v in given.items())
-        raise ValueError(f"conflicting dates {listed}: give as_of only")
+        raise UserValueError(f"conflicting dates {listed}: give as_of only")
     if not given:
         return None
     return as_date(next(iter(given.values()))).isoformat()

@@ -347,6 +347,8 @@ def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
 
     Raises
     ------
+    churnml.errors.UserError
+        When the registry has no such model, version or alias.
     churnml.models.persistence.ModelFormatError
         If there is no such directory, or it (or the registered version) holds anything but
         the data files of a churnml model: a pickle of an older churnml version, an unknown
@@ -355,11 +357,15 @@ def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
     if Path(uri).exists() or "://" not in uri and not uri.startswith(("models:/", "runs:/")):
         return persistence.load_model(Path(uri).resolve() if Path(uri).exists() else uri, source=uri)
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     if tracking_uri:
         use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="churnml-model-") as scratch:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+        except MlflowException as error:
+            raise _missing_model(uri, error) from error
         return persistence.load_model(local, source=uri)
 
 
@@ -375,6 +381,21 @@ def save_model_directory(model: ChurnModel, path: str | Path) -> Path:
         mlflow.pyfunc.save_model(str(path), loader_module=persistence.LOADER_MODULE, data_path=str(data),
                                  pip_requirements=persistence.requirements())
     return Path(path)
+
+
+_NOT_FOUND_CODES = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _missing_model(uri: str, error: Exception) -> Exception:
+    """A UserError for a model the registry does not have; other MLflow errors as they are."""
+    import mlflow
+
+    from churnml.errors import UserError
+
+    if getattr(error, "error_code", None) not in _NOT_FOUND_CODES:
+        return error
+    return UserError(f"the MLflow registry at {mlflow.get_tracking_uri()} has no {uri} ({error}): run make train "
+                     f"to register it, or set the model URI (or score.model_dir) to a model that exists")
 
 
 def model_version_of(uri: str) -> tuple[str, str]:
@@ -409,14 +430,20 @@ def export_model(name: str, directory: str | Path, alias: str = CHAMPION) -> Pat
 
     Raises
     ------
+    churnml.errors.UserError
+        When the registry has no such model or alias.
     churnml.models.persistence.ModelFormatError
         If the registered version is stored in a format churnml does not load (a pickle of an
         older churnml): nothing is exported.
     """
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    version = MlflowClient().get_model_version_by_alias(name, alias)
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        raise _missing_model(f"models:/{name}@{alias}", error) from error
     target = Path(directory) / name
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)

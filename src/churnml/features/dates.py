@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import datetime as dt
 
+from churnml.errors import UserValueError
+
 
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
     """A date given as ``YYYY-MM-DD``, date or datetime, as a date.
 
     Raises
     ------
-    ValueError
-        If the text is not an ISO 8601 date.
+    churnml.errors.UserValueError
+        If the text is not an ISO 8601 date (a ValueError too).
     """
     if isinstance(value, dt.datetime):
         return value.date()
@@ -23,7 +25,7 @@ def as_date(value: str | dt.date | dt.datetime) -> dt.date:
     try:
         return dt.date.fromisoformat(str(value))
     except ValueError:
-        raise ValueError(f"'{value}' is not a date: give as_of as YYYY-MM-DD") from None
+        raise UserValueError(f"'{value}' is not a date: give as_of as YYYY-MM-DD") from None
 
 
 def window_is_closed(as_of: dt.date, horizon_days: int, last_date: dt.date) -> bool:
@@ -56,18 +58,18 @@ def resolve_as_of(
 
     Raises
     ------
-    ValueError
-        If ``as_of`` is before the first date in the data (no customer has history), after the
-        last one (the days in between would look like days without purchases), or, with
+    churnml.errors.UserValueError
+        (a ValueError too) If ``as_of`` is before the first date in the data (no customer has
+        history), after the last one (the days in between would look like days without purchases), or, with
         ``horizon_days``, not after the first date or too late for its label window to close.
     """
     if horizon_days is None:
         day = as_date(as_of) if as_of else last_date
         if day < first_date:
-            raise ValueError(f"as_of {day} is before the first date in the data ({first_date}): "
-                             f"no customer has history yet")
+            raise UserValueError(f"as_of {day} is before the first date in the data ({first_date}): "
+                                 f"no customer has history yet; use {first_date} or later")
         if day > last_date:
-            raise ValueError(
+            raise UserValueError(
                 f"as_of {day} is after the last date in the data ({last_date}): the days in between have no data "
                 f"and would look like days without purchases; use {last_date} or earlier"
             )
@@ -75,10 +77,11 @@ def resolve_as_of(
     latest = last_date - dt.timedelta(days=horizon_days)
     day = as_date(as_of) if as_of else latest
     if not window_is_closed(day, horizon_days, last_date):
-        raise ValueError(
+        raise UserValueError(
             f"as_of {day} plus the {horizon_days}-day horizon passes the last date in the data ({last_date}): "
             f"its labels are not known yet; use {latest} or earlier"
         )
     if day <= first_date:
-        raise ValueError(f"as_of {day} is not after the first date in the data ({first_date})")
+        raise UserValueError(f"as_of {day} is not after the first date in the data ({first_date}): "
+                             f"give a later as_of")
     return day

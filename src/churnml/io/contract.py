@@ -102,14 +102,17 @@ class Problem:
 
 
 class DataValidationError(UserError, ValueError):
-    """Input data breaks the contract; nothing was written."""
+    """Input data breaks the contract; nothing was written. The message is one line, every
+    problem numbered in it."""
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
         lines = [p.describe() for p in self.problems]
-        super().__init__(
-            "invalid input data:\n  - " + "\n  - ".join(lines) if len(lines) > 1 else f"invalid input data: {lines[0]}"
-        )
+        # One line however many problems, for the console's one-line error (numbered, since a
+        # problem's own text holds "; e.g.").
+        numbered = "; ".join(f"({i}) {line}" for i, line in enumerate(lines, 1))
+        super().__init__(f"invalid input data, {len(lines)} problems: {numbered}" if len(lines) > 1
+                         else f"invalid input data: {lines[0]}")
 
 
 @dataclass

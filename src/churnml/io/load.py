@@ -171,7 +171,7 @@ def _load_table(
 ) -> tuple[ir.Table, TableReport, bool | None]:
     label = f"{spec.name} {source.name}"
     raw = _map_columns(_open_raw(con, source, label), spec, source, label)
-    typed_exprs, aware, type_problems = _typed_columns(raw, spec, source, label)
+    typed_exprs, aware, type_problems = _typed_columns(raw, spec, source, label, con.name)
     if type_problems:
         raise DataValidationError(type_problems)
     # Raw and typed values side by side, so one scan can count what failed to parse.
@@ -179,7 +179,7 @@ def _load_table(
     checks = _run_checks(both, spec, future_limit)
     if checks["n_rows"] == 0:
         raise DataValidationError([Problem(label, None, "has no rows")])
-    problems = _find_problems(both, spec, checks, label, options, future_limit)
+    problems = _find_problems(both, spec, checks, label, options, future_limit, source.ts_format)
     if problems:
         raise DataValidationError(problems)
 
@@ -343,7 +343,7 @@ def _mapped_from(rename: Mapping[str, str], column: str) -> str:
 
 
 def _typed_columns(
-    raw: ir.Table, spec: TableSpec, source: TableSource, label: str
+    raw: ir.Table, spec: TableSpec, source: TableSource, label: str, engine: str = "duckdb"
 ) -> tuple[dict[str, ir.Value], bool | None, list[Problem]]:
     exprs: dict[str, ir.Value] = {}
     problems: list[Problem] = []
@@ -368,7 +368,7 @@ def _typed_columns(
             elif dtype.is_date():
                 exprs[col] = value.cast(idt.Timestamp())
             elif dtype.is_string():
-                exprs[col] = _parse_timestamp(value, source.ts_format)
+                exprs[col] = _parse_timestamp(value, source.ts_format, engine)
             else:
                 problems.append(Problem(label, col, f"holds {dtype}, expected dates or timestamps"))
         elif kind == "string":
@@ -484,8 +484,14 @@ def _as_attribute(value: ir.Value, kind: AttributeKind) -> ir.Value:
     return value
 
 
-def _parse_timestamp(text: ir.StringValue, ts_format: str | None) -> ir.TimestampValue:
+def _parse_timestamp(text: ir.StringValue, ts_format: str | None, engine: str = "duckdb") -> ir.TimestampValue:
     if ts_format:
+        if engine == "duckdb":
+            # DuckDB's strptime stops the query at the first misfit; null instead lets the checks
+            # count the misfits and show examples. Spark's to_timestamp already gives null.
+            try_strptime = ibis.udf.scalar.builtin(lambda text, ts_format: None, name="try_strptime",
+                                                   signature=((idt.string, idt.string), idt.timestamp))
+            return try_strptime(text, ts_format).cast(idt.Timestamp())
         return text.as_timestamp(ts_format).cast(idt.Timestamp())
     aware = text.try_cast(idt.Timestamp(timezone="UTC")).cast(idt.Timestamp())
     naive = text.try_cast(idt.Timestamp())
@@ -541,7 +547,7 @@ def _unparsed(raw: ir.Value, typed: ir.Value) -> ir.BooleanValue:
 
 def _find_problems(
     both: ir.Table, spec: TableSpec, checks: dict[str, Any], label: str, options: LoadOptions,
-    future_limit: dt.datetime,
+    future_limit: dt.datetime, ts_format: str | None = None,
 ) -> list[Problem]:
     n_rows = checks["n_rows"]
     found: list[tuple[str, str, int, ir.BooleanValue]] = []
@@ -554,6 +560,9 @@ def _find_problems(
         if checks.get(f"bad_{col}"):
             what = "is not a number" if kind == "number" else "is not a date or timestamp"
             hint = " (set the table's ts_format for non-ISO dates)" if kind == "timestamp" else ""
+            if kind == "timestamp" and ts_format:
+                what = f"does not match ts_format '{ts_format}'"
+                hint = f" (fix data.{spec.name}.ts_format, or the dates)"
             found.append((col, f"{what}{hint}", checks[f"bad_{col}"], _unparsed(raw, typed)))
         if checks.get(f"infinite_{col}"):
             found.append((col, "is not a finite number", checks[f"infinite_{col}"], _infinite(typed)))

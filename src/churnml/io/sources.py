@@ -8,6 +8,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from churnml.errors import UserValueError
+from churnml.io.contract import DataValidationError, Problem
 from churnml.io.load import Dataset, LoadOptions, TableSource, connect, load_dataset
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,15 @@ def demo_sources(settings: Mapping[str, Any]) -> dict[str, TableSource]:
 
 
 def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
-    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers``."""
+    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers``.
+
+    Raises
+    ------
+    churnml.errors.UserValueError
+        Without ``data.transactions.path``.
+    churnml.io.contract.DataValidationError
+        For a local path that does not exist, naming the path and its config key.
+    """
     sources: dict[str, TableSource | None] = {}
     for name in TABLES:
         entry = settings.get(name) or {}
@@ -62,9 +72,15 @@ def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
         path = entry.get("path")
         if not path:
             if name == "transactions":
-                raise ValueError("data.transactions.path is required for data=files")
+                raise UserValueError("data.transactions.path is required for data=files: "
+                                     "give data.transactions.path=FILE (CSV or Parquet)")
             sources[name] = None
             continue
+        local = not any(ch in str(path) for ch in "*?[") and "://" not in str(path)
+        if local and not Path(path).exists():
+            raise DataValidationError([Problem(
+                f"{name} '{path}'", None, f"file does not exist (looked for {Path(path).resolve()}); "
+                f"set data.{name}.path to an existing CSV or Parquet file")])
         sources[name] = TableSource(
             path=str(path),
             columns={name: column for name, column in (entry.get("columns") or {}).items() if column},
@@ -74,12 +90,20 @@ def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
 
 
 def data_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
-    """Table sources for a ``data`` config node (``kind`` is demo, cdnow or files)."""
+    """Table sources for a ``data`` config node (``kind`` is demo, cdnow or files).
+
+    Raises
+    ------
+    churnml.errors.UserValueError
+        For an unknown kind, or file paths given to a kind that reads no files.
+    churnml.io.contract.DataValidationError
+        For a file that does not exist (see :func:`file_sources`).
+    """
     kind = settings.get("kind", "files")
     given = [name for name in TABLES if kind != "files" and ((settings.get(name) or {}).get("path"))]
     if given:
         # Paths of another kind of data set would be ignored without a word: the run would score the wrong shop.
-        raise ValueError(f"data.{given[0]}.path is set, but the data set is '{settings.get('name', kind)}' "
+        raise UserValueError(f"data.{given[0]}.path is set, but the data set is '{settings.get('name', kind)}' "
                          f"({kind}), which reads no files: add data=files")
     if kind == "demo":
         return demo_sources(settings)
@@ -88,7 +112,7 @@ def data_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
         return {"transactions": TableSource(frame=frame, ts_format="%Y%m%d", label="CDNOW_master.txt (lifetimes)")}
     if kind == "files":
         return file_sources(settings)
-    raise ValueError(f"unknown data kind '{kind}': use demo, cdnow or files")
+    raise UserValueError(f"unknown data kind '{kind}': use demo, cdnow or files")
 
 
 def load_options(settings: Mapping[str, Any]) -> LoadOptions:

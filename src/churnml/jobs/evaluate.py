@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from churnml.jobs.common import configure_tracking, engine_connection
+from churnml.jobs.common import (
+    check_output,
+    check_tracking,
+    configure_tracking,
+    engine_connection,
+    is_model_uri,
+    load_model,
+)
 from churnml.jobs.train import print_comparison, report_context, training_plan
 
 
@@ -55,20 +62,26 @@ def run(settings: Mapping[str, Any]) -> dict[str, float]:
     ------
     churnml.errors.UserError
         If the holdout lies inside the model's training labels (:func:`require_out_of_time`).
+        Before any work for a model that is missing or damaged, or a report or MLflow location
+        that cannot be written; for data that breaks the contract or a holdout date the data
+        cannot serve.
     """
     from churnml import tracking
     from churnml.features.build import FeatureConfig
     from churnml.io.files import write_text_atomic
     from churnml.io.sources import data_sources, load_data
     from churnml.models.btyd import uses_bgnbd_features
+    from churnml.models.registry import registered_model_uri, registered_name
     from churnml.models.training import add_report, evaluate_model
 
-    mlflow_settings = configure_tracking(settings)
-    from churnml.models.registry import registered_model_uri, registered_name
-
     uri = settings.get("model_uri") or registered_model_uri(
-        registered_name(mlflow_settings["registered_model_prefix"], settings["target"]["name"]))
-    model = tracking.load_model(uri)
+        registered_name(settings["mlflow"]["registered_model_prefix"], settings["target"]["name"]))
+    # The model and the locations first: a missing model or an unwritable place writes nothing, not even an experiment.
+    check_tracking(settings["mlflow"], reads_registry=is_model_uri(uri), instead="model_uri=models/<name>")
+    check_output(settings["train"]["report_dir"], "train.report_dir", "directory")
+    tracking.use_tracking_uri(settings["mlflow"]["tracking_uri"])
+    model = load_model(uri, "model_uri")
+    mlflow_settings = configure_tracking(settings)
     name, version = tracking.model_version_of(uri)
     plan = training_plan({**settings, "train": {**settings["train"], "calibration_snapshots": 1, "cv_folds": 0,
                                                 "bgnbd_features": uses_bgnbd_features(model)}})

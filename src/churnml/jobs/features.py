@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from churnml.jobs.common import engine_connection
+from churnml.jobs.common import check_output, engine_connection
 
 log = logging.getLogger("churnml")
 
@@ -15,6 +15,12 @@ def run(settings: Mapping[str, Any]) -> str:
 
     DuckDB writes one file; Spark a directory of part files, through Hadoop's FileSystem (so
     ``hdfs://`` paths work). Either is written beside its place and renamed into it.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        Before any work for an output location that cannot be written; for data that breaks the
+        contract or an ``as_of`` outside the data, with nothing written.
     """
     import pyarrow.dataset
 
@@ -25,6 +31,12 @@ def run(settings: Mapping[str, Any]) -> str:
     from churnml.io.sources import load_data
 
     requested = stage_as_of(settings)
+    spark = settings["engine"] == "spark"
+    given_output = settings["features"].get("output")
+    if given_output:
+        check_output(given_output, "features.output", "directory" if spark else "file")
+    else:
+        check_output(f"outputs/features/{settings['data']['name']}", "features.output", "directory")
     con = engine_connection(settings)
     dataset = load_data(settings["data"], con=con)
     as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)

@@ -21,9 +21,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
-from churnml.jobs.common import compose_settings
+from churnml.errors import UserError, one_line
+from churnml.jobs.common import check_output, check_tracking, compose_settings
 
 log = logging.getLogger("churnml.jobs.notebooks")
 
@@ -240,9 +241,24 @@ def log_to_champion_run(paths: Sequence[Path], settings: Mapping[str, Any], targ
     return run_id
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are the stages' one line (``churnml-notebooks: error: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (--help lists the options)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Command line: execute the notebooks, write HTML copies, log them to the champion's run."""
-    parser = argparse.ArgumentParser(prog="churnml-notebooks", description=__doc__.splitlines()[0])
+    """Command line: execute the notebooks, write HTML copies, log them to the champion's run.
+
+    Raises
+    ------
+    SystemExit
+        With code 2 and one line on stderr, before running anything, for an unknown option,
+        notebook or parameter, an output directory that cannot be written, or (unless
+        ``--no-mlflow``) overrides that do not compose or a registry that does not exist.
+    """
+    parser = _OneLineParser(prog="churnml-notebooks", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="notebooks to run (default: all)")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="where the HTML copies go")
     parser.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
@@ -252,14 +268,19 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     parser.add_argument("--no-mlflow", action="store_true", help="do not attach the HTML files to the champion's run")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = None
     try:
         parameters = dict(parse_parameter(p) for p in args.parameter)
         check_parameters({name: read_notebook(notebook_path(name)) for name in args.notebooks}, parameters)
-    except (ValueError, FileNotFoundError) as error:
+        check_output(args.output_dir, "--output-dir", "directory")
+        if not args.no_mlflow:
+            settings = compose_settings("score", parameters.get("overrides") or [])
+            check_tracking(settings["mlflow"], reads_registry=True)
+    except (ValueError, FileNotFoundError, UserError) as error:
         parser.error(str(error))
     paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout, progress=True)
-    if not args.no_mlflow:
-        run_id = log_to_champion_run(paths, compose_settings("score", parameters.get("overrides") or []))
+    if settings is not None:
+        run_id = log_to_champion_run(paths, settings)
         print(f"logged {len(paths)} report(s) to MLflow run {run_id} under '{ARTIFACT_DIR}/'")
     for path in paths:
         print(f"wrote {path}")

@@ -7,7 +7,15 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from churnml.jobs.common import configure_tracking, engine_connection
+from churnml.errors import UserValueError
+from churnml.jobs.common import (
+    check_output,
+    check_tracking,
+    configure_tracking,
+    engine_connection,
+    is_model_uri,
+    load_model,
+)
 
 log = logging.getLogger("churnml")
 
@@ -25,6 +33,11 @@ def model_uris(score_settings: Mapping[str, Any], registered_model_prefix: str) 
         return {target: str(Path(model_dir) / names[target]) for target in TARGETS}
     return {target: str(score_settings.get(f"{target}_model_uri") or registered_model_uri(names[target]))
             for target in TARGETS}
+
+
+def model_key(score_settings: Mapping[str, Any], target: str) -> str:
+    """The config key that chose the ``target`` model, for messages."""
+    return "score.model_dir" if score_settings.get("model_dir") else f"score.{target}_model_uri"
 
 
 def reference_profiles(models: Mapping[str, Any], identities: Mapping[str, Any]) -> dict[str, dict]:
@@ -152,6 +165,13 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     table, or the customers are far from the models' training data (:func:`population_gate`,
     overridden by ``score.allow_drift``); the output is renamed into place only once complete. ``engine=spark`` scores on
     Spark and writes a directory of part files (see :mod:`churnml.scoring.spark`).
+
+    Raises
+    ------
+    churnml.errors.UserError
+        Before any work for a model that is missing or damaged, an output or MLflow location
+        that cannot be written; for data that breaks the contract, an ``as_of`` outside the
+        data, or models that do not fit the feature table, with nothing written.
     """
     from churnml import tracking
     from churnml.config import stage_as_of
@@ -169,15 +189,22 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     engine = settings["engine"]
     fmt = score["format"]
     if fmt not in FORMATS:
-        raise ValueError(f"unknown score.format '{fmt}': use one of {FORMATS}")
+        raise UserValueError(f"unknown score.format '{fmt}': use one of {FORMATS}")
     config = ScoringConfig.from_dict(score)
     requested = stage_as_of(settings)
+    # The models and the locations before the work: a missing model or an unwritable place
+    # writes nothing, not even an MLflow experiment.
+    uris = model_uris(score, settings["mlflow"]["registered_model_prefix"])
+    check_tracking(settings["mlflow"], reads_registry=any(is_model_uri(uri) for uri in uris.values()),
+                   instead="score.model_dir=models")
+    check_output(score.get("output") or "scores", "score.output",
+                 "directory" if engine == "spark" or not score.get("output") else "file")
+    tracking.use_tracking_uri(settings["mlflow"]["tracking_uri"])
+    models = {target: load_model(uri, model_key(score, target)) for target, uri in uris.items()}
     dataset = load_data(settings["data"], con=engine_connection(settings))
     as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
 
     mlflow_settings = configure_tracking(settings)
-    uris = model_uris(score, mlflow_settings["registered_model_prefix"])
-    models = {target: tracking.load_model(uri) for target, uri in uris.items()}
     identities = {target: ModelIdentity(*tracking.model_version_of(uri)) for target, uri in uris.items()}
     feature_config = FeatureConfig.from_dict(settings["features"])
     context = ReasonContext.from_features(feature_config, int(models["churn"].horizon_days))

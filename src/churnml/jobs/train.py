@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from churnml.jobs.common import configure_tracking, engine_connection
+from churnml.jobs.common import check_output, check_tracking, configure_tracking, engine_connection
 
 
 def build_model(model_settings: Mapping[str, Any], target: str, horizon_days: int):
@@ -100,6 +100,14 @@ def champion_score(outcome: Any, metric: str) -> float:
     return value
 
 
+def check_outputs(settings: Mapping[str, Any]) -> None:
+    """Refuse report, export and MLflow locations that cannot be written, before any work."""
+    check_tracking(settings["mlflow"])
+    check_output(settings["train"]["report_dir"], "train.report_dir", "directory")
+    if settings["train"].get("export_dir"):
+        check_output(settings["train"]["export_dir"], "train.export_dir", "directory")
+
+
 def run(settings: Mapping[str, Any]) -> float:
     """Train, evaluate, track and register one target's model; return the sweep objective.
 
@@ -118,8 +126,10 @@ def train_and_register(settings: Mapping[str, Any]) -> float:
     Raises
     ------
     churnml.errors.UserError
-        If the holdout has a single class or the champion metric is not finite on it: nothing is
-        logged, registered or exported.
+        Before any work for a report, export or MLflow location that cannot be written; for
+        data that breaks the contract or a holdout date the data cannot serve; if the holdout
+        has a single class or the champion metric is not finite on it: nothing is logged,
+        registered or exported.
     """
     from churnml import tracking
     from churnml.features.build import FeatureConfig
@@ -128,6 +138,7 @@ def train_and_register(settings: Mapping[str, Any]) -> float:
     from churnml.models.registry import registered_name
     from churnml.models.training import add_report, train_and_evaluate
 
+    check_outputs(settings)
     plan = training_plan(settings)
     dataset = load_data(settings["data"], con=engine_connection(settings), materialize=True)
     template = build_model(settings["model"], plan.target, plan.horizon_days)
