@@ -108,10 +108,10 @@ def test_a_mistake_is_one_line_exit_2_and_writes_nothing(case, workdir):
 
 @pytest.mark.slow
 def test_data_problems_are_named_with_file_column_count_and_examples(workdir):
-    path = write_input(workdir, "CustID,ts,amount\nA,2024-01-01,ten\nB,2024-01-02,5\nC,2024-01-03,n/a\n")
+    path = write_input(workdir, "CustID,ts,amount\nA,2024-01-01,ten\nB,2024-01-02,5\nC,2024-01-03,1.2.3\n")
     mapped = run_stage("features", "data=files", f"data.transactions.path={path}",
                        "data.transactions.columns.customer_id=CustID", cwd=workdir)
-    line = assert_one_line_refusal(mapped, "features", path, "column 'amount'", "(2 of 3 rows)", "'ten'", "'n/a'")
+    line = assert_one_line_refusal(mapped, "features", path, "column 'amount'", "(2 of 3 rows)", "'ten'", "'1.2.3'")
     assert line.count("invalid input data") == 1
     two = write_input(workdir, "customer_id,ts,amount\nA,soon,ten\nB,2024-01-02,5\n")
     result = run_stage("features", "data=files", f"data.transactions.path={two}", cwd=workdir)
