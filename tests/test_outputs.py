@@ -17,6 +17,7 @@ from lightgbm import LGBMClassifier
 from mlflow import MlflowClient
 
 from churnml import tracking
+from churnml.errors import UserError
 from churnml.io import files
 from churnml.models import persistence
 from churnml.models.classifier import ChurnModel
@@ -269,3 +270,14 @@ def test_exporting_a_version_in_the_former_pickle_format_is_refused_and_keeps_th
     assert exported_version(target) == "1"
     assert [p.name for p in registry.iterdir()] == ["churnml-churn"]
     shutil.rmtree(target)
+
+
+def test_export_with_a_champion_missing_exports_none(registry, tmp_path):
+    from churnml.jobs import export
+
+    settings = {"train": {"export_dir": str(registry)},
+                "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "export",
+                           "artifact_root": str(tmp_path / "art"), "registered_model_prefix": "churnml"}}
+    with pytest.raises(UserError, match="churnml-repurchase@champion"):
+        export.run(settings)
+    assert not registry.exists() or not any(registry.iterdir())

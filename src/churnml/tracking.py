@@ -418,6 +418,23 @@ def model_version_of(uri: str) -> tuple[str, str]:
     return name, version
 
 
+def require_alias(name: str, alias: str = CHAMPION) -> str:
+    """The version ``alias`` points at in registered model ``name``.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        When the registry has no such model or alias.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException as error:
+        raise _missing_model(f"models:/{name}@{alias}", error) from error
+
+
 def export_model(name: str, directory: str | Path, alias: str = CHAMPION) -> Path:
     """Copy the aliased version of a registered model into ``directory/name`` (MLflow format,
     with ``churnml.json`` naming the version), for batch jobs that cannot reach the tracking

@@ -16,7 +16,7 @@ def run(settings: Mapping[str, Any]) -> list[Path]:
     ------
     churnml.errors.UserError
         Before any export, when ``train.export_dir`` is unset or cannot be written, or the
-        registry does not exist; when the registry has no champion of a target.
+        registry does not exist, or has no champion of a target.
     """
     from churnml import tracking
     from churnml.features.labels import TARGETS
@@ -27,8 +27,11 @@ def run(settings: Mapping[str, Any]) -> list[Path]:
     check_output(settings["train"]["export_dir"], "train.export_dir", "directory")
     check_tracking(settings["mlflow"], reads_registry=True)
     prefix = configure_tracking(settings)["registered_model_prefix"]
-    paths = [tracking.export_model(registered_name(prefix, target), settings["train"]["export_dir"])
-             for target in TARGETS]
+    names = [registered_name(prefix, target) for target in TARGETS]
+    # Every champion is looked up before any is exported: a missing one leaves the directory as it was.
+    for name in names:
+        tracking.require_alias(name)
+    paths = [tracking.export_model(name, settings["train"]["export_dir"]) for name in names]
     for path in paths:
         print(f"exported {path}")
     return paths
