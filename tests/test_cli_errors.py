@@ -235,3 +235,14 @@ def test_the_one_line_of_a_multiline_message():
     from churnml.errors import one_line
 
     assert one_line("first\n  second\n\nthird ") == "first; second; third"
+
+
+@pytest.mark.slow
+def test_notebooks_without_a_champion_refuse_before_running_any(workdir):
+    make_registry = (f"import mlflow; mlflow.set_tracking_uri('sqlite:///{workdir}/mlflow.db'); "
+                     "mlflow.MlflowClient().search_registered_models()")
+    subprocess.run([sys.executable, "-c", make_registry], check=True, capture_output=True, timeout=300)
+    before = tree(workdir)
+    result = run_stage("notebooks", "--output-dir", str(workdir / "reports"), cwd=workdir)
+    assert_one_line_refusal(result, "notebooks", "churnml-churn@champion", "make train")
+    assert tree(workdir) == before

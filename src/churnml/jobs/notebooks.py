@@ -241,6 +241,21 @@ def log_to_champion_run(paths: Sequence[Path], settings: Mapping[str, Any], targ
     return run_id
 
 
+def require_champion(settings: Mapping[str, Any], target: str = "churn") -> None:
+    """Refuse, before any notebook runs, a registry without the champion the reports go to.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        When the registry has no ``<prefix>-<target>@champion``.
+    """
+    from churnml import tracking
+    from churnml.models.registry import CHAMPION, registered_name
+
+    tracking.use_tracking_uri(settings["mlflow"]["tracking_uri"])
+    tracking.require_alias(registered_name(settings["mlflow"]["registered_model_prefix"], target), CHAMPION)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse whose refusals are the stages' one line (``churnml-notebooks: error: ...``, exit 2)."""
 
@@ -256,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     SystemExit
         With code 2 and one line on stderr, before running anything, for an unknown option,
         notebook or parameter, an output directory that cannot be written, or (unless
-        ``--no-mlflow``) overrides that do not compose or a registry that does not exist.
+        ``--no-mlflow``) overrides that do not compose, a registry that does not exist or one
+        without the churn champion.
     """
     parser = _OneLineParser(prog="churnml-notebooks", description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS), help="notebooks to run (default: all)")
@@ -276,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         if not args.no_mlflow:
             settings = compose_settings("score", parameters.get("overrides") or [])
             check_tracking(settings["mlflow"], reads_registry=True)
+            require_champion(settings)
     except (ValueError, FileNotFoundError, UserError) as error:
         parser.error(str(error))
     paths = run_notebooks(args.notebooks, parameters, args.output_dir, args.workdir, args.timeout, progress=True)
