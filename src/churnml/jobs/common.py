@@ -67,9 +67,21 @@ def check_output(path: str | os.PathLike, key: str, kind: Literal["file", "direc
     if not existing.is_dir():
         raise UserError(f"{key}={text} cannot be written: {existing} is a file, not a directory; "
                         f"choose another location")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise UserError(f"{key}={text} cannot be written: {existing.resolve()} is read-only or not yours to write; "
                         f"choose a writable location")
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether a file can be created in ``directory``: mode bits do not bind root, and a
+    read-only or special file system (``/sys``) refuses writes that ``os.access`` allows."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=directory, prefix=".churnml-probe."):
+            return True
+    except OSError:
+        return False
 
 
 def check_tracking(mlflow_settings: Mapping[str, Any], reads_registry: bool = False, instead: str = "") -> None:
