@@ -110,6 +110,7 @@ def staged(target: str | os.PathLike) -> Iterator[Path]:
     the block, after the write: a failure there leaves ``target`` as it was.
     """
     target = Path(target)
+    created = _missing_ancestors(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
     tmp = temporary_path(target)
@@ -118,7 +119,21 @@ def staged(target: str | os.PathLike) -> Iterator[Path]:
         move_into_place(tmp, target)
     except BaseException:
         _remove(tmp)
+        # A refused or failed run leaves no trace, not even the directories made for its output.
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise
+
+
+def _missing_ancestors(target: Path) -> list[Path]:
+    """The directories above ``target`` that do not exist yet, deepest first."""
+    missing = []
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    return missing
 
 
 def move_into_place(new: str | os.PathLike, target: str | os.PathLike) -> None:

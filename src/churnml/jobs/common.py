@@ -132,8 +132,10 @@ def load_model(uri: str, key: str) -> Any:
                         f"or point {key} at an exported model")
     try:
         return tracking.load_model(uri)
-    except UserError:
-        raise
+    except UserError as error:
+        if key in str(error):
+            raise
+        raise UserError(f"{key}: {error}") from error
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, AttributeError,
             ImportError) as error:
         if not is_directory:

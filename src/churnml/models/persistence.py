@@ -293,7 +293,7 @@ def check_model_directory(directory: str | Path, source: str | None = None) -> P
         shown = f"{where}/{relative}"
         if entry.is_symlink():
             raise ModelFormatError(f"{shown} is a link: a churnml model directory holds plain files only; "
-                                   "retrain or re-export the model (churnml-export)")
+                                   "retrain or re-export the model (make train, or make export)")
         if entry.is_dir():
             if relative not in allowed_dirs:
                 raise _unexpected(shown, entry)
@@ -315,10 +315,10 @@ def _unexpected(shown: str, entry: Path) -> ModelFormatError:
     if entry.is_file() and (entry.suffix in {".pkl", ".pickle", ".joblib"} or _is_pickle(entry)):
         return ModelFormatError(f"{shown} is a pickle, which churnml never loads (it could run any code): the model "
                                 "is in an older format or was tampered with; retrain it or re-export it with this "
-                                "version of churnml (churnml-export)")
+                                "version of churnml (make train, or make export)")
     kind = "directory" if entry.is_dir() else "file"
     return ModelFormatError(f"{shown} is a {kind} a churnml model directory does not hold: remove it, or retrain or "
-                            "re-export the model (churnml-export)")
+                            "re-export the model (make train, or make export)")
 
 
 def _is_pickle(path: Path) -> bool:
@@ -335,7 +335,7 @@ def _refused(shown: str, what: str, path: Path | None = None) -> ModelFormatErro
     if path is not None and _is_pickle(path):
         what = "is a pickle, which churnml never loads (it could run any code)"
     return ModelFormatError(f"{shown} {what}: the model directory is damaged or was tampered with; retrain the "
-                            "model or re-export it (churnml-export)")
+                            "model or re-export it (make train, or make export)")
 
 
 def _text(path: Path, shown: str) -> str:
