@@ -304,3 +304,26 @@ def test_rules_the_levels_cannot_work_with_are_refused_naming_the_key(settings, 
     with pytest.raises(UserError, match=None) as error:
         FeatureConfig.from_dict({"levels": settings})
     assert words in str(error.value) and "\n" not in str(error.value)
+
+
+# --------------------------------------------------------------------------------------------
+# The playbook
+# --------------------------------------------------------------------------------------------
+
+
+def test_members_at_risk_of_a_downgrade_get_a_renewal_reminder():
+    from churnml.scoring import policy
+
+    rows = pd.DataFrame([
+        ("core", "high_value_high_potential", "high", 10.0, True),    # an account manager comes first
+        ("dormant", "low_value_low_potential", "high", 50.0, True),   # so does a win-back
+        ("basic", "low_value_high_potential", "medium", 12.0, True),  # before the replenishment reminder
+        ("basic", "low_value_high_potential", "medium", 12.0, False),
+        ("basic", "low_value_low_potential", "low", np.nan, None),    # unknown: not at risk
+    ], columns=["tier", "predicted_value_segment", "risk_band", "days_overdue", "downgrade_at_risk"])
+    assert policy.recommend_actions(rows).tolist() == [
+        "dedicated account manager", "win-back offer", "renewal reminder", "replenishment reminder", "nurture email"]
+    # Without level features nobody is at risk.
+    assert policy.recommend_actions(rows.drop(columns="downgrade_at_risk"))[2] == "replenishment reminder"
+    config = policy.ScoringConfig.from_dict({"playbook": {"keep": {"action": "call", "downgrade_at_risk": False}}})
+    assert policy.recommend_actions(rows, config.playbook, "none").tolist() == ["none", "none", "none", "call", "call"]

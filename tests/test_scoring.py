@@ -912,3 +912,17 @@ def test_reasons_for_is_validated_and_read_from_the_config():
     config = policy.ScoringConfig.from_dict({"reasons_for": "top_fraction", "reasons_top_fraction": 0.35})
     assert (config.reasons_for, config.reasons_top_fraction) == ("top_fraction", 0.35)
     assert policy.ScoringConfig.from_dict({}).reasons_for == "all"
+
+
+def test_the_score_table_carries_the_membership_level_and_the_gap_to_the_next(scores, inputs):
+    features = inputs["churn"].set_index("customer_id")
+    rows = scores.set_index("customer_id")
+    assert rows["membership_level"].tolist() == features.loc[rows.index, "membership_level"].tolist()
+    assert {"normal", "silver", "gold"} <= set(rows["membership_level"])
+    for column in ("next_level_spend_gap", "next_level_repurchase_gap"):
+        np.testing.assert_array_equal(rows[column].to_numpy(dtype=float), features.loc[rows.index, column].to_numpy(dtype=float))
+    # The top level has no next one; below it a gap is never negative.
+    top = rows["membership_level"] == "diamond"
+    assert rows.loc[top, "next_level_spend_gap"].isna().all() and (rows.loc[~top, "next_level_spend_gap"] >= 0).all()
+    at_risk = features.loc[rows.index, "downgrade_at_risk"].to_numpy(dtype=bool)
+    assert (rows.loc[at_risk, "recommended_action"] != "nurture email").all()

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
-import math
+import itertools
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Mapping
 
@@ -244,12 +244,13 @@ def level_orders(transactions: ir.Table, as_of: str | dt.date) -> ir.Table:
 
 @dataclass
 class _Customer:
-    """One customer's orders summed by day, ascending, and where the levels took them."""
+    """One customer's days with orders (ascending) with running totals of what they hold, and
+    where the levels took them."""
 
     days: list[int]
-    nets: list[float]
-    repurchases: list[int]
-    points: list[float]
+    net_totals: list[float]  # net spend of the days before each day (one more entry than days)
+    repurchase_totals: list[int]
+    point_totals: list[float]
     rows: list[list[Any]] = field(default_factory=list)  # [rank, valid_from, reason]
     rank: int = 0
     expiry: int | None = None
@@ -258,18 +259,17 @@ class _Customer:
     def _span(self, first: int, last: int) -> tuple[int, int]:
         return bisect.bisect_left(self.days, first), bisect.bisect_right(self.days, last)
 
-    def spend(self, first: int, last: int) -> float:
+    def window(self, first: int, last: int) -> tuple[float, int]:
+        """Net spend and repurchases of the days ``[first, last]``."""
         start, stop = self._span(first, last)
-        # fsum: exact, so the order in which an engine hands the days over cannot matter.
-        return math.fsum(self.nets[start:stop])
-
-    def repurchase_count(self, first: int, last: int) -> int:
-        start, stop = self._span(first, last)
-        return sum(self.repurchases[start:stop])
+        # Every value has at most VALUE_DECIMALS decimals, so rounding the difference of the
+        # running totals gives the exact sum back: a threshold met exactly is met.
+        spend = round(self.net_totals[stop] - self.net_totals[start], VALUE_DECIMALS)
+        return spend, self.repurchase_totals[stop] - self.repurchase_totals[start]
 
     def point_sum(self, first: int, last: int) -> float:
         start, stop = self._span(first, last)
-        return math.fsum(self.points[start:stop])
+        return self.point_totals[stop] - self.point_totals[start]
 
     def move(self, rank: int, day: int, reason: str) -> None:
         if self.rows and self.rows[-1][1] == day:
@@ -278,28 +278,26 @@ class _Customer:
         self.rank = rank
 
 
-def _qualified(customer: _Customer, first: int, last: int, rules: list[LevelRule]) -> int:
-    """The rank of the highest level the days ``[first, last]`` qualify for (0: the base)."""
-    spend, repurchases = customer.spend(first, last), customer.repurchase_count(first, last)
-    for rank in range(len(rules), 0, -1):
-        rule = rules[rank - 1]
-        if spend >= rule.min_spend and repurchases >= rule.min_repurchases:
-            return rank
-    return 0
+def _qualified(spend: float, repurchases: int, rules: list[LevelRule], above: int = 0) -> int:
+    """The rank of the highest level that ``spend`` and ``repurchases`` meet, or ``above`` when
+    they do not meet the level just above it (thresholds never decrease with the rank)."""
+    rank = above
+    while rank < len(rules) and spend >= rules[rank].min_spend and repurchases >= rules[rank].min_repurchases:
+        rank += 1
+    return rank
 
 
 def _expire(customer: _Customer, config: LevelConfig, rules: list[LevelRule]) -> None:
     """Renew, extend or downgrade the level that expires on ``customer.expiry``."""
     day = customer.expiry
-    first, last = day - config.qualifying_days, day - 1
-    qualified = _qualified(customer, first, last, rules)
+    spend, repurchases = customer.window(day - config.qualifying_days, day - 1)
+    qualified = _qualified(spend, repurchases, rules)
     rule = rules[customer.rank - 1]
     if qualified >= customer.rank:
         reason = "renewal" if qualified == customer.rank else "upgrade"
         customer.move(qualified, day, reason)
         customer.expiry, customer.extended = day + config.validity_days, False
-    elif (not customer.extended and rule.extension_repurchases > 0
-          and customer.repurchase_count(first, last) >= rule.extension_repurchases):
+    elif not customer.extended and 0 < rule.extension_repurchases <= repurchases:
         customer.move(customer.rank, day, "extension")
         customer.expiry, customer.extended = day + rule.extension_days, True
     else:
@@ -314,7 +312,9 @@ def _run(customer: _Customer, as_of_day: int, config: LevelConfig, rules: list[L
     for day in customer.days:
         while customer.expiry is not None and customer.expiry <= day:
             _expire(customer, config, rules)
-        qualified = _qualified(customer, day - config.qualifying_days + 1, day, rules)
+        if customer.rank == len(rules):
+            continue
+        qualified = _qualified(*customer.window(day - config.qualifying_days + 1, day), rules, customer.rank)
         if qualified > customer.rank:
             customer.move(qualified, day, "upgrade")
             customer.expiry, customer.extended = day + config.validity_days, False
@@ -329,29 +329,42 @@ def _customers(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> Ite
     if orders.empty:
         return
     nets = orders["net"].to_numpy(dtype=float).round(VALUE_DECIMALS)
+    # Sorted down to the value, so that every engine's rows give the same sums in the same order.
     frame = pd.DataFrame({
         "customer_id": orders["customer_id"].astype(str).to_numpy(dtype=object),
         "day": orders["day"].to_numpy(dtype=np.int64),
         "net": nets,
         "purchase": orders["purchase"].to_numpy(dtype=bool),
-        # np.trunc: toward zero, so a refund takes back the points its value earned.
-        "points": np.trunc(nets * config.points_per_unit),
     }).sort_values(["customer_id", "day", "net"], kind="stable", ignore_index=True)
-    # The first purchase ever is not a repurchase (a day may hold several orders).
-    first_purchase = frame["purchase"] & ~frame.groupby("customer_id")["purchase"].cumsum().gt(1)
-    frame["repurchase"] = (frame["purchase"] & ~first_purchase).astype(np.int64)
-    by_day = frame.groupby(["customer_id", "day"], sort=True).agg(
-        net=("net", lambda x: math.fsum(x)), repurchase=("repurchase", "sum"), points=("points", "sum"))
-    ids = by_day.index.get_level_values(0).to_numpy(dtype=object)
-    days = by_day.index.get_level_values(1).to_numpy(dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    stops = np.r_[starts[1:], len(ids)]
-    day_list, net_list = days.tolist(), by_day["net"].tolist()
-    rep_list, point_list = by_day["repurchase"].tolist(), by_day["points"].tolist()
+    ids = frame["customer_id"].to_numpy(dtype=object)
+    days = frame["day"].to_numpy(dtype=np.int64)
+    nets = frame["net"].to_numpy(dtype=float)
+    purchase = frame["purchase"].to_numpy(dtype=bool)
+    n = len(frame)
+    new_customer = np.r_[True, ids[1:] != ids[:-1]]
+    # Purchases up to each row within its customer: the first purchase ever is no repurchase.
+    purchases_so_far = np.cumsum(purchase)
+    first_row = np.maximum.accumulate(np.where(new_customer, np.arange(n), 0))
+    within = purchases_so_far - purchases_so_far[first_row] + purchase[first_row]
+    repurchase = (purchase & (within > 1)).astype(np.int64)
+    # np.trunc: toward zero, so a refund takes back the points its value earned.
+    points = np.trunc(nets * config.points_per_unit)
+    day_starts = np.flatnonzero(new_customer | np.r_[True, days[1:] != days[:-1]])
+    day_nets = np.add.reduceat(nets, day_starts).round(VALUE_DECIMALS)
+    day_repurchases = np.add.reduceat(repurchase, day_starts)
+    day_points = np.add.reduceat(points, day_starts)
+    customer_starts = np.flatnonzero(new_customer[day_starts])
+    customer_stops = np.r_[customer_starts[1:], len(day_starts)]
+    day_list, net_list = days[day_starts].tolist(), day_nets.tolist()
+    repurchase_list, point_list = day_repurchases.tolist(), day_points.tolist()
+    customer_ids = ids[day_starts[customer_starts]]
     rules = [rule for _, rule in config.ranked_rules()]
-    for start, stop in zip(starts.tolist(), stops.tolist()):
-        customer = _Customer(day_list[start:stop], net_list[start:stop], rep_list[start:stop], point_list[start:stop])
-        yield ids[start], _run(customer, as_of_day, config, rules)
+    for customer_id, start, stop in zip(customer_ids, customer_starts.tolist(), customer_stops.tolist()):
+        customer = _Customer(day_list[start:stop],
+                             list(itertools.accumulate(net_list[start:stop], initial=0.0)),
+                             list(itertools.accumulate(repurchase_list[start:stop], initial=0)),
+                             list(itertools.accumulate(point_list[start:stop], initial=0.0)))
+        yield customer_id, _run(customer, as_of_day, config, rules)
 
 
 EPOCH = dt.date(1970, 1, 1)
@@ -419,18 +432,17 @@ def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Lev
         spend_gap = repurchase_gap = expiry_days = np.nan
         if rank < len(ranked):
             rule = ranked[rank][1]
-            spend_gap = max(0.0, rule.min_spend - customer.spend(*window))
-            repurchase_gap = float(max(0, rule.min_repurchases - customer.repurchase_count(*window)))
+            spend, repurchases = customer.window(*window)
+            spend_gap = max(0.0, rule.min_spend - spend)
+            repurchase_gap = float(max(0, rule.min_repurchases - repurchases))
         at_risk = False
         if customer.expiry is not None:
             expiry_days = float(customer.expiry - as_of_day)
             rule = ranked[rank - 1][1]
             # The orders so far that will still be in the qualifying period at expiry.
-            counted = (customer.expiry - config.qualifying_days, as_of_day)
-            keeps = (customer.spend(*counted) >= rule.min_spend
-                     and customer.repurchase_count(*counted) >= rule.min_repurchases)
-            extends = (not customer.extended and rule.extension_repurchases > 0
-                       and customer.repurchase_count(*counted) >= rule.extension_repurchases)
+            spend, repurchases = customer.window(customer.expiry - config.qualifying_days, as_of_day)
+            keeps = spend >= rule.min_spend and repurchases >= rule.min_repurchases
+            extends = not customer.extended and 0 < rule.extension_repurchases <= repurchases
             at_risk = expiry_days <= config.notice_days and not (keeps or extends)
         first_point_day = as_of_day - config.points_validity_days + 1 if config.points_validity_days else customer.days[0]
         balance = max(0.0, customer.point_sum(first_point_day, as_of_day))
