@@ -31,6 +31,7 @@ from conftest import frame_dataset
 
 DAY0 = dt.date(2024, 1, 1)
 RULES = LevelConfig(
+    enabled=True,
     rules={"silver": LevelRule(100.0, 1), "gold": LevelRule(300.0, 3, extension_repurchases=4, extension_days=30)},
     qualifying_days=100, validity_days=100, notice_days=20, points_per_unit=2.0, points_validity_days=50,
 )
@@ -270,10 +271,11 @@ def test_levels_at_reads_pandas_and_ibis_histories_alike():
     assert before[["customer_id", "level"]].values.tolist() == [["H", "normal"]]  # K had not joined
 
 
-def test_without_levels_the_feature_table_has_no_level_columns(tiny_transactions):
-    config = FeatureConfig(levels=LevelConfig(enabled=False))
-    columns = build_features(frame_dataset(tiny_transactions), "2024-06-30", config).columns
-    assert not set(LEVEL_FEATURES) & set(columns)
+def test_levels_are_off_unless_configured(tiny_transactions):
+    dataset = frame_dataset(tiny_transactions)
+    assert not set(LEVEL_FEATURES) & set(build_features(dataset, "2024-06-30").columns)
+    config = FeatureConfig.from_dict({"levels": {"enabled": True}})
+    assert set(LEVEL_FEATURES) <= set(build_features(dataset, "2024-06-30", config).columns)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 AS_OF = ("2023-09-30", "2024-12-30")
 # Short periods, so that two years of the shop go through every rule.
-FAST = LevelConfig(rules={"silver": LevelRule(150.0, 1), "gold": LevelRule(400.0, 4, 5, 30)},
+FAST = LevelConfig(enabled=True, rules={"silver": LevelRule(150.0, 1), "gold": LevelRule(400.0, 4, 5, 30)},
                    qualifying_days=120, validity_days=120, notice_days=30, points_validity_days=90)
 
 

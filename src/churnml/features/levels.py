@@ -111,12 +111,15 @@ def _default_rules() -> dict[str, LevelRule]:
 class LevelConfig:
     """Membership levels and points (``features.levels`` in the Hydra config).
 
-    ``rules`` maps each level above ``base_level`` to its :class:`LevelRule`; the levels rank by
+    Off by default (``enabled``): levels describe a loyalty program the shop runs, and shown to a
+    retention team they must be that program's rules; on the demo shop they do not improve the
+    models (README, "Membership levels"), and their state machine about doubles the time of a
+    feature build. ``rules`` maps each level above ``base_level`` to its :class:`LevelRule`; the levels rank by
     their thresholds, which must not decrease in either spend or repurchases from one level to
     the next. Days are whole days; amounts are in the currency of ``amount``.
     """
 
-    enabled: bool = True
+    enabled: bool = False
     base_level: str = "normal"
     rules: Mapping[str, LevelRule] = field(default_factory=_default_rules)
     qualifying_days: int = 365
