@@ -329,3 +329,13 @@ def test_members_at_risk_of_a_downgrade_get_a_renewal_reminder():
     assert policy.recommend_actions(rows.drop(columns="downgrade_at_risk"))[2] == "replenishment reminder"
     config = policy.ScoringConfig.from_dict({"playbook": {"keep": {"action": "call", "downgrade_at_risk": False}}})
     assert policy.recommend_actions(rows, config.playbook, "none").tolist() == ["none", "none", "none", "call", "call"]
+
+
+def test_the_level_mix_lists_every_level():
+    from churnml.loyalty.levels import level_mix
+
+    history = level_history(frame_dataset(LINES).transactions, "2024-02-10", RULES)
+    mix = level_mix(history, "2024-01-25", RULES)  # H silver since Jan 20; K not yet a customer
+    assert mix.to_dict("list") == {"level": ["normal", "silver", "gold"], "customers": [0, 1, 0], "share": [0.0, 1.0, 0.0]}
+    assert level_mix(to_frame(history), "2024-02-10", RULES)["customers"].tolist() == [0, 2, 0]
+    assert level_mix(to_frame(history), "2023-12-31", RULES)["share"].tolist() == [0.0, 0.0, 0.0]
