@@ -15,6 +15,7 @@ from lightgbm import LGBMClassifier
 from churnml import explain
 from churnml.features import dates, segments, snapshots
 from churnml.features.build import FeatureConfig
+from churnml.features.levels import LevelConfig
 from churnml.features.segments import TIERS, VALUE_SEGMENTS
 from churnml.features.snapshots import snapshot_table
 from churnml.jobs.score import model_uris
@@ -912,3 +913,27 @@ def test_reasons_for_is_validated_and_read_from_the_config():
     config = policy.ScoringConfig.from_dict({"reasons_for": "top_fraction", "reasons_top_fraction": 0.35})
     assert (config.reasons_for, config.reasons_top_fraction) == ("top_fraction", 0.35)
     assert policy.ScoringConfig.from_dict({}).reasons_for == "all"
+
+
+def test_the_score_table_carries_the_membership_level_and_the_gap_to_the_next(dataset, models, scores):
+    # Without levels (the default) the columns are there, empty.
+    assert scores["membership_level"].isna().all() and scores["next_level_spend_gap"].isna().all()
+    # Models trained without levels score a feature table with them.
+    config = FeatureConfig(levels=LevelConfig(enabled=True))
+    inputs = table.model_inputs(snapshots.feature_frame(dataset, dataset.last_date, config), models)
+    with_levels = table.score_customers(inputs, models, dataset.last_date)
+    pd.testing.assert_frame_equal(with_levels.drop(columns=[*table.LEVEL_COLUMNS, "recommended_action"]),
+                                  scores.drop(columns=[*table.LEVEL_COLUMNS, "recommended_action"]).assign(
+                                      churn_model_name="churn", churn_model_version="unknown",
+                                      repurchase_model_name="repurchase", repurchase_model_version="unknown"))
+    features = inputs["churn"].set_index("customer_id")
+    rows = with_levels.set_index("customer_id")
+    assert rows["membership_level"].tolist() == features.loc[rows.index, "membership_level"].tolist()
+    assert {"normal", "silver", "gold"} <= set(rows["membership_level"])
+    for column in ("next_level_spend_gap", "next_level_repurchase_gap"):
+        np.testing.assert_array_equal(rows[column].to_numpy(dtype=float), features.loc[rows.index, column].to_numpy(dtype=float))
+    # The top level has no next one; below it a gap is never negative.
+    top = rows["membership_level"] == "diamond"
+    assert rows.loc[top, "next_level_spend_gap"].isna().all() and (rows.loc[~top, "next_level_spend_gap"] >= 0).all()
+    at_risk = features.loc[rows.index, "downgrade_at_risk"].to_numpy(dtype=bool)
+    assert (rows.loc[at_risk, "recommended_action"] != "nurture email").all()

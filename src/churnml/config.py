@@ -250,6 +250,7 @@ class PlaybookRuleSettings:
     predicted_value_segment: Optional[List[str]] = None
     risk_band: Optional[List[str]] = None
     overdue: Optional[bool] = None
+    downgrade_at_risk: Optional[bool] = None
 
 
 _SCORING_DEFAULTS = ScoringConfig()

@@ -20,6 +20,7 @@ import ibis.expr.types as ir
 import pandas as pd
 
 from churnml.features.dates import as_date
+from churnml.features.levels import LevelConfig, add_level_features
 from churnml.features.segments import ANNUAL_REFUND, SegmentConfig, add_segments
 from churnml.io.load import Dataset
 
@@ -43,6 +44,7 @@ class FeatureConfig:
     peer_column: str | None = None
     interaction_kinds: tuple[str, ...] = ("login", "visit", "email_open", "support_ticket")
     segments: SegmentConfig = field(default_factory=SegmentConfig)
+    levels: LevelConfig = field(default_factory=LevelConfig)
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "FeatureConfig":
@@ -54,6 +56,8 @@ class FeatureConfig:
                 values[key] = tuple(values[key])
         if "segments" in values:
             values["segments"] = SegmentConfig.from_dict(values["segments"])
+        if "levels" in values and not isinstance(values["levels"], LevelConfig):
+            values["levels"] = LevelConfig.from_dict(values["levels"])
         return cls(**values)
 
     def __post_init__(self) -> None:
@@ -368,7 +372,9 @@ def to_frame(table: ir.Table) -> pd.DataFrame:
 def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig()) -> ir.Table:
     """The feature table at ``cutoff``: one row per customer with a transaction on or before it.
 
-    Columns that need interactions or customers are absent when those tables are absent.
+    Columns that need interactions or customers are absent when those tables are absent; the
+    membership-level columns (:data:`churnml.features.levels.LEVEL_FEATURES`) are absent when
+    ``config.levels.enabled`` is false.
     """
     cutoff = as_date(cutoff)
     today = epoch_day(cutoff)
@@ -384,6 +390,8 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
     if dataset.customers is not None:
         table = _with_customers(table, dataset.customers, cutoff, today)
     table = add_segments(table, config.segments, has_interactions=dataset.interactions is not None)
+    if config.levels.enabled:
+        table = add_level_features(table, dataset.transactions, cutoff, config.levels)
     table = table.mutate(cutoff=ibis.literal(cutoff, type="date"))
     return table.drop("first_seen_ts", "first_purchase_ts", "last_purchase_ts", ANNUAL_REFUND).order_by("customer_id")
 

@@ -57,6 +57,9 @@ class PlaybookRule:
     overdue : bool, optional
         ``True``: only customers whose next purchase is overdue (``days_overdue > 0``);
         ``False``: only those who are not.
+    downgrade_at_risk : bool, optional
+        ``True``: only members whose level expires soon without what keeps it
+        (:mod:`churnml.features.levels`); ``False``: only those who are not.
     """
 
     name: str
@@ -66,6 +69,7 @@ class PlaybookRule:
     predicted_value_segment: tuple[str, ...] | None = None
     risk_band: tuple[str, ...] | None = None
     overdue: bool | None = None
+    downgrade_at_risk: bool | None = None
 
     def __post_init__(self) -> None:
         allowed = {"tier": TIERS, "value_segment": VALUE_SEGMENTS, "predicted_value_segment": VALUE_SEGMENTS,
@@ -100,6 +104,7 @@ DEFAULT_PLAYBOOK = (
     PlaybookRule("high_value_at_risk", "dedicated account manager",
                  predicted_value_segment=("high_value_high_potential", "high_value_low_potential"), risk_band=("high",)),
     PlaybookRule("win_back", "win-back offer", tier=("dormant",)),
+    PlaybookRule("renewal_reminder", "renewal reminder", downgrade_at_risk=True),
     PlaybookRule("replenishment", "replenishment reminder", overdue=True, risk_band=("high", "medium")),
     PlaybookRule("upgrade", "upgrade offer", tier=("potential",)),
     PlaybookRule("loyalty", "loyalty reward", tier=("core",), risk_band=("low",)),
@@ -280,7 +285,8 @@ def recommend_actions(
     ----------
     rows : pandas.DataFrame
         Columns ``tier``, ``value_segment``, ``predicted_value_segment``, ``risk_band`` and, for rules about overdue
-        purchases, ``days_overdue`` (missing counts as not overdue).
+        purchases, ``days_overdue`` (missing counts as not overdue); for rules about levels,
+        ``downgrade_at_risk`` (missing or absent counts as not at risk).
     """
     actions = np.full(len(rows), None, dtype=object)
     undecided = np.ones(len(rows), dtype=bool)
@@ -295,6 +301,10 @@ def recommend_actions(
             if overdue is None:
                 overdue = (pd.to_numeric(rows["days_overdue"], errors="coerce").fillna(0.0) > 0).to_numpy()
             match &= overdue if rule.overdue else ~overdue
+        if rule.downgrade_at_risk is not None:
+            at_risk = (rows["downgrade_at_risk"].fillna(False).to_numpy(dtype=bool) if "downgrade_at_risk" in rows
+                       else np.zeros(len(rows), dtype=bool))
+            match &= at_risk if rule.downgrade_at_risk else ~at_risk
         actions[match] = rule.action
         undecided &= ~match
     actions[undecided] = default_action

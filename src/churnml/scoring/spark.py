@@ -59,7 +59,7 @@ from churnml.models.contributions import model_scores, with_tree_tables
 from churnml.scoring.policy import ReasonCut, ScoringConfig, reason_cut
 from churnml.scoring.reasons import ReasonContext, peer_norms, quotes_peers, stable_norm
 from churnml.scoring.summary import summary_of_groups
-from churnml.scoring.table import ModelIdentity, model_inputs, score_columns, score_customers
+from churnml.scoring.table import LEVEL_COLUMNS, ModelIdentity, model_inputs, score_columns, score_customers
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +295,7 @@ def summarize_scores(scores: Any, n_top_reasons: int = 5) -> dict[str, Any]:
 
 def score_schema(n_reasons: int = 3) -> str:
     """The Spark schema of the score rows (:func:`churnml.scoring.table.score_columns`)."""
-    numbers = {"churn_probability", "repurchase_probability", "ltv",
+    numbers = {"churn_probability", "repurchase_probability", "ltv", *LEVEL_COLUMNS[1:],
                *(f"reason_{k}_contribution" for k in range(1, n_reasons + 1))}
     kinds = {column: "double" if column in numbers else "date" if column == "as_of" else "string"
              for column in score_columns(n_reasons)}

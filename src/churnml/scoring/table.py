@@ -20,6 +20,10 @@ writes the file. One output row per customer:
   to the riskiest share of customers (``top_fraction``): the others get empty (null) reason
   columns, and their contributions are not computed.
 - ``tier``: the loyalty tier of the feature table.
+- ``membership_level``, ``next_level_spend_gap``, ``next_level_repurchase_gap``: the membership
+  level at ``as_of`` and what the customer's last ``qualifying_days`` still lack for the next
+  level (net spend, repurchases; missing at the top level), from the feature table
+  (:mod:`churnml.features.levels`); all missing when ``features.levels.enabled`` is false.
 - ``value_segment``: the feature table's value x potential (LTV against the peers' median x
   buying at least as often lately), the segment the model may quote as a reason.
 - ``predicted_value_segment``: the same vocabulary at scoring time: value is high when the
@@ -71,6 +75,8 @@ log = logging.getLogger(__name__)
 from churnml.features.labels import TARGETS
 
 FORMATS = ("parquet", "csv")
+# The membership level and the gap to the next one, as the feature table has them.
+LEVEL_COLUMNS = ("membership_level", "next_level_spend_gap", "next_level_repurchase_gap")
 # Said when no contribution reads the way it pushes: nothing stands out rather than noise.
 NO_RISK_FACTOR = "no behaviour stands out"
 
@@ -87,7 +93,7 @@ def score_columns(n_reasons: int = 3) -> list[str]:
     reasons = [c for k in range(1, n_reasons + 1)
                for c in (f"reason_{k}", f"reason_{k}_feature", f"reason_{k}_contribution")]
     return ["customer_id", "as_of", "churn_probability", "repurchase_probability", "risk_band", *reasons,
-            "tier", "value_segment", "predicted_value_segment", "ltv", "recommended_action",
+            "tier", *LEVEL_COLUMNS, "value_segment", "predicted_value_segment", "ltv", "recommended_action",
             "churn_model_name", "churn_model_version", "repurchase_model_name", "repurchase_model_version"]
 
 
@@ -233,6 +239,8 @@ def score_customers(
         "predicted_value_segment": predicted_segments,
         "risk_band": bands,
         "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
+        "downgrade_at_risk": (churn_inputs["downgrade_at_risk"].fillna(False).to_numpy(dtype=bool)
+                              if "downgrade_at_risk" in churn_inputs else False),
     })
     columns: dict[str, Any] = {
         "customer_id": _text_column(churn_inputs["customer_id"]),
@@ -248,6 +256,7 @@ def score_customers(
         columns[f"reason_{k}_contribution"] = contributions[:, slot]
     columns.update({
         "tier": tiers,
+        **_level_columns(churn_inputs),
         "value_segment": segments,
         "predicted_value_segment": predicted_segments,
         # Cents: sums of amounts may differ in the last bits between engine runs.
@@ -259,6 +268,16 @@ def score_customers(
         columns[f"{target}_model_version"] = _text_by_code([str(identities[target].version)],
                                                            np.zeros(len(churn_inputs), np.int64))
     return pd.DataFrame(columns)[score_columns(config.n_reasons)]
+
+
+def _level_columns(inputs: pd.DataFrame) -> dict[str, Any]:
+    """The score table's level columns from the feature table; missing values where it has none."""
+    n = len(inputs)
+    level = (_text_column(inputs["membership_level"]) if "membership_level" in inputs
+             else _text_array(np.full(n, None, dtype=object)))
+    gaps = {c: (pd.to_numeric(inputs[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan) if c in inputs
+                else np.full(n, np.nan)) for c in LEVEL_COLUMNS[1:]}
+    return {"membership_level": level, **gaps}
 
 
 def _reason_filter(inputs: pd.DataFrame, context: ReasonContext, config: ScoringConfig, positions: np.ndarray,

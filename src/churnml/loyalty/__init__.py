@@ -1,0 +1,1 @@
+"""Loyalty: membership levels, KPIs, cohorts, migration and surveys, as tables for retention teams."""
