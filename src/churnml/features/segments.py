@@ -103,7 +103,7 @@ class SegmentConfig:
     basic: TierRule = field(default_factory=lambda: DEFAULT_TIER_RULES["basic"])
     # Dormant: no purchase and no interaction in this many days (and annual spend under basic's).
     dormant_days: int = 180
-    # New: first purchase within this many days.
+    # New: first purchase within this many days (0: no customer is new).
     new_days: int = 90
     ltv_expected_years: float = 3.0
     # Purchases per year are observed over at least this many days, so a customer's first order
