@@ -12,7 +12,7 @@ import pytest
 
 from churnml.features import build as features
 from churnml.features.build import FeatureConfig, build_features
-from churnml.features.segments import SegmentConfig, lifetime_value, loyalty_tier, purchases_per_year
+from churnml.features.segments import TIERS, SegmentConfig, lifetime_value, purchases_per_year
 from conftest import frame_dataset
 
 CUTOFF = "2024-06-30"
@@ -214,43 +214,6 @@ def test_windows_must_increase():
 
 # --- tiers, LTV ---------------------------------------------------------------------------
 
-def tier_of(spend, orders, tenure, recency, rate=None, config=SegmentConfig()):
-    row = {"spend_365d": [float(spend)], "orders_365d": [orders], "tenure_days": [float(tenure)],
-           "frequency": [orders], "recency_days": [float(recency)]}
-    if rate is not None:
-        row["interactions_per_month"] = [float(rate)]
-    table = ibis.memtable(pd.DataFrame(row))
-    return ibis.duckdb.connect().execute(loyalty_tier(table, config, has_interactions=rate is not None).name("t"))[0]
-
-
-@pytest.mark.parametrize(
-    "spend, orders, tenure, recency, rate, expected",
-    [
-        (5000, 4, 400, 10, 2.0, "core"),
-        (4999.99, 4, 400, 10, 2.0, "potential"),
-        (5000, 4, 100, 10, 2.0, "potential"),  # the first order in the year is not a repurchase
-        (5000, 4, 400, 10, 1.99, "potential"),
-        (2000, 2, 400, 10, 1.0, "potential"),
-        (2000, 2, 400, 10, 0.99, "basic"),
-        (1999.99, 3, 400, 10, 5.0, "basic"),
-        (500, 1, 400, 10, 0.0, "basic"),
-        (499.99, 9, 400, 10, 5.0, "dormant"),
-        (9000, 9, 400, 179, 5.0, "core"),
-        (9000, 9, 400, 180, 5.0, "dormant"),
-        (5000, 4, 400, 10, None, "core"),  # without interactions, the interaction minimum is not applied
-    ],
-)
-def test_tier_boundaries(spend, orders, tenure, recency, rate, expected):
-    assert tier_of(spend, orders, tenure, recency, rate) == expected
-
-
-def test_tier_thresholds_come_from_config():
-    from churnml.features.segments import TierRule
-
-    config = SegmentConfig(core=TierRule(100.0, 1, 0.0))
-    assert tier_of(600, 2, 400, 10, 0.0, config) == "core"
-
-
 def test_ltv_is_net_order_value_times_yearly_purchases_times_years():
     # Net spend per order: 300 / 6 = 50; 80 / 1; refunds above purchases count as no value; no order.
     frame = pd.DataFrame({"net_spend": [300.0, 80.0, -20.0, 0.0], "frequency": [6, 1, 2, 0],
@@ -265,9 +228,21 @@ def test_ltv_is_net_order_value_times_yearly_purchases_times_years():
 
 
 def test_every_customer_gets_a_tier_and_segment(tiny_features):
-    assert set(tiny_features["tier"]) <= {"core", "potential", "basic", "dormant"}
+    assert set(tiny_features["tier"]) <= set(TIERS)
     assert tiny_features["value_segment"].notna().all()
     assert tiny_features.loc["A", "value_segment"].startswith("high_value")
+
+
+def test_tiers_of_the_tiny_shop_by_hand(tiny_features):
+    # Relative minimums over A (net 400, 3 repurchases), B (650, 3) and C (80 less a refund of 40, 0):
+    # core 550 and 3, potential 400 and 3, basic 184 and 1.2. A: 6 interactions in 90 days, 2.03 a
+    # month (potential needs 1, core 650); B: 1 in 90 days, 0.34 a month; C bought 29 days ago.
+    assert tiny_features["tier"].to_dict() == {"A": "potential", "B": "basic", "C": "new"}
+
+
+def test_the_usual_gap_is_the_own_mean_gap_else_the_peers_median(tiny_features):
+    # A every 30 days; B 123 days over 3 gaps; C one purchase: the median of 30 and 41.
+    assert tiny_features["usual_gap_days"].to_dict() == pytest.approx({"A": 30.0, "B": 41.0, "C": 35.5})
 
 
 # --- leakage -----------------------------------------------------------------------------
@@ -365,7 +340,7 @@ def test_an_order_cancelled_in_full_has_no_value(tmp_path):
     table = features_at(load_text(tmp_path, CANCELLED_IN_FULL), "2011-01-31")
     x1 = table.loc["X1"]
     assert (x1.frequency, x1.net_spend, x1.ltv) == (1, 0, 0)
-    assert x1.tier == "dormant"
+    assert x1.tier == "new"  # bought 13 days before as_of; tiers of net value: test_tiers_rank_net_annual_spend
     assert x1.value_segment.startswith("low_value")
     assert table["ltv"].to_dict() == pytest.approx({
         "X1": 0.0,
@@ -383,7 +358,8 @@ def test_tiers_rank_net_annual_spend(tmp_path):
     # would be "core" (5,000 and four repurchases); 4,400 net is "potential".
     rows = "".join(f"o{i},C,2024-0{i}-10 10:00:00,1100\n" for i in range(1, 6))
     text = "order_id,customer_id,ts,amount\n" + rows + "r1,C,2024-06-01 10:00:00,-1100\n"
-    c = features_at(load_text(tmp_path, text), "2024-06-30").loc["C"]
+    absolute = FeatureConfig(segments=SegmentConfig(thresholds="absolute"))
+    c = features_at(load_text(tmp_path, text), "2024-06-30", absolute).loc["C"]
     assert (c.spend_365d, c.net_spend, c.frequency) == (5500, 4400, 5)
     assert c.tier == "potential"
 

@@ -322,7 +322,7 @@ def test_members_at_risk_of_a_downgrade_get_a_renewal_reminder():
         ("basic", "low_value_high_potential", "medium", 12.0, True),  # before the replenishment reminder
         ("basic", "low_value_high_potential", "medium", 12.0, False),
         ("basic", "low_value_low_potential", "low", np.nan, None),    # unknown: not at risk
-    ], columns=["tier", "predicted_value_segment", "risk_band", "days_overdue", "downgrade_at_risk"])
+    ], columns=["tier", "predicted_value_segment", "risk_band", "days_past_usual_gap", "downgrade_at_risk"])
     assert policy.recommend_actions(rows).tolist() == [
         "dedicated account manager", "win-back offer", "renewal reminder", "replenishment reminder", "nurture email"]
     # Without level features nobody is at risk.

@@ -370,18 +370,56 @@ def test_playbook_first_matching_rule_wins():
     rows = pd.DataFrame([
         ("core", "high_value_high_potential", "high", 10.0),     # high value at high risk
         ("dormant", "high_value_low_potential", "high", 50.0),   # high value beats dormant
-        ("dormant", "low_value_low_potential", "high", 50.0),    # dormant
+        ("dormant", "low_value_low_potential", "high", 50.0),    # dormant, past the usual gap
+        ("dormant", "low_value_low_potential", "high", 0.0),     # dormant, within it: no win-back
+        ("dormant", "low_value_low_potential", "low", -20.0),    # dormant, within it
+        ("new", "low_value_high_potential", "medium", -40.0),
+        ("one_time", "low_value_low_potential", "high", 5.0),    # one purchase, past the peers' gap
+        ("one_time", "low_value_low_potential", "high", -5.0),
         ("basic", "low_value_high_potential", "medium", 12.0),   # overdue and at risk
         ("basic", "low_value_high_potential", "low", 12.0),      # overdue but low risk
         ("potential", "low_value_high_potential", "medium", -3.0),
         ("core", "high_value_high_potential", "low", np.nan),
         ("core", "high_value_high_potential", "medium", np.nan),
         ("basic", "low_value_low_potential", "high", np.nan),    # nothing matches
-    ], columns=["tier", "predicted_value_segment", "risk_band", "days_overdue"])
+    ], columns=["tier", "predicted_value_segment", "risk_band", "days_past_usual_gap"])
     actions = policy.recommend_actions(rows)
     assert actions.tolist() == ["dedicated account manager", "dedicated account manager", "win-back offer",
-                                "replenishment reminder", "nurture email", "upgrade offer", "loyalty reward",
-                                "nurture email", "nurture email"]
+                                "nurture email", "nurture email", "welcome series", "second-purchase offer",
+                                "nurture email", "replenishment reminder", "nurture email", "upgrade offer",
+                                "loyalty reward", "nurture email", "nurture email"]
+
+
+def test_the_default_playbook_sends_no_win_back_offer_within_the_usual_gap():
+    import itertools
+
+    combos = list(itertools.product(TIERS, VALUE_SEGMENTS, VALUE_SEGMENTS, policy.RISK_BANDS,
+                                    [-30.0, -0.5, 0.0, 0.5, 30.0, np.nan]))
+    rows = pd.DataFrame(combos, columns=["tier", "value_segment", "predicted_value_segment", "risk_band",
+                                         "days_past_usual_gap"])
+    win_back = policy.recommend_actions(rows) == "win-back offer"
+    assert win_back.any()
+    assert (rows.loc[win_back, "days_past_usual_gap"] > 0).all()
+    assert set(rows.loc[win_back, "tier"]) == {"dormant"}
+
+
+def test_days_past_the_usual_gap():
+    features = pd.DataFrame({"recency_days": [40.0, 10.0, np.nan, 50.0], "usual_gap_days": [30.0, 35.5, np.nan, np.nan],
+                             "days_overdue": [10.0, np.nan, np.nan, np.nan]})
+    np.testing.assert_array_equal(policy.days_past_usual_gap(features), [10.0, -25.5, np.nan, np.nan])
+    # A feature table written before usual_gap_days: its days_overdue (two purchases or more).
+    np.testing.assert_array_equal(policy.days_past_usual_gap(features.drop(columns="usual_gap_days")),
+                                  [10.0, np.nan, np.nan, np.nan])
+    assert np.isnan(policy.days_past_usual_gap(features[["recency_days"]])).all()
+
+
+def test_no_scored_customer_gets_a_win_back_offer_within_their_usual_gap(scores, inputs):
+    features = inputs["churn"]
+    win_back = (scores["recommended_action"] == "win-back offer").to_numpy()
+    within = (features["recency_days"] <= features["usual_gap_days"]).to_numpy()
+    assert win_back.any() and within.any()
+    assert not (win_back & within).any()
+    assert set(scores.loc[win_back, "tier"]) == {"dormant"}
 
 
 def test_playbook_comes_from_config_in_order():

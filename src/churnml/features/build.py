@@ -265,6 +265,22 @@ def _derive_order_features(
     return t.select("customer_id", "first_seen_ts", "first_purchase_ts", "last_purchase_ts", **derived, **(extra or {}))
 
 
+def usual_gap(table: ir.Table) -> ir.FloatingValue:
+    """The gap, in days, a customer usually leaves between purchases: their own mean gap with two
+    purchases or more; with one, the peers' (the median mean gap of the customers in ``table``
+    with two or more, so ``table`` must be the whole population at one ``as_of``); null without
+    a purchase, or when no customer has two.
+
+    A customer is *within their usual gap* while ``recency_days <= usual_gap_days``.
+    """
+    peers = table.mean_gap_days.quantile(0.5).over(ibis.window())
+    return ibis.cases(
+        (table.frequency >= 2, table.mean_gap_days),
+        (table.frequency == 1, peers),
+        else_=ibis.null("float64"),
+    )
+
+
 def _rate_ratio(
     short_value: ir.NumericValue, short_days: int, long_value: ir.NumericValue, long_days: int, age_days: ir.NumericValue
 ) -> ir.FloatingValue:
@@ -389,6 +405,7 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
         table = _with_interactions(table, interaction_features(dataset.interactions, cutoff, config), today, config)
     if dataset.customers is not None:
         table = _with_customers(table, dataset.customers, cutoff, today)
+    table = table.mutate(usual_gap_days=usual_gap(table))
     table = add_segments(table, config.segments, has_interactions=dataset.interactions is not None)
     if config.levels.enabled:
         table = add_level_features(table, dataset.transactions, cutoff, config.levels)

@@ -3,6 +3,23 @@
 The Ibis functions add columns to a feature table and work on any Ibis backend; the value segment
 also has a score-time view (:func:`predicted_value_segment`), with potential read from the
 repurchase model instead of the recent buying rate.
+
+Tiers (:func:`loyalty_tier`) are read on the tier year, the 365 days ending on ``as_of``: its net
+spend, the repurchases in it and the interaction rate. Every rule is a conjunction, and the
+first rule a customer meets, in the order of :data:`TIER_PRECEDENCE`, is their tier:
+
+- ``new``: first purchase within the last ``new_days`` days, whatever else;
+- ``one_time``: a single purchase ever, made before that (never repurchased);
+- ``core`` / ``potential`` / ``basic``: annual spend, repurchases and interactions per month
+  all at least the tier's minimums;
+- ``dormant``: annual spend under basic's minimum, no purchase and no interaction in the last
+  ``dormant_days`` days;
+- ``occasional``: none of the above (the fallback: repeat customers below basic who still
+  buy or interact).
+
+Spend and repurchase minimums are ``absolute`` (currency of ``amount``, counts) or ``relative``
+to the shop: quantiles of the annual spend and repurchases of the customers who bought in the
+tier year, at the same ``as_of``.
 """
 
 from __future__ import annotations
@@ -15,7 +32,16 @@ import ibis.expr.types as ir
 import numpy as np
 import pandas as pd
 
-TIERS = ("core", "potential", "basic", "dormant")
+from churnml.errors import UserValueError
+
+# From the lowest churn risk to the highest, as reasons rank them (the order of the demo shop's
+# 90-day churn rates by tier: new customers, who just bought, churn less than basic ones).
+TIERS = ("core", "potential", "new", "basic", "occasional", "one_time", "dormant")
+# The order the rules are tried in: the first one a customer meets is their tier.
+TIER_PRECEDENCE = ("new", "one_time", "core", "potential", "basic", "dormant", "occasional")
+RANKED_TIERS = ("core", "potential", "basic")
+THRESHOLD_KINDS = ("absolute", "relative")
+TIER_YEAR_DAYS = 365
 # Refunds dated in the tier window, kept beside the window's spend so that tiers rank net value.
 ANNUAL_REFUND = "_refund_365d"
 VALUE_SEGMENTS = (
@@ -28,72 +54,187 @@ VALUE_SEGMENTS = (
 
 @dataclass(frozen=True)
 class TierRule:
-    """Minimums a customer meets to reach a tier (spend over the last 365 days)."""
+    """The minimums a customer meets, all at once, to reach a ranked tier (core, potential, basic).
 
-    min_annual_spend: float
-    min_repurchases: int
+    Parameters
+    ----------
+    min_annual_spend : float
+        ``thresholds=absolute``: net spend of the tier year, in the currency of ``amount``.
+    min_repurchases : int
+        ``thresholds=absolute``: purchases in the tier year that are not the customer's first.
+    min_interactions_per_month : float
+        Interactions per month (over ``features.interaction_window_days``), under either kind of
+        thresholds; 0 requires nothing. Not applied without an interactions table.
+    spend_quantile, repurchases_quantile : float
+        ``thresholds=relative``: levels in [0, 1]; the minimum is that quantile (interpolated) of
+        the annual spend, resp. repurchases, of the customers who bought in the tier year.
+    """
+
+    min_annual_spend: float = 0.0
+    min_repurchases: int = 0
     min_interactions_per_month: float = 0.0
+    spend_quantile: float = 0.0
+    repurchases_quantile: float = 0.0
+
+
+# (absolute minimums, relative quantile levels) of each ranked tier, by default.
+DEFAULT_TIER_RULES = {
+    "core": TierRule(5000.0, 4, 2.0, spend_quantile=0.8, repurchases_quantile=0.8),
+    "potential": TierRule(2000.0, 2, 1.0, spend_quantile=0.5, repurchases_quantile=0.5),
+    "basic": TierRule(500.0, 1, 0.0, spend_quantile=0.2, repurchases_quantile=0.2),
+}
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """Tier thresholds, value/potential split and the LTV horizon."""
+    """Tier rules, value/potential split and the LTV horizon (``features.segments``).
 
-    core: TierRule = field(default_factory=lambda: TierRule(5000.0, 4, 2.0))
-    potential: TierRule = field(default_factory=lambda: TierRule(2000.0, 2, 1.0))
-    basic: TierRule = field(default_factory=lambda: TierRule(500.0, 1, 0.0))
+    Raises
+    ------
+    churnml.errors.UserValueError
+        For an unknown ``thresholds`` kind, a negative minimum or number of days, a quantile
+        outside [0, 1], or ranked tiers whose minimums do not descend from core to basic.
+    """
+
+    # absolute: the TierRule minimums, in currency; relative: quantiles of the shop's tier year.
+    thresholds: str = "relative"
+    core: TierRule = field(default_factory=lambda: DEFAULT_TIER_RULES["core"])
+    potential: TierRule = field(default_factory=lambda: DEFAULT_TIER_RULES["potential"])
+    basic: TierRule = field(default_factory=lambda: DEFAULT_TIER_RULES["basic"])
+    # Dormant: no purchase and no interaction in this many days (and annual spend under basic's).
     dormant_days: int = 180
+    # New: first purchase within this many days (0: no customer is new).
+    new_days: int = 90
     ltv_expected_years: float = 3.0
     # Purchases per year are observed over at least this many days, so a customer's first order
     # does not extrapolate to a frantic yearly rate.
     min_rate_exposure_days: int = 90
     value_quantile: float = 0.5
 
+    def __post_init__(self) -> None:
+        where = "features.segments"
+        if self.thresholds not in THRESHOLD_KINDS:
+            raise UserValueError(f"{where}.thresholds={self.thresholds} is not one of "
+                                 f"{', '.join(THRESHOLD_KINDS)}: use one of them")
+        for key in ("dormant_days", "new_days", "min_rate_exposure_days"):
+            if getattr(self, key) < 0:
+                raise UserValueError(f"{where}.{key}={getattr(self, key)}: give a number of days, 0 or more")
+        if self.dormant_days == 0:
+            raise UserValueError(f"{where}.dormant_days=0: give a positive number of days (180 by default)")
+        for tier in RANKED_TIERS:
+            rule = getattr(self, tier)
+            for key in ("min_annual_spend", "min_repurchases", "min_interactions_per_month"):
+                if getattr(rule, key) < 0:
+                    raise UserValueError(f"{where}.{tier}.{key}={getattr(rule, key)}: give a minimum of 0 or more")
+            for key in ("spend_quantile", "repurchases_quantile"):
+                if not 0.0 <= getattr(rule, key) <= 1.0:
+                    raise UserValueError(f"{where}.{tier}.{key}={getattr(rule, key)}: give a quantile level in [0, 1]")
+        # A higher tier with a lower minimum would take the lower tier's customers: refuse it.
+        compared = ("min_interactions_per_month",) + (
+            ("spend_quantile", "repurchases_quantile") if self.thresholds == "relative"
+            else ("min_annual_spend", "min_repurchases"))
+        for higher, lower in zip(RANKED_TIERS, RANKED_TIERS[1:]):
+            for key in compared:
+                high, low = getattr(getattr(self, higher), key), getattr(getattr(self, lower), key)
+                if high < low:
+                    raise UserValueError(f"{where}.{higher}.{key}={high} is below {where}.{lower}.{key}={low}: "
+                                         f"give {higher} a minimum at least {lower}'s")
+
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]) -> "SegmentConfig":
-        """Build from the ``features.segments`` config node (tiers as mappings of their minimums)."""
+        """Build from the ``features.segments`` config node (tiers as mappings of their minimums).
+
+        Raises
+        ------
+        churnml.errors.UserValueError
+            For a key a tier rule does not know, or a value :class:`SegmentConfig` refuses.
+        """
         values = dict(settings)
-        for tier in ("core", "potential", "basic"):
+        for tier in RANKED_TIERS:
             if tier in values and not isinstance(values[tier], TierRule):
-                values[tier] = TierRule(**values[tier])
+                given = dict(values[tier])
+                unknown = sorted(set(given) - set(TierRule.__dataclass_fields__))
+                if unknown:
+                    raise UserValueError(f"features.segments.{tier} has unknown keys {unknown}: "
+                                         f"use {sorted(TierRule.__dataclass_fields__)}")
+                values[tier] = TierRule(**{**DEFAULT_TIER_RULES[tier].__dict__, **given})
         return cls(**values)
 
 
-def _annual_columns(table: ir.Table) -> tuple[ir.Value, ir.Value]:
-    """Net spend of the last 365 days (purchases less the refunds dated in them, at least 0) and
-    repurchases in them."""
+def annual_spend(table: ir.Table) -> ir.FloatingValue:
+    """Net spend of the tier year: purchases less the refunds dated in it, at least 0 (currency)."""
     if "spend_365d" not in table.columns or "orders_365d" not in table.columns:
         raise ValueError("tiers need the 365-day window: keep 365 in features.windows_days")
-    spend, orders = table.spend_365d, table.orders_365d
+    spend = table.spend_365d
     if ANNUAL_REFUND in table.columns:
         spend = (spend - table[ANNUAL_REFUND].fill_null(0.0)).clip(lower=0.0)
-    first_in_year = (table.tenure_days < 365) & (table.frequency > 0)
-    repurchases = (orders - first_in_year.ifelse(1, 0)).clip(lower=0)
-    return spend, repurchases
+    return spend
+
+
+def annual_repurchases(table: ir.Table) -> ir.IntegerValue:
+    """Purchases in the tier year less the customer's first purchase when it falls in the year."""
+    first_in_year = (table.purchase_age_days < TIER_YEAR_DAYS).fill_null(False)
+    return (table.orders_365d - first_in_year.ifelse(1, 0)).clip(lower=0)
+
+
+def tier_minimums(table: ir.Table, config: SegmentConfig) -> dict[str, tuple[ir.NumericValue, ir.NumericValue]]:
+    """Each ranked tier's (annual spend, repurchases) minimums.
+
+    ``absolute``: the rules' numbers. ``relative``: the rules' quantiles of the annual spend and
+    repurchases of the customers with a purchase in the tier year, over the whole table (a
+    window over every row: run it on the feature table of one ``as_of``). Without such a
+    customer the relative minimums are null, and no customer meets them.
+    """
+    if config.thresholds == "absolute":
+        return {tier: (ibis.literal(float(getattr(config, tier).min_annual_spend)),
+                       ibis.literal(float(getattr(config, tier).min_repurchases))) for tier in RANKED_TIERS}
+    bought = table.orders_365d > 0
+    # Null outside the population: quantiles skip nulls (a FILTER clause would not run on Spark windows).
+    spend = bought.ifelse(annual_spend(table), ibis.null("float64"))
+    repurchases = bought.ifelse(annual_repurchases(table).cast("float64"), ibis.null("float64"))
+    everyone = ibis.window()
+    return {tier: (spend.quantile(getattr(config, tier).spend_quantile).over(everyone),
+                   repurchases.quantile(getattr(config, tier).repurchases_quantile).over(everyone))
+            for tier in RANKED_TIERS}
+
+
+def tier_conditions(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> dict[str, ir.BooleanValue]:
+    """Each tier's rule as a boolean column (null where a comparison is unknown, which no tier meets).
+
+    Needs ``spend_365d``, ``orders_365d``, ``frequency``, ``purchase_age_days``,
+    ``recency_days`` and, with interactions, ``interactions_per_month`` and
+    ``days_since_interaction``. Without an interactions table the interaction conditions (the
+    ranked tiers' rate minimums, dormant's "no interaction") cannot be read and are left out.
+    """
+    spend, repurchases = annual_spend(table), annual_repurchases(table)
+    minimums = tier_minimums(table, config)
+    conditions: dict[str, ir.BooleanValue] = {
+        "new": table.purchase_age_days < config.new_days,
+        "one_time": table.frequency == 1,
+    }
+    for tier in RANKED_TIERS:
+        min_spend, min_repurchases = minimums[tier]
+        meets = (spend >= min_spend) & (repurchases >= min_repurchases)
+        min_rate = getattr(config, tier).min_interactions_per_month
+        if has_interactions and min_rate > 0:
+            meets = meets & (table.interactions_per_month >= min_rate)
+        conditions[tier] = meets
+    no_purchase = table.recency_days.isnull() | (table.recency_days >= config.dormant_days)
+    # An unknown basic minimum (nobody bought in the year) is one that no spend reaches.
+    basic_spend = minimums["basic"][0]
+    dormant = (basic_spend.isnull() | (spend < basic_spend)) & no_purchase
+    if has_interactions:
+        dormant = dormant & (table.days_since_interaction.isnull() | (table.days_since_interaction >= config.dormant_days))
+    conditions["dormant"] = dormant
+    return conditions
 
 
 def loyalty_tier(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> ir.StringValue:
-    """core / potential / basic / dormant, by the thresholds in ``config``.
-
-    Without an interactions table the interaction minimums cannot be checked and are skipped.
-    """
-    spend, repurchases = _annual_columns(table)
-    rate = table.interactions_per_month if has_interactions else None
-
-    def meets(rule: TierRule) -> ir.BooleanValue:
-        ok = (spend >= rule.min_annual_spend) & (repurchases >= rule.min_repurchases)
-        if rate is not None and rule.min_interactions_per_month > 0:
-            ok = ok & (rate >= rule.min_interactions_per_month)
-        return ok
-
-    inactive = table.recency_days.isnull() | (table.recency_days >= config.dormant_days)
-    dormant = inactive | (spend < config.basic.min_annual_spend)
-    return ibis.cases(
-        (dormant, "dormant"),
-        (meets(config.core), "core"),
-        (meets(config.potential), "potential"),
-        else_="basic",
-    )
+    """The first tier of :data:`TIER_PRECEDENCE` whose rule (:func:`tier_conditions`) the
+    customer meets; ``occasional`` when they meet none."""
+    conditions = tier_conditions(table, config, has_interactions)
+    return ibis.cases(*((conditions[tier].fill_null(False), tier) for tier in TIER_PRECEDENCE[:-1]),
+                      else_=TIER_PRECEDENCE[-1])
 
 
 def purchases_per_year(table: ir.Table, config: SegmentConfig) -> ir.FloatingValue:

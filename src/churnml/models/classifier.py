@@ -16,8 +16,9 @@ from churnml.errors import UserError
 
 log = logging.getLogger(__name__)
 
-# Identifiers, the label, and per-snapshot constants that carry no information about a customer.
-NON_FEATURES = frozenset({"customer_id", "cutoff", "label", "peer_interactions_per_month"})
+# Identifiers, the label, per-snapshot constants that carry no information about a customer, and
+# the playbook's usual gap (mean_gap_days where known, else such a constant).
+NON_FEATURES = frozenset({"customer_id", "cutoff", "label", "peer_interactions_per_month", "usual_gap_days"})
 PREPROCESSING = ("native", "scaled")
 CALIBRATION = ("isotonic", "sigmoid", "none")
 PRIORS = (None, "bgnbd")

@@ -55,8 +55,9 @@ class PlaybookRule:
     tier, value_segment, predicted_value_segment, risk_band : tuple of str, optional
         Allowed values of those columns.
     overdue : bool, optional
-        ``True``: only customers whose next purchase is overdue (``days_overdue > 0``);
-        ``False``: only those who are not.
+        ``True``: only customers past their usual gap between purchases (``recency_days >
+        usual_gap_days``, see :func:`days_past_usual_gap`); ``False``: only those within it (or
+        without a usual gap: no purchase yet).
     downgrade_at_risk : bool, optional
         ``True``: only members whose level expires soon without what keeps it
         (:mod:`churnml.features.levels`); ``False``: only those who are not.
@@ -100,11 +101,15 @@ class PlaybookRule:
         return cls(name=name, **values)
 
 
+# A win-back offer goes to dormant customers past their usual gap only: a customer who buys twice
+# a year is not lost after six silent months.
 DEFAULT_PLAYBOOK = (
     PlaybookRule("high_value_at_risk", "dedicated account manager",
                  predicted_value_segment=("high_value_high_potential", "high_value_low_potential"), risk_band=("high",)),
-    PlaybookRule("win_back", "win-back offer", tier=("dormant",)),
+    PlaybookRule("win_back", "win-back offer", tier=("dormant",), overdue=True),
     PlaybookRule("renewal_reminder", "renewal reminder", downgrade_at_risk=True),
+    PlaybookRule("welcome", "welcome series", tier=("new",)),
+    PlaybookRule("second_purchase", "second-purchase offer", tier=("one_time",), overdue=True),
     PlaybookRule("replenishment", "replenishment reminder", overdue=True, risk_band=("high", "medium")),
     PlaybookRule("upgrade", "upgrade offer", tier=("potential",)),
     PlaybookRule("loyalty", "loyalty reward", tier=("core",), risk_band=("low",)),
@@ -276,6 +281,30 @@ def rows_with_reasons(config: ScoringConfig, churn_probability: np.ndarray, cust
     return np.flatnonzero((p > cut.probability) | tied)
 
 
+def days_past_usual_gap(features: pd.DataFrame) -> np.ndarray:
+    """Days since the last purchase less the customer's usual gap (positive: past it), NaN without one.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        ``recency_days`` and ``usual_gap_days`` (:func:`churnml.features.build.usual_gap`); a
+        feature table without ``usual_gap_days`` (written by an older churnml) gives
+        ``days_overdue``, the same for customers with two purchases or more and NaN for the others.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(customers,)`` float64, in days.
+    """
+    if "usual_gap_days" in features and "recency_days" in features:
+        recency = pd.to_numeric(features["recency_days"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        gap = pd.to_numeric(features["usual_gap_days"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        return recency - gap
+    if "days_overdue" in features:
+        return pd.to_numeric(features["days_overdue"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    return np.full(len(features), np.nan)
+
+
 def recommend_actions(
     rows: pd.DataFrame, playbook: Sequence[PlaybookRule] = DEFAULT_PLAYBOOK, default_action: str = DEFAULT_ACTION
 ) -> np.ndarray:
@@ -285,8 +314,13 @@ def recommend_actions(
     ----------
     rows : pandas.DataFrame
         Columns ``tier``, ``value_segment``, ``predicted_value_segment``, ``risk_band`` and, for rules about overdue
-        purchases, ``days_overdue`` (missing counts as not overdue); for rules about levels,
-        ``downgrade_at_risk`` (missing or absent counts as not at risk).
+        purchases, ``days_past_usual_gap`` (:func:`days_past_usual_gap`; missing counts as within the gap);
+        for rules about levels, ``downgrade_at_risk`` (missing or absent counts as not at risk).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(rows,)`` object: one action per row.
     """
     actions = np.full(len(rows), None, dtype=object)
     undecided = np.ones(len(rows), dtype=bool)
@@ -299,7 +333,7 @@ def recommend_actions(
                 match &= rows[column].isin(allowed).to_numpy()
         if rule.overdue is not None:
             if overdue is None:
-                overdue = (pd.to_numeric(rows["days_overdue"], errors="coerce").fillna(0.0) > 0).to_numpy()
+                overdue = (pd.to_numeric(rows["days_past_usual_gap"], errors="coerce").fillna(0.0) > 0).to_numpy()
             match &= overdue if rule.overdue else ~overdue
         if rule.downgrade_at_risk is not None:
             at_risk = (rows["downgrade_at_risk"].fillna(False).to_numpy(dtype=bool) if "downgrade_at_risk" in rows

@@ -32,7 +32,7 @@ writes the file. One output row per customer:
 - ``ltv``: the feature table's lifetime value (net order value after refunds x purchases per year x
   expected years), not adjusted for the churn risk.
 - ``recommended_action``: the first playbook rule that matches tier, segments, risk band and
-  whether a purchase is overdue.
+  whether the customer is past their usual gap between purchases (``usual_gap_days``).
 - ``churn_model_name`` / ``churn_model_version`` and the same for the repurchase model.
 
 For LightGBM models with small trees (the default has 7 leaves) probabilities and exact
@@ -63,6 +63,7 @@ from churnml.models.contributions import ReasonFilter, model_scores
 from churnml.scoring.policy import (
     ReasonCut,
     ScoringConfig,
+    days_past_usual_gap,
     reason_signs,
     recommend_actions,
     risk_band,
@@ -238,7 +239,7 @@ def score_customers(
         "value_segment": segments,
         "predicted_value_segment": predicted_segments,
         "risk_band": bands,
-        "days_overdue": churn_inputs["days_overdue"].to_numpy() if "days_overdue" in churn_inputs else np.nan,
+        "days_past_usual_gap": days_past_usual_gap(churn_inputs),
         "downgrade_at_risk": (churn_inputs["downgrade_at_risk"].fillna(False).to_numpy(dtype=bool)
                               if "downgrade_at_risk" in churn_inputs else False),
     })
