@@ -1,0 +1,1 @@
+"""The loyalty programme: membership levels, KPIs, migration between tiers and levels, surveys."""
