@@ -80,7 +80,7 @@ def test_bad_answers_are_named_with_file_column_count_and_examples(tmp_path):
 
 @pytest.mark.parametrize(("kind", "score", "ok"), [
     ("nps", 0, True), ("nps", 10, True), ("nps", -1, False), ("nps", 10.5, False),
-    ("csat", 1, True), ("csat", 5, True), ("csat", 6, False),
+    ("nps", 1e300, False), ("csat", 1, True), ("csat", 5, True), ("csat", 6, False),
     ("ces", 1, True), ("ces", 7, True), ("ces", 0, False), ("ces", 8, False),
 ])
 def test_the_ends_of_each_scale(tiny_transactions, kind, score, ok):
@@ -97,6 +97,13 @@ def test_text_that_is_no_number_is_named_once(tmp_path):
     with pytest.raises(DataValidationError) as err:
         load_survey_csv(tmp_path, text)
     assert str(err.value).endswith("column 'score': is not a number (1 of 2 rows); e.g. row 1: 'nine'")
+
+
+def test_an_infinite_score_is_named_once(tmp_path):
+    text = "customer_id,ts,kind,score\nA,2024-01-01,nps,inf\nA,2024-01-02,nps,9\n"
+    with pytest.raises(DataValidationError) as err:
+        load_survey_csv(tmp_path, text)
+    assert str(err.value).endswith("column 'score': is not a finite number (1 of 2 rows); e.g. row 1: 'inf'")
 
 
 def test_files_data_reads_surveys_with_mapped_columns(tmp_path):

@@ -19,6 +19,26 @@ MISSING_MARKERS = (
 
 
 @dataclass(frozen=True)
+class AnswerScales:
+    """The scale a number column's values must be on, by the value of a text column.
+
+    Parameters
+    ----------
+    column
+        The number column (a survey's ``score``).
+    by
+        The text column that picks the scale (a survey's ``kind``).
+    scales
+        Value of ``by`` to the ``(low, high)`` of its scale: whole numbers from low to high.
+        Rows whose ``by`` value is not listed are left to the check of allowed values.
+    """
+
+    column: str
+    by: str
+    scales: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """Columns of one input table of the contract.
 
@@ -38,8 +58,7 @@ class TableSpec:
         Text column to the values it may hold; other values are refused (compared without case
         or surrounding blanks, and kept lower-case).
     scales
-        Answer scales of a number column by the value of a text column: ``(column, by,
-        {value: (low, high)})``. A value must be a whole number from ``low`` to ``high``.
+        The scale a number column's values must be on, by the value of a text column.
     """
 
     name: str
@@ -48,7 +67,7 @@ class TableSpec:
     keep_extra: bool = False
     unique: tuple[str, ...] = ()
     allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    scales: tuple[str, str, dict[str, tuple[int, int]]] | None = None
+    scales: AnswerScales | None = None
 
     @property
     def optional(self) -> tuple[str, ...]:
@@ -103,7 +122,7 @@ SURVEYS = TableSpec(
     kinds={"customer_id": "id", "ts": "timestamp", "kind": "string", "score": "number", "channel": "string"},
     required=("customer_id", "ts", "kind", "score"),
     allowed={"kind": tuple(SURVEY_SCALES)},
-    scales=("score", "kind", SURVEY_SCALES),
+    scales=AnswerScales("score", "kind", SURVEY_SCALES),
 )
 
 SPECS: dict[str, TableSpec] = {s.name: s for s in (TRANSACTIONS, INTERACTIONS, CUSTOMERS, SURVEYS)}

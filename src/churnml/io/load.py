@@ -21,7 +21,15 @@ import ibis.expr.datatypes as idt
 import ibis.expr.types as ir
 import pandas as pd
 
-from churnml.io.contract import MISSING_MARKERS, SPECS, DataValidationError, Problem, TableReport, TableSpec
+from churnml.io.contract import (
+    MISSING_MARKERS,
+    SPECS,
+    AnswerScales,
+    DataValidationError,
+    Problem,
+    TableReport,
+    TableSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -525,7 +533,7 @@ def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> d
     for col in (c for c in spec.allowed if c in both.columns):
         aggs[f"unknown_{col}"] = _not_allowed(both, spec, col).sum()
     if spec.scales is not None:
-        aggs[f"off_scale_{spec.scales[0]}"] = _off_scale(both, spec).sum()
+        aggs[f"off_scale_{spec.scales.column}"] = _off_scale(both, spec.scales).sum()
     if "amount" in both.columns:
         aggs["zero_amount"] = (both.amount == 0).sum()
     frame = both.aggregate(**aggs).to_pandas()
@@ -561,18 +569,20 @@ def _not_allowed(both: ir.Table, spec: TableSpec, col: str) -> ir.BooleanValue:
     return ~_missing(both[RAW_PREFIX + col]) & ~both[col].isin(spec.allowed[col])
 
 
-def _off_scale(both: ir.Table, spec: TableSpec) -> ir.BooleanValue:
+def _off_scale(both: ir.Table, rule: AnswerScales) -> ir.BooleanValue:
     """A number off the answer scale of its row's kind: below, above, or between whole numbers.
 
-    Rows whose kind is unknown or whose number is missing or unparsed are counted by their own checks.
+    Rows whose kind is unknown or whose number is missing, unparsed or infinite are counted by
+    their own checks.
     """
-    column, by, scales = spec.scales  # type: ignore[misc]
-    value = both[column]
+    value = both[rule.column]
     on_scale = ibis.cases(
-        *((both[by] == kind, value.between(low, high) & (value == value.floor())) for kind, (low, high) in scales.items()),
+        # A remainder, not floor(): Ibis casts floor() to an integer, which inf or 1e300 overflows.
+        *((both[rule.by] == kind, value.between(low, high) & (value % 1 == 0))
+          for kind, (low, high) in rule.scales.items()),
         else_=True,
     )
-    return value.notnull() & ~on_scale
+    return value.notnull() & ~_infinite(value) & ~on_scale
 
 
 def _find_problems(
@@ -609,12 +619,13 @@ def _find_problems(
         Problem(label, col, message, n_bad, n_rows, _examples(both, col, predicate))
         for col, message, n_bad, predicate in found
     ]
-    if spec.scales is not None and checks.get(f"off_scale_{spec.scales[0]}"):
-        col, by, scales = spec.scales
-        ranges = ", ".join(f"{kind} {low}-{high}" for kind, (low, high) in scales.items())
-        predicate = _off_scale(both, spec)
-        problems.append(Problem(label, col, f"is off the answer scale of its {by} (whole numbers: {ranges})",
-                                checks[f"off_scale_{col}"], n_rows, _examples(both, col, predicate, beside=by)))
+    rule = spec.scales
+    if rule is not None and checks.get(f"off_scale_{rule.column}"):
+        ranges = ", ".join(f"{kind} {low}-{high}" for kind, (low, high) in rule.scales.items())
+        problems.append(Problem(
+            label, rule.column, f"is off the answer scale of its {rule.by} (whole numbers: {ranges})",
+            checks[f"off_scale_{rule.column}"], n_rows, _examples(both, rule.column, _off_scale(both, rule), beside=rule.by),
+        ))
     return problems
 
 
