@@ -240,7 +240,7 @@ def simulate_shop(
     Notes
     -----
     For the default three-year period expect roughly 12 orders, 22 order
-    lines, 23 interactions and 2 survey answers per customer. Timestamps are
+    lines, 23 interactions and 3 survey answers per customer. Timestamps are
     naive ``datetime64[us]`` with whole seconds. The survey answers draw from
     a random stream of their own, so the other tables do not depend on them.
     """
