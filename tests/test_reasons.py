@@ -221,3 +221,16 @@ def test_the_compiled_choice_follows_signs_and_eligibility_as_by_row(n):
     np.testing.assert_array_equal(chosen, expected[1])
     assert not (chosen[signs < 0] > 0).any()
     assert not (chosen[signs > 0] < 0).any() and (indices == -1).any()
+
+
+def test_survey_answers_are_said_with_their_scale_and_nps_group():
+    rows = pd.DataFrame({"last_nps": [3.0, 8.0, 10.0, np.nan], "nps_detractor": [True, False, False, False],
+                         "nps_promoter": [False, False, True, False], "last_csat": [2.0, 4.0, 5.0, np.nan]})
+    context = reasons.ReasonContext(peers={"last_nps": 8.0, "last_csat": 4.0})
+    assert said("nps_detractor", rows, context) == [
+        "latest NPS answer 3 of 10: a detractor", "latest NPS answer 8 of 10: a passive",
+        "latest NPS answer 10 of 10: a promoter", "no NPS answer yet"]
+    assert allowed("nps_detractor", rows, context) == [True, False, False, False]
+    assert allowed("nps_promoter", rows, context, DOWN) == [False, False, True, False]
+    assert said("last_nps", rows, context)[0] == "latest NPS answer 3 of 10: a detractor, peers 8"
+    assert said("last_csat", rows, context)[0] == "latest satisfaction answer 2 of 5, peers 4"

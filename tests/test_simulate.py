@@ -12,6 +12,7 @@ from churnml.simulate import (
     CATEGORIES,
     CHANNELS,
     INTERACTION_KINDS,
+    SURVEY_CHANNELS,
     simulate_shop,
     write_shop,
 )
@@ -23,6 +24,7 @@ N_CUSTOMERS = 5_000
 TRANSACTION_COLUMNS = ["customer_id", "ts", "amount", "order_id", "quantity", "category", "channel"]
 INTERACTION_COLUMNS = ["customer_id", "ts", "kind", "channel"]
 CUSTOMER_COLUMNS = ["customer_id", "signup_ts", "region", "age", "acquisition_channel"]
+SURVEY_COLUMNS = ["customer_id", "ts", "kind", "score", "channel"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,7 @@ def _welch_t(a: pd.Series, b: pd.Series) -> float:
 def test_same_seed_gives_identical_frames():
     first = simulate_shop(800, seed=11)
     second = simulate_shop(800, seed=11)
-    assert first.keys() == second.keys() == {"transactions", "interactions", "customers"}
+    assert first.keys() == second.keys() == {"transactions", "interactions", "customers", "surveys"}
     for name in first:
         pd.testing.assert_frame_equal(first[name], second[name])
 
@@ -98,6 +100,22 @@ def test_interactions_follow_contract(shop):
     assert it["customer_id"].isin(shop["customers"]["customer_id"]).all()
 
 
+def test_surveys_follow_contract(shop):
+    surveys = shop["surveys"]
+    assert list(surveys.columns) == SURVEY_COLUMNS
+    for column in ("customer_id", "kind", "channel"):
+        assert pd.api.types.is_string_dtype(surveys[column]), column
+    assert pd.api.types.is_datetime64_dtype(surveys["ts"]) and surveys["ts"].dt.tz is None
+    assert surveys["score"].dtype == np.int64
+    assert set(surveys["kind"]) == {"nps", "csat", "ces"}
+    scales = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
+    for kind, (low, high) in scales.items():
+        assert surveys.loc[surveys["kind"] == kind, "score"].between(low, high).all(), kind
+    assert set(surveys["channel"]) <= set(SURVEY_CHANNELS)
+    assert surveys["ts"].is_monotonic_increasing
+    assert surveys["customer_id"].isin(shop["customers"]["customer_id"]).all()
+
+
 def test_customers_follow_contract(shop):
     customers = shop["customers"]
     assert list(customers.columns) == CUSTOMER_COLUMNS
@@ -120,7 +138,7 @@ def test_customers_follow_contract(shop):
 
 @pytest.mark.parametrize(
     ("table", "column"),
-    [("transactions", "ts"), ("interactions", "ts"), ("customers", "signup_ts")],
+    [("transactions", "ts"), ("interactions", "ts"), ("customers", "signup_ts"), ("surveys", "ts")],
 )
 def test_timestamps_stay_inside_period(shop, table, column):
     ts = shop[table][column]
@@ -131,14 +149,14 @@ def test_timestamps_stay_inside_period(shop, table, column):
 def test_period_end_is_respected_for_other_windows():
     start, end = pd.Timestamp("2024-03-15 12:00"), pd.Timestamp("2024-06-10 08:30")
     tables = simulate_shop(300, start=str(start), end=str(end), seed=1)
-    time_columns = {"transactions": "ts", "interactions": "ts", "customers": "signup_ts"}
+    time_columns = {"transactions": "ts", "interactions": "ts", "customers": "signup_ts", "surveys": "ts"}
     for name, column in time_columns.items():
         ts = tables[name][column]
         assert ts.min() >= start, name
         assert ts.max() < end, name
 
 
-@pytest.mark.parametrize("table", ["transactions", "interactions"])
+@pytest.mark.parametrize("table", ["transactions", "interactions", "surveys"])
 def test_signup_precedes_activity(shop, table):
     first_seen = shop[table].groupby("customer_id")["ts"].min().rename("first_seen")
     joined = shop["customers"].set_index("customer_id").join(first_seen, how="inner")
@@ -170,8 +188,8 @@ def test_orders_have_one_to_four_lines(shop):
 
 def test_no_two_rows_are_identical(shop):
     """Loaders drop exact duplicate rows, so the simulator must not produce any."""
-    assert not shop["transactions"].duplicated().any()
-    assert not shop["interactions"].duplicated().any()
+    for name in ("transactions", "interactions", "surveys"):
+        assert not shop[name].duplicated().any(), name
 
 
 def test_refunds_are_negative_lines_with_own_order_ids(shop, orders):
@@ -251,6 +269,57 @@ def test_support_tickets_rise_before_customers_go_quiet(shop):
     assert ticket[quiet].mean() > 1.5 * ticket[~quiet].mean()
 
 
+def test_other_tables_do_not_depend_on_the_surveys(monkeypatch):
+    """Without the survey answers, or with another survey stream, the other tables are the same."""
+    import churnml.simulate as simulate
+
+    with_surveys = simulate_shop(600, seed=5)
+    monkeypatch.setattr(simulate, "_simulate_surveys", lambda *args: pd.DataFrame())
+    monkeypatch.setattr(simulate, "SURVEY_STREAM", 99)
+    without = simulate_shop(600, seed=5)
+    for name in ("transactions", "interactions", "customers"):
+        pd.testing.assert_frame_equal(with_surveys[name], without[name])
+
+
+def test_survey_response_is_realistic_and_every_month_has_answers(shop):
+    surveys = shop["surveys"]
+    per_customer = surveys["kind"].value_counts() / N_CUSTOMERS
+    # Over three years: a relationship NPS about every 120 days answered by a quarter, CSAT after
+    # about one order in eight, CES after under a third of support tickets.
+    assert 0.8 <= per_customer["nps"] <= 1.6
+    assert 1.0 <= per_customer["csat"] <= 2.0
+    assert 0.05 <= per_customer["ces"] <= 0.4
+    months = surveys.groupby([surveys["ts"].dt.to_period("M"), "kind"]).size().unstack(fill_value=0)
+    assert len(months) == 36
+    assert (months[["nps", "csat"]] > 0).all().all()
+
+
+def test_survey_scores_fall_before_customers_stop(shop, orders):
+    """Answers in the last 90 days before a customer's last order are lower for those who stop.
+
+    NPS is the Reichheld score: % of 9-10 answers minus % of 0-6 answers.
+    """
+    last_order = orders.groupby("customer_id")["ts"].max().rename("last_order")
+    surveys = shop["surveys"].join(last_order, on="customer_id")
+    final = surveys[(surveys["ts"] > surveys["last_order"] - pd.Timedelta(days=90))
+                    & (surveys["ts"] <= surveys["last_order"])]
+    stopped = final["last_order"] < END - pd.Timedelta(days=180)
+    nps = final[final["kind"] == "nps"]
+    stop_nps = nps.loc[stopped, "score"]
+    stay_nps = nps.loc[~stopped, "score"]
+
+    def net_promoter(scores: pd.Series) -> float:
+        return 100 * ((scores >= 9).mean() - (scores <= 6).mean())
+
+    assert len(stop_nps) > 150 and len(stay_nps) > 300
+    assert net_promoter(stop_nps) < net_promoter(stay_nps) - 10
+    assert _welch_t(stop_nps, stay_nps) < -3
+    csat = final[final["kind"] == "csat"]
+    assert csat.loc[stopped, "score"].mean() < csat.loc[~stopped, "score"].mean()
+    # A steady customer's NPS is in the range of real retail programmes.
+    assert 20 < net_promoter(stay_nps) < 50
+
+
 def test_interactions_track_purchase_rate(shop, orders):
     """Among long-standing active customers, frequent buyers interact more per day.
 
@@ -315,6 +384,7 @@ def test_tiny_shop_still_follows_contract():
     tables = simulate_shop(1, start="2024-05-01", end="2024-05-02", seed=0)
     assert list(tables["transactions"].columns) == TRANSACTION_COLUMNS
     assert list(tables["interactions"].columns) == INTERACTION_COLUMNS
+    assert list(tables["surveys"].columns) == SURVEY_COLUMNS
     assert len(tables["customers"]) == 1
 
 
@@ -352,7 +422,7 @@ def test_write_shop_round_trips_csv(shop_to_write, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
     assert paths["transactions"].read_text().splitlines()[1].count("T") >= 1
 
-    time_columns = {"transactions": ["ts"], "interactions": ["ts"], "customers": ["signup_ts"]}
+    time_columns = {"transactions": ["ts"], "interactions": ["ts"], "customers": ["signup_ts"], "surveys": ["ts"]}
     for name, frame in shop_to_write.items():
         loaded = pd.read_csv(paths[name], parse_dates=time_columns[name])
         assert list(loaded.columns) == list(frame.columns)

@@ -29,7 +29,7 @@ from test_stage_score import save_exported
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-TABLES = ("transactions", "interactions", "customers")
+TABLES = ("transactions", "interactions", "customers", "surveys")
 CUTOFFS = ("2024-03-31", "2024-12-30")
 RELATIVE_TOLERANCE = 1e-9
 
@@ -136,6 +136,7 @@ def test_spark_builds_the_same_features_as_duckdb(duckdb_shop, spark_shop, cutof
     assert len(expected) > 1000
     assert {"core", "dormant"} <= set(expected["tier"]), "the demo shop should reach several tiers"
     assert expected["value_segment"].nunique() == 4
+    assert expected["last_nps"].notna().sum() > 200 and expected["nps_detractor"].any(), "survey features need answers"
     assert_same_features(expected, on_spark.to_pandas())
 
 
@@ -190,6 +191,37 @@ def test_bad_amounts_in_a_csv_are_counted_on_spark(tmp_path, spark):
     assert "row 2: '12,5'" in message and "row 4: 'ten'" in message
     assert "column 'amount': is not a finite number (1 of 6 rows); e.g. row 5: 'inf'" in message
     assert "column 'amount': is empty or marked missing (NA, NULL ...) (1 of 6 rows); e.g. row 6: 'NA'" in message
+
+
+def test_survey_scores_by_month_are_the_same_on_spark(duckdb_shop, spark_shop):
+    from churnml.loyalty.surveys import survey_scores
+
+    def by_month(dataset: Dataset) -> pd.DataFrame:
+        surveys = dataset.surveys
+        table = survey_scores(surveys.mutate(month=surveys.ts.truncate("M")), ["month"]).order_by("month")
+        return table.to_pandas()
+
+    expected = by_month(duckdb_shop)
+    assert len(expected) == 24 and expected["n_nps"].sum() > 1000
+    actual = by_month(spark_shop)
+    assert actual["month"].tolist() == expected["month"].tolist()
+    for column in ("nps", "n_nps", "csat", "n_csat", "ces", "n_ces"):
+        np.testing.assert_allclose(actual[column].to_numpy(dtype=float), expected[column].to_numpy(dtype=float),
+                                   rtol=RELATIVE_TOLERANCE, equal_nan=True, err_msg=column)
+
+
+def test_bad_survey_answers_are_counted_on_spark(tmp_path, spark):
+    tx = tmp_path / "tx.csv"
+    tx.write_text("customer_id,ts,amount\nA,2024-01-01,10\n")
+    path = tmp_path / "surveys.csv"
+    path.write_text("customer_id,ts,kind,score\nA,2024-01-01,nps,9\nA,2024-01-02,NPS,11\nA,2024-01-03,csat,4.5\n"
+                    "A,2024-01-04,survey,3\nA,2024-01-05,Ces ,7\nA,2024-01-06,nps,1e300\n")
+    with pytest.raises(DataValidationError) as err:
+        load_dataset(TableSource(path=str(tx)), surveys=TableSource(path=str(path)), con=spark)
+    message = str(err.value)
+    assert "column 'kind': is not one of nps, csat, ces (compared without case) (1 of 6 rows); e.g. row 4: 'survey'" in message
+    assert ("column 'score': is off the answer scale of its kind (whole numbers: nps 0-10, csat 1-5, ces 1-7) "
+            "(3 of 6 rows); e.g. row 2: '11' ('NPS'), row 3: '4.5' ('csat'), row 6: '1e300' ('nps')") in message
 
 
 def test_inputs_of_real_extracts_give_the_same_features_on_spark(tmp_path, spark):

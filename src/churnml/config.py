@@ -143,6 +143,7 @@ def _table_files(spec: TableSpec) -> type:
 TransactionsFiles = _table_files(SPECS["transactions"])
 InteractionsFiles = _table_files(SPECS["interactions"])
 CustomersFiles = _table_files(SPECS["customers"])
+SurveysFiles = _table_files(SPECS["surveys"])
 
 
 @dataclass
@@ -163,6 +164,7 @@ class DataSettings:
     transactions: TransactionsFiles = field(default_factory=TransactionsFiles)  # type: ignore[valid-type]
     interactions: InteractionsFiles = field(default_factory=InteractionsFiles)  # type: ignore[valid-type]
     customers: CustomersFiles = field(default_factory=CustomersFiles)  # type: ignore[valid-type]
+    surveys: SurveysFiles = field(default_factory=SurveysFiles)  # type: ignore[valid-type]
     cleaning: CleaningSettings = field(default_factory=CleaningSettings)  # type: ignore[valid-type]
 
 

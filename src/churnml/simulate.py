@@ -1,10 +1,11 @@
-"""Synthetic shop: customers, transaction lines and interactions.
+"""Synthetic shop: customers, transaction lines, interactions and survey answers.
 
 The simulator plants the behaviour a churn model is supposed to learn.
 Every customer has a latent lifetime; in the months before it ends most
 (not all) customers buy less often, spend less per order and interact
-less, while raising more support tickets. Some customers who stay have a
-temporary dip as well, so warning signs carry real but imperfect signal.
+less, while raising more support tickets and giving lower survey scores.
+Some customers who stay have a temporary dip as well, so warning signs
+carry real but imperfect signal.
 
 Event times are drawn as an inhomogeneous Poisson process, one calendar
 month at a time for all customers at once: per-customer counts come from
@@ -120,6 +121,32 @@ AGE_MISSING_SHARE = 0.05
 
 MIN_LINE_AMOUNT = 0.50
 
+# Survey answers come from a random stream of their own (spawn key of the seed), so that the
+# other tables are the same with and without them.
+SURVEY_STREAM = 1
+SURVEY_KINDS = ("nps", "csat", "ces")
+SURVEY_CHANNELS = (*CHANNELS, "email")
+NPS_CHANNEL_SHARE = (0.0, 0.35, 0.0, 0.65)  # relationship surveys go out by e-mail and in the app
+# Answered NPS surveys per day while active: an invitation about every 120 days, answered by
+# about a quarter of customers, as e-mailed relationship surveys typically are.
+NPS_ANSWERS_PER_DAY = 0.25 / 120.0
+CSAT_RESPONSE_RATE = 0.12  # of orders, asked a few days after the order
+CSAT_DELAY_DAYS = (1.0, 7.0)
+CES_RESPONSE_RATE = 0.30  # of support tickets, asked when the ticket closes
+CES_DELAY_DAYS = (0.05, 2.0)
+# Sentiment on a unit scale: a customer's lasting level plus the noise of one answer. A decline
+# before churning lowers it by up to DECLINE_SENTIMENT_DROP, a temporary dip by DIP_SENTIMENT_DROP;
+# customers who leave without warning answer as usual.
+SENTIMENT_SIGMA = 0.8
+ANSWER_SIGMA = 0.6
+DECLINE_SENTIMENT_DROP = 1.5
+DIP_SENTIMENT_DROP = 0.6
+# An answer is round(centre + spread * sentiment) clipped to its scale (kinds in SURVEY_KINDS
+# order): about 48% promoters and 13% detractors (NPS near +35), 78% satisfied, mean CES near 5.4.
+SURVEY_CENTRE = (8.4, 4.2, 5.5)
+SURVEY_SPREAD = (1.7, 0.9, 1.3)
+SURVEY_RANGE = ((0, 10), (1, 5), (1, 7))
+
 
 @dataclass(frozen=True)
 class _Calendar:
@@ -200,6 +227,10 @@ def simulate_shop(
         ``"customers"``: ``customer_id``, ``signup_ts``, ``region``
         (categorical), ``age`` (nullable Int64) and ``acquisition_channel``
         (categorical), numbered in signup order.
+        ``"surveys"``: ``customer_id``, ``ts``, ``kind`` (nps, csat, ces),
+        ``score`` (int64 on the kind's scale: 0-10, 1-5, 1-7) and ``channel``,
+        sorted by ``ts``: relationship NPS surveys every few months, CSAT
+        after a share of orders, CES after a share of support tickets.
 
     Raises
     ------
@@ -209,8 +240,9 @@ def simulate_shop(
     Notes
     -----
     For the default three-year period expect roughly 12 orders, 22 order
-    lines and 23 interactions per customer. Timestamps are naive
-    ``datetime64[us]`` with whole seconds.
+    lines, 23 interactions and 3 survey answers per customer. Timestamps are
+    naive ``datetime64[us]`` with whole seconds. The survey answers draw from
+    a random stream of their own, so the other tables do not depend on them.
     """
     if n_customers < 1:
         raise ValueError(f"n_customers must be at least 1, got {n_customers}")
@@ -218,10 +250,15 @@ def simulate_shop(
     rng = np.random.default_rng(seed)
     population = _draw_population(rng, calendar, n_customers)
     customer_ids = _customer_ids(n_customers)
+    orders = _draw_orders(rng, calendar, population)
+    transactions = _transactions_frame(rng, calendar, population, orders, customer_ids)
+    interactions = _draw_interactions(rng, calendar, population)
+    survey_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SURVEY_STREAM,)))
     return {
-        "transactions": _simulate_transactions(rng, calendar, population, customer_ids),
-        "interactions": _simulate_interactions(rng, calendar, population, customer_ids),
+        "transactions": transactions,
+        "interactions": _interactions_frame(calendar, interactions, customer_ids),
         "customers": _customers_frame(calendar, population, customer_ids),
+        "surveys": _simulate_surveys(survey_rng, calendar, population, orders, interactions, customer_ids),
     }
 
 
@@ -471,13 +508,14 @@ def _thin(rng: np.random.Generator, keep_probability: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _simulate_transactions(
+def _transactions_frame(
     rng: np.random.Generator,
     calendar: _Calendar,
     population: _Population,
+    orders: dict[str, np.ndarray],
     customer_ids: pa.Array,
 ) -> pd.DataFrame:
-    orders = _draw_orders(rng, calendar, population)
+    """Order lines and refunds of the drawn orders, sorted by time."""
     lines = _split_into_lines(rng, population, orders)
     refunds = _draw_refunds(rng, calendar, lines)
     # Both parts are already sorted by time, so the stable sort only merges two runs.
@@ -612,12 +650,10 @@ def _draw_refunds(
 # ---------------------------------------------------------------------------
 
 
-def _simulate_interactions(
-    rng: np.random.Generator,
-    calendar: _Calendar,
-    population: _Population,
-    customer_ids: pa.Array,
-) -> pd.DataFrame:
+def _draw_interactions(
+    rng: np.random.Generator, calendar: _Calendar, population: _Population
+) -> dict[str, np.ndarray]:
+    """Interactions sorted by time: owner, t, kind and channel codes."""
     owner, t = _sample_event_times(
         rng, calendar, population.interaction_rate, population.signup, population.lifetime_end
     )
@@ -629,12 +665,18 @@ def _simulate_interactions(
     kind_share = np.array([KIND_SHARE_NORMAL, KIND_SHARE_SLUMP])
     kind = _draw_by_group(rng, kind_share, slumping.astype(np.int8))
     channel = _interaction_channel(rng, kind, population.preferred_channel[owner])
+    return {"owner": owner, "t": t, "kind": kind, "channel": channel}
+
+
+def _interactions_frame(
+    calendar: _Calendar, interactions: dict[str, np.ndarray], customer_ids: pa.Array
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
-            "customer_id": _as_str_series(customer_ids.take(pa.array(owner))),
-            "ts": _to_datetime(calendar, t),
-            "kind": _as_str_series(_labels(INTERACTION_KINDS, kind)),
-            "channel": _as_str_series(_labels(CHANNELS, channel)),
+            "customer_id": _as_str_series(customer_ids.take(pa.array(interactions["owner"]))),
+            "ts": _to_datetime(calendar, interactions["t"]),
+            "kind": _as_str_series(_labels(INTERACTION_KINDS, interactions["kind"])),
+            "channel": _as_str_series(_labels(CHANNELS, interactions["channel"])),
         }
     )
 
@@ -648,6 +690,95 @@ def _interaction_channel(
     allowed = kind_channel_share[kind, preferred] > 0
     use_preferred = allowed & (rng.random(kind.size) < PREFERRED_INTERACTION_CHANNEL_SHARE)
     return np.where(use_preferred, preferred, usual).astype(np.int8)
+
+
+# ---------------------------------------------------------------------------
+# Surveys
+# ---------------------------------------------------------------------------
+
+
+def _simulate_surveys(
+    rng: np.random.Generator,
+    calendar: _Calendar,
+    population: _Population,
+    orders: dict[str, np.ndarray],
+    interactions: dict[str, np.ndarray],
+    customer_ids: pa.Array,
+) -> pd.DataFrame:
+    """Answered surveys, sorted by time: NPS while active, CSAT after orders, CES after tickets.
+
+    Scores follow the customer's sentiment at the time of the answer (:func:`_survey_scores`),
+    so customers whose behaviour declines before they leave answer lower.
+    """
+    sentiment = rng.normal(0.0, SENTIMENT_SIGMA, population.signup.size)
+    nps_owner, nps_t = _sample_event_times(
+        rng, calendar, np.full(population.signup.size, NPS_ANSWERS_PER_DAY), population.signup, population.lifetime_end
+    )
+    nps_channel = rng.choice(len(SURVEY_CHANNELS), size=nps_owner.size, p=NPS_CHANNEL_SHARE)
+    csat_owner, csat_t, csat_channel = _answers_after(
+        rng, calendar, orders["owner"], orders["t"], orders["channel"], CSAT_RESPONSE_RATE, CSAT_DELAY_DAYS
+    )
+    ticket = interactions["kind"] == INTERACTION_KINDS.index("support_ticket")
+    ces_owner, ces_t, ces_channel = _answers_after(
+        rng, calendar, interactions["owner"][ticket], interactions["t"][ticket], interactions["channel"][ticket],
+        CES_RESPONSE_RATE, CES_DELAY_DAYS,
+    )
+    owner = np.concatenate([nps_owner, csat_owner, ces_owner])
+    t = np.concatenate([nps_t, csat_t, ces_t])
+    kind = np.repeat(np.arange(len(SURVEY_KINDS), dtype=np.int8), [nps_owner.size, csat_owner.size, ces_owner.size])
+    channel = np.concatenate([nps_channel, csat_channel, ces_channel]).astype(np.int8)
+    score = _survey_scores(rng, population, sentiment, owner, t, kind)
+    order = np.lexsort((kind, owner, t))
+    owner, t, kind, score, channel = owner[order], t[order], kind[order], score[order], channel[order]
+    return pd.DataFrame(
+        {
+            "customer_id": _as_str_series(customer_ids.take(pa.array(owner))),
+            "ts": _to_datetime(calendar, t),
+            "kind": _as_str_series(_labels(SURVEY_KINDS, kind)),
+            "score": score,
+            "channel": _as_str_series(_labels(SURVEY_CHANNELS, channel)),
+        }
+    )
+
+
+def _answers_after(
+    rng: np.random.Generator,
+    calendar: _Calendar,
+    owner: np.ndarray,
+    t: np.ndarray,
+    channel: np.ndarray,
+    response_rate: float,
+    delay_days: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The events that a survey answer follows (a share ``response_rate``), answered a uniform
+    delay later; answers that would fall after the period are dropped."""
+    answered = rng.random(t.size) < response_rate
+    owner, t, channel = owner[answered], t[answered], channel[answered]
+    t = t + _days(rng.uniform(*delay_days, t.size))
+    kept = t < calendar.t_end
+    return owner[kept], t[kept], channel[kept]
+
+
+def _survey_scores(
+    rng: np.random.Generator,
+    population: _Population,
+    sentiment: np.ndarray,
+    owner: np.ndarray,
+    t: np.ndarray,
+    kind: np.ndarray,
+) -> np.ndarray:
+    """int64 answers on each kind's scale (SURVEY_RANGE) from the sentiment at the time.
+
+    Only customers whose behaviour declines before they leave (a decline floor below 1) lose
+    sentiment in the decline; anyone in a temporary dip loses some too.
+    """
+    slump = _slump_state(population, owner, t)
+    declines = population.decline_value_floor[owner] < 1.0
+    drop = DECLINE_SENTIMENT_DROP * slump.decline_progress * declines + DIP_SENTIMENT_DROP * slump.in_dip
+    mood = sentiment[owner] - drop + rng.normal(0.0, ANSWER_SIGMA, owner.size)
+    raw = np.asarray(SURVEY_CENTRE)[kind] + np.asarray(SURVEY_SPREAD)[kind] * mood
+    low, high = np.asarray(SURVEY_RANGE).T
+    return np.clip(np.rint(raw), low[kind], high[kind]).astype(np.int64)
 
 
 # ---------------------------------------------------------------------------

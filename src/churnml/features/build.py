@@ -22,6 +22,7 @@ import pandas as pd
 from churnml.features.dates import as_date
 from churnml.features.levels import LevelConfig, add_level_features
 from churnml.features.segments import ANNUAL_REFUND, SegmentConfig, add_segments
+from churnml.features.surveys import is_detractor, is_promoter, latest_answers
 from churnml.io.load import Dataset
 
 SECONDS_PER_DAY = 86_400.0
@@ -376,6 +377,12 @@ def interaction_features(interactions: ir.Table, cutoff: dt.date, config: Featur
     return past.group_by("customer_id").aggregate(**aggs)
 
 
+def survey_features(surveys: ir.Table, cutoff: dt.date) -> ir.Table:
+    """Each customer's survey answers up to the cutoff day: count, latest time, latest score of
+    each kind (see :func:`churnml.features.surveys.latest_answers`)."""
+    return latest_answers(events_until(surveys, cutoff))
+
+
 def to_frame(table: ir.Table) -> pd.DataFrame:
     """A table as pandas, through Arrow.
 
@@ -388,9 +395,9 @@ def to_frame(table: ir.Table) -> pd.DataFrame:
 def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig()) -> ir.Table:
     """The feature table at ``cutoff``: one row per customer with a transaction on or before it.
 
-    Columns that need interactions or customers are absent when those tables are absent; the
-    membership-level columns (:data:`churnml.features.levels.LEVEL_FEATURES`) are absent when
-    ``config.levels.enabled`` is false.
+    Columns that need interactions, customers or surveys are absent when those tables are
+    absent; the membership-level columns (:data:`churnml.features.levels.LEVEL_FEATURES`) are
+    absent when ``config.levels.enabled`` is false.
     """
     cutoff = as_date(cutoff)
     today = epoch_day(cutoff)
@@ -405,6 +412,8 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
         table = _with_interactions(table, interaction_features(dataset.interactions, cutoff, config), today, config)
     if dataset.customers is not None:
         table = _with_customers(table, dataset.customers, cutoff, today)
+    if dataset.surveys is not None:
+        table = _with_surveys(table, survey_features(dataset.surveys, cutoff), today)
     table = table.mutate(usual_gap_days=usual_gap(table))
     table = add_segments(table, config.segments, has_interactions=dataset.interactions is not None)
     if config.levels.enabled:
@@ -440,6 +449,23 @@ def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: Fea
         low_interaction=joined.interactions_per_month < config.low_interaction_ratio * peer_mean,
     )
     return joined.drop("first_interaction_ts", "last_interaction_ts")
+
+
+def _with_surveys(table: ir.Table, answers: ir.Table, today: int) -> ir.Table:
+    """The survey columns: ``n_survey_answers``, ``days_since_survey``, the latest NPS, CSAT and
+    CES scores (null without such an answer) and whether the latest NPS answer is a promoter's or
+    a detractor's (false without one: unknown is neither)."""
+    joined = table.left_join(answers, "customer_id").drop("customer_id_right")
+    joined = joined.mutate(
+        n_survey_answers=joined.n_survey_answers.fill_null(0),
+        days_since_survey=(today - _whole_day(joined.last_survey_ts)).cast("float64"),
+        last_nps=joined.last_nps.cast("float64"),
+        last_csat=joined.last_csat.cast("float64"),
+        last_ces=joined.last_ces.cast("float64"),
+        nps_promoter=is_promoter(joined.last_nps).fill_null(False),
+        nps_detractor=is_detractor(joined.last_nps).fill_null(False),
+    )
+    return joined.drop("last_survey_ts")
 
 
 def _with_customers(table: ir.Table, customers: ir.Table, cutoff: dt.date, today: int) -> ir.Table:

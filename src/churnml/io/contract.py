@@ -19,6 +19,26 @@ MISSING_MARKERS = (
 
 
 @dataclass(frozen=True)
+class AnswerScales:
+    """The scale a number column's values must be on, by the value of a text column.
+
+    Parameters
+    ----------
+    column
+        The number column (a survey's ``score``).
+    by
+        The text column that picks the scale (a survey's ``kind``).
+    scales
+        Value of ``by`` to the ``(low, high)`` of its scale: whole numbers from low to high.
+        Rows whose ``by`` value is not listed are left to the check of allowed values.
+    """
+
+    column: str
+    by: str
+    scales: dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """Columns of one input table of the contract.
 
@@ -34,6 +54,11 @@ class TableSpec:
         Whether columns outside the contract are kept (static customer attributes).
     unique
         Columns whose value must identify a row.
+    allowed
+        Text column to the values it may hold; other values are refused (compared without case
+        or surrounding blanks, and kept lower-case).
+    scales
+        The scale a number column's values must be on, by the value of a text column.
     """
 
     name: str
@@ -41,6 +66,8 @@ class TableSpec:
     required: tuple[str, ...]
     keep_extra: bool = False
     unique: tuple[str, ...] = ()
+    allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    scales: AnswerScales | None = None
 
     @property
     def optional(self) -> tuple[str, ...]:
@@ -76,7 +103,29 @@ CUSTOMERS = TableSpec(
     unique=("customer_id",),
 )
 
-SPECS: dict[str, TableSpec] = {s.name: s for s in (TRANSACTIONS, INTERACTIONS, CUSTOMERS)}
+# Answer scales of the survey kinds, whole numbers from low to high:
+# - nps: "How likely is it that you would recommend [company] to a friend or colleague?", 0 (not
+#   at all likely) to 10 (extremely likely); Reichheld, "The One Number You Need to Grow",
+#   Harvard Business Review, December 2003.
+# - csat: "How satisfied were you with ...?", 1 (very dissatisfied) to 5 (very satisfied), the
+#   five-point scale of most satisfaction surveys (Farris, Bendle, Pfeifer and Reibstein,
+#   "Marketing Metrics", 2nd ed., 2010, chapter 2, "Customer Satisfaction and Willingness to
+#   Recommend").
+# - ces: CES 2.0, "[Company] made it easy for me to handle my issue", 1 (strongly disagree) to 7
+#   (strongly agree), so higher is less effort; Dixon, Toman and DeLisi, "The Effortless
+#   Experience" (2013). The original five-point CES ran the other way (1 = very low effort); its
+#   answers fit the range but not the meaning, so they are not to be loaded as ces.
+SURVEY_SCALES: dict[str, tuple[int, int]] = {"nps": (0, 10), "csat": (1, 5), "ces": (1, 7)}
+
+SURVEYS = TableSpec(
+    name="surveys",
+    kinds={"customer_id": "id", "ts": "timestamp", "kind": "string", "score": "number", "channel": "string"},
+    required=("customer_id", "ts", "kind", "score"),
+    allowed={"kind": tuple(SURVEY_SCALES)},
+    scales=AnswerScales("score", "kind", SURVEY_SCALES),
+)
+
+SPECS: dict[str, TableSpec] = {s.name: s for s in (TRANSACTIONS, INTERACTIONS, CUSTOMERS, SURVEYS)}
 
 
 @dataclass(frozen=True)

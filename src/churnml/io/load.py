@@ -21,7 +21,15 @@ import ibis.expr.datatypes as idt
 import ibis.expr.types as ir
 import pandas as pd
 
-from churnml.io.contract import MISSING_MARKERS, SPECS, DataValidationError, Problem, TableReport, TableSpec
+from churnml.io.contract import (
+    MISSING_MARKERS,
+    SPECS,
+    AnswerScales,
+    DataValidationError,
+    Problem,
+    TableReport,
+    TableSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +94,7 @@ class Dataset:
     transactions: ir.Table
     interactions: ir.Table | None = None
     customers: ir.Table | None = None
+    surveys: ir.Table | None = None
     reports: dict[str, TableReport] = field(default_factory=dict)
     # Facts of the whole tables that no cutoff changes, computed on first use and kept, so that
     # features at many cutoffs query them once (see features.dataset_breadth_values).
@@ -125,6 +134,7 @@ def load_dataset(
     transactions: TableSource,
     interactions: TableSource | None = None,
     customers: TableSource | None = None,
+    surveys: TableSource | None = None,
     options: LoadOptions = LoadOptions(),
     con: Any = None,
     materialize: bool = False,
@@ -146,7 +156,8 @@ def load_dataset(
     tables: dict[str, ir.Table] = {}
     reports: dict[str, TableReport] = {}
     awareness: dict[str, bool] = {}
-    for spec_name, source in (("transactions", transactions), ("interactions", interactions), ("customers", customers)):
+    given = {"transactions": transactions, "interactions": interactions, "customers": customers, "surveys": surveys}
+    for spec_name, source in given.items():
         if source is None:
             continue
         spec = SPECS[spec_name]
@@ -162,7 +173,8 @@ def load_dataset(
     for name, report in reports.items():
         if any(report.dropped.values()):
             log.info("%s: kept %s of %s rows; dropped %s", name, report.rows_kept, report.rows_read, report.dropped)
-    return Dataset(con, tables["transactions"], tables.get("interactions"), tables.get("customers"), reports)
+    return Dataset(con, tables["transactions"], tables.get("interactions"), tables.get("customers"),
+                   surveys=tables.get("surveys"), reports=reports)
 
 
 def _load_table(
@@ -371,6 +383,9 @@ def _typed_columns(
                 exprs[col] = _parse_timestamp(value, source.ts_format, engine)
             else:
                 problems.append(Problem(label, col, f"holds {dtype}, expected dates or timestamps"))
+        elif kind == "string" and col in spec.allowed:
+            # Spellings differ between survey tools (NPS, Nps); the contract's values are lower-case.
+            exprs[col] = _as_text(value).strip().lower()
         elif kind == "string":
             exprs[col] = _as_text(value)
         elif col in attribute_kinds:
@@ -515,6 +530,10 @@ def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> d
             aggs[f"max_{col}"] = typed.max().cast("string")
             if raw.type().is_string():
                 aggs[f"aware_{col}"] = raw.re_search(TZ_OFFSET_PATTERN).sum()
+    for col in (c for c in spec.allowed if c in both.columns):
+        aggs[f"unknown_{col}"] = _not_allowed(both, spec, col).sum()
+    if spec.scales is not None:
+        aggs[f"off_scale_{spec.scales.column}"] = _off_scale(both, spec.scales).sum()
     if "amount" in both.columns:
         aggs["zero_amount"] = (both.amount == 0).sum()
     frame = both.aggregate(**aggs).to_pandas()
@@ -545,6 +564,27 @@ def _unparsed(raw: ir.Value, typed: ir.Value) -> ir.BooleanValue:
     return ~_missing(raw) & typed.isnull()
 
 
+def _not_allowed(both: ir.Table, spec: TableSpec, col: str) -> ir.BooleanValue:
+    """A value of a column with listed values that is not one of them (missing values are counted apart)."""
+    return ~_missing(both[RAW_PREFIX + col]) & ~both[col].isin(spec.allowed[col])
+
+
+def _off_scale(both: ir.Table, rule: AnswerScales) -> ir.BooleanValue:
+    """A number off the answer scale of its row's kind: below, above, or between whole numbers.
+
+    Rows whose kind is unknown or whose number is missing, unparsed or infinite are counted by
+    their own checks.
+    """
+    value = both[rule.column]
+    on_scale = ibis.cases(
+        # A remainder, not floor(): Ibis casts floor() to an integer, which inf or 1e300 overflows.
+        *((both[rule.by] == kind, value.between(low, high) & (value % 1 == 0))
+          for kind, (low, high) in rule.scales.items()),
+        else_=True,
+    )
+    return value.notnull() & ~_infinite(value) & ~on_scale
+
+
 def _find_problems(
     both: ir.Table, spec: TableSpec, checks: dict[str, Any], label: str, options: LoadOptions,
     future_limit: dt.datetime, ts_format: str | None = None,
@@ -571,17 +611,33 @@ def _find_problems(
             found.append((col, "mixes time-zone-aware and naive timestamps; use one kind", n_aware, raw.re_search(TZ_OFFSET_PATTERN)))
         if checks.get(f"future_{col}"):
             found.append((col, f"lies in the future (after {options.max_future_days:g} day(s) from now)", checks[f"future_{col}"], typed > future_limit))
-    return [
+        if checks.get(f"unknown_{col}"):
+            listed = ", ".join(spec.allowed[col])
+            found.append((col, f"is not one of {listed} (compared without case)", checks[f"unknown_{col}"],
+                          _not_allowed(both, spec, col)))
+    problems = [
         Problem(label, col, message, n_bad, n_rows, _examples(both, col, predicate))
         for col, message, n_bad, predicate in found
     ]
+    rule = spec.scales
+    if rule is not None and checks.get(f"off_scale_{rule.column}"):
+        ranges = ", ".join(f"{kind} {low}-{high}" for kind, (low, high) in rule.scales.items())
+        problems.append(Problem(
+            label, rule.column, f"is off the answer scale of its {rule.by} (whole numbers: {ranges})",
+            checks[f"off_scale_{rule.column}"], n_rows, _examples(both, rule.column, _off_scale(both, rule), beside=rule.by),
+        ))
+    return problems
 
 
-def _examples(both: ir.Table, col: str, predicate: ir.BooleanValue) -> tuple[str, ...]:
+def _examples(both: ir.Table, col: str, predicate: ir.BooleanValue, beside: str | None = None) -> tuple[str, ...]:
+    """``row <n>: <value as read>`` of the first rows that match, with the ``beside`` column's
+    value in brackets (a score's kind)."""
     numbered = both.mutate(__row=ibis.row_number() + 1)
     rows = numbered.filter(predicate)
-    sample = rows.select("__row", RAW_PREFIX + col).order_by("__row").limit(N_EXAMPLES).to_pandas()
-    return tuple(f"row {int(r)}: {_shown(v)}" for r, v in zip(sample["__row"], sample[RAW_PREFIX + col]))
+    shown = ["__row", RAW_PREFIX + col] + ([RAW_PREFIX + beside] if beside else [])
+    sample = rows.select(shown).order_by("__row").limit(N_EXAMPLES).to_pandas()
+    notes = [f" ({_shown(v)})" for v in sample[RAW_PREFIX + beside]] if beside else [""] * len(sample)
+    return tuple(f"row {int(r)}: {_shown(v)}{note}" for r, v, note in zip(sample["__row"], sample[RAW_PREFIX + col], notes))
 
 
 def _shown(value: Any) -> str:

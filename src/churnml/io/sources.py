@@ -14,7 +14,7 @@ from churnml.io.load import Dataset, LoadOptions, TableSource, connect, load_dat
 
 log = logging.getLogger(__name__)
 
-TABLES = ("transactions", "interactions", "customers")
+TABLES = ("transactions", "interactions", "customers", "surveys")
 
 
 def cdnow_transactions() -> pd.DataFrame:
@@ -55,7 +55,7 @@ def demo_sources(settings: Mapping[str, Any]) -> dict[str, TableSource]:
 
 
 def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
-    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers``.
+    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers`` / ``surveys``.
 
     Raises
     ------
@@ -133,6 +133,7 @@ def load_data(settings: Mapping[str, Any], engine: str = "duckdb", con: Any = No
         transactions=sources["transactions"],
         interactions=sources.get("interactions"),
         customers=sources.get("customers"),
+        surveys=sources.get("surveys"),
         options=load_options(settings),
         con=con if con is not None else connect(engine),
         materialize=materialize,

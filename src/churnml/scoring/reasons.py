@@ -454,6 +454,14 @@ def _days_since_interaction(value: pd.Series, rows: pd.DataFrame, ctx: ReasonCon
     return _either(today, "interacted on the scoring day", "no interaction for " + _plural(value, "day"), value.index)
 
 
+def _nps_answer(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) -> pd.Series:
+    """The latest NPS answer and its group: 9-10 a promoter, 7-8 a passive, 0-6 a detractor."""
+    score = pd.Series(_numbers(_column(rows, "last_nps")), index=value.index)
+    group = np.select([score >= 9, score >= 7], [": a promoter", ": a passive"], ": a detractor")
+    answered = "latest NPS answer " + _whole(score) + " of 10" + pd.Series(group, index=value.index, dtype=object)
+    return _either(score.isna().to_numpy(), "no NPS answer yet", answered, value.index)
+
+
 def _days_since_interaction_keeps(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) -> pd.Series:
     today = value.to_numpy() <= 0
     return _either(today, "interacted on the scoring day", "last interaction " + _plural(value, "day") + " ago",
@@ -578,6 +586,20 @@ REASON_TEMPLATES: dict[str, ReasonTemplate] = {
                                         risk=LOWERS, norms=(fixed_norm(1.0),)),
     "days_since_interaction": _peers_only(_days_since_interaction, "never interacted", RAISES, _whole,
                                           keeps=_days_since_interaction_keeps),
+    "n_survey_answers": _peers_only(_counted("", "survey answer", " in total"), "no survey answer yet", LOWERS,
+                                    _count, missing_risk=None),
+    "days_since_survey": _peers_only(_simple("last survey answer ", _whole, " days ago"), "no survey answer yet",
+                                     RAISES, _whole, missing_risk=None),
+    "last_nps": ReasonTemplate(_nps_answer, "no NPS answer yet", ("last_nps",), risk=LOWERS, norms=(PEERS,),
+                               shown=_whole, missing_risk=None),
+    "nps_promoter": ReasonTemplate(_nps_answer, "no NPS answer yet", ("last_nps",), risk=LOWERS,
+                                   norms=(fixed_norm(0.5),), number=_flag_number, missing_risk=None),
+    "nps_detractor": ReasonTemplate(_nps_answer, "no NPS answer yet", ("last_nps",), risk=RAISES,
+                                    norms=(fixed_norm(0.5),), number=_flag_number, missing_risk=None),
+    "last_csat": _peers_only(_simple("latest satisfaction answer ", _whole, " of 5"), "no satisfaction answer yet",
+                             LOWERS, _whole, missing_risk=None),
+    "last_ces": _peers_only(_simple("latest ease-of-service answer ", _whole, " of 7"), "no effort answer yet",
+                            LOWERS, _whole, missing_risk=None),
     "days_since_signup": _peers_only(_simple("signed up ", _whole, " days ago"), "signup date unknown", LOWERS, _whole,
                                      missing_risk=None),
     "tier": _peers_only(_label("loyalty tier: "), "loyalty tier unknown", RAISES, _label_text,
