@@ -1,0 +1,1 @@
+"""The loyalty program: KPIs, cohorts, migration between tiers and levels, interest tags."""
