@@ -677,3 +677,116 @@ def target_progress(periods: pd.DataFrame, targets: Mapping[str, ProgramTarget])
                      "met": met and not math.isnan(achieved)})
     columns = ["target", "kpi", "group", "change", "relative", "baseline", "current", "goal", "achieved", "progress", "met"]
     return pd.DataFrame(rows, columns=columns)
+
+
+# --------------------------------------------------------------------------------------------
+# Everything at once
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProgramKpis:
+    """The KPI and migration tables of a program at ``as_of`` (:func:`program_kpis`).
+
+    ``monthly``: :func:`monthly_kpis` overall, with the survey KPIs by month when there are
+    surveys; ``cohorts``: :func:`cohort_retention`; ``periods``: :func:`period_table`;
+    ``progress``: :func:`target_progress`; ``migrations``: the long
+    :func:`~churnml.loyalty.migration.transition_matrix` by ``tier`` (and ``level``);
+    ``interests``: the interest tags (None without categories); ``notes``: what could not be
+    computed, and why.
+    """
+
+    as_of: dt.date
+    baseline: Period
+    current: Period
+    migration_days: tuple[dt.date, dt.date]
+    monthly: pd.DataFrame
+    cohorts: pd.DataFrame
+    periods: pd.DataFrame
+    progress: pd.DataFrame
+    migrations: dict[str, pd.DataFrame]
+    interests: pd.DataFrame | None
+    notes: list[str]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables by file stem: ``monthly``, ``cohorts``, ``periods``, ``targets``,
+        ``migration_<name>`` and ``interests``."""
+        tables = {"monthly": self.monthly, "cohorts": self.cohorts, "periods": self.periods, "targets": self.progress}
+        tables.update({f"migration_{name}": frame for name, frame in self.migrations.items()})
+        if self.interests is not None:
+            tables["interests"] = self.interests
+        return tables
+
+
+def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config: Any,
+                 surveys: ir.Table | pd.DataFrame | None = None,
+                 levels_on: Callable[[dt.date], pd.DataFrame] | None = None) -> ProgramKpis:
+    """Every KPI, migration matrix and interest tag of the program at ``as_of``.
+
+    Parameters
+    ----------
+    dataset : churnml.io.load.Dataset
+    as_of : datetime.date
+        Nothing after it is read.
+    config : KpiConfig
+    feature_config : churnml.features.build.FeatureConfig
+        The feature set whose tiers and LTV the KPIs group by.
+    surveys : ibis Table or pandas.DataFrame, optional
+        ``customer_id``, ``ts``, ``kind`` (nps, csat, ces), ``score``; without it the survey
+        KPIs are left out (and their targets not met).
+    levels_on : callable, optional
+        The membership levels on a day (``customer_id``, ``membership_level``), used when the
+        feature table has no ``membership_level`` column; without either, the level views are
+        left out.
+
+    Raises
+    ------
+    churnml.errors.UserValueError
+        From :func:`program_periods`.
+    """
+    from churnml.loyalty.migration import interest_tags, transition_matrix
+
+    baseline, current = program_periods(as_of, dataset.first_date, config)
+    migration_from = as_date(config.migration_from) if config.migration_from else current.classified_on
+    migration_to = current.end
+    notes = []
+    if migration_from >= migration_to:
+        raise UserValueError(f"kpis.migration_from={migration_from} is not before the current period's end "
+                             f"({migration_to}): give an earlier day")
+    states: dict[dt.date, pd.DataFrame] = {}
+    for day in sorted({baseline.classified_on, baseline.end, current.classified_on, current.end, migration_from}):
+        states[day] = customer_states(dataset, day, feature_config, levels_on(day) if levels_on else None)
+    activity = customer_activity(dataset.transactions, as_of, config.active_days)
+    responses = survey_frame(surveys, as_of)
+    if responses is None:
+        notes.append("no surveys table: NPS, CSAT and CES are left out")
+    if LEVEL_COLUMN not in states[current.end].columns:
+        notes.append("no membership levels: the level views are left out")
+    monthly = monthly_kpis(activity).drop(columns="group")
+    if responses is not None:
+        monthly = monthly.merge(monthly_surveys(responses, as_of), on="month", how="left")
+    cohorts = cohort_retention(activity)
+    periods = period_table(activity, (baseline, current),
+                           {p.name: states[p.classified_on] for p in (baseline, current)},
+                           {p.name: states[p.end] for p in (baseline, current)}, responses)
+    progress = target_progress(periods, config.targets)
+    migrations = {}
+    for name, column in (("tier", "tier"), ("level", LEVEL_COLUMN)):
+        before, after = states[migration_from], states[migration_to]
+        if column in after.columns:
+            if column not in before.columns:
+                before = before.assign(**{column: None})
+            long = transition_matrix(ibis.memtable(before[["customer_id", column]]),
+                                     ibis.memtable(after[["customer_id", column]]), column)
+            migrations[name] = _frame(long).sort_values(["from_state", "to_state"], kind="stable").reset_index(drop=True)
+    tags = interest_tags(dataset.transactions, as_of, config.interest_window_days, config.interest_top,
+                         config.interest_min_share)
+    interests = None
+    if tags is None:
+        notes.append("no category column: no interest tags")
+    else:
+        interests = _frame(tags).sort_values(["customer_id", "rank"], kind="stable").reset_index(drop=True)
+    if states[baseline.classified_on].empty:
+        notes.append(f"no customer has history on {baseline.classified_on}: the baseline has no tiers")
+    return ProgramKpis(as_of, baseline, current, (migration_from, migration_to), monthly, cohorts, periods, progress,
+                       migrations, interests, notes)
