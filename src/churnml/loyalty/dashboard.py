@@ -22,11 +22,13 @@ TREND_KPIS = {"repurchase_rate": "repurchase rate", "churn_rate": "churn rate", 
 
 
 def plot_retention(cohorts: pd.DataFrame, max_cohorts: int = HEATMAP_COHORTS) -> "Figure":
-    """Heatmap of :func:`churnml.loyalty.kpis.cohort_retention`: newest ``max_cohorts`` cohorts
-    (rows) by months since acquisition (columns), retention as colour and, in cells, percent."""
+    """Heatmap of :func:`churnml.loyalty.kpis.cohort_retention`: the newest ``max_cohorts``
+    cohorts (rows) by months since acquisition (columns, from 1), retention as colour."""
     grid = cohorts.pivot_table(index="cohort", columns="months_since", values="retention", aggfunc="sum")
     grid = grid.sort_index().iloc[-max_cohorts:].dropna(axis=1, how="all")
+    # Month 0 is 100 % by definition; a cohort seen in its first month only has no row left.
     grid = grid.loc[:, [c for c in grid.columns if c > 0]] if grid.shape[1] > 1 else grid
+    grid = grid.dropna(axis=0, how="all")
     figure, (ax,) = _new_figure(width=11.0, height=max(3.0, 0.28 * len(grid) + 1.5))
     image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(grid)), [f"{c:%Y-%m}" for c in grid.index])
