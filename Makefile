@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup features train evaluate score export explain test test-fast test-spark lint bench ui clean
+.PHONY: help setup features train evaluate score export kpis explain test test-fast test-spark lint bench ui clean
 TARGETS ?= churn,repurchase
 
 help: ## List the targets
@@ -38,6 +38,9 @@ score: $(STAMP) ## Score every customer with the champion models (churnml-score)
 
 export: $(STAMP) ## Export both champions from the registry to models/ (make train does it too)
 	$(BIN)/churnml-export $(ARGS)
+
+kpis: $(STAMP) ## Loyalty KPIs, cohorts, tier migration and a dashboard (churnml-kpis): outputs/kpis/<data>/as_of=.../
+	$(BIN)/churnml-kpis $(ARGS)
 
 explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in reports/notebooks, logged to the churn champion's run
 	$(BIN)/churnml-notebooks --output-dir reports/notebooks $(ARGS)

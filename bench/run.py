@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BENCHMARKS = {"features": "bench_features", "quality": "bench_quality", "scoring": "bench_scoring", "spark": "bench_spark"}
+BENCHMARKS = {"features": "bench_features", "kpis": "bench_kpis", "quality": "bench_quality", "scoring": "bench_scoring",
+              "spark": "bench_spark"}
 # Former names, still accepted: `cdnow` grew into `quality` (CDNOW and the demo shop).
 ALIASES = {"cdnow": "quality"}
 

@@ -22,7 +22,7 @@ from churnml.errors import UserError
 
 SOURCE = str(Path(churnml.__file__).resolve().parents[1])
 ENTRY_POINTS = {"features": "features_app", "train": "train_app", "evaluate": "evaluate_app",
-                "score": "score_app", "export": "export_app", "notebooks": "notebooks_app"}
+                "score": "score_app", "export": "export_app", "kpis": "kpis_app", "notebooks": "notebooks_app"}
 
 
 def run_stage(stage: str, *args: str, cwd: Path, env: dict | None = None, before: str = "") -> subprocess.CompletedProcess:
@@ -89,6 +89,7 @@ CASES = {
     "date that is not a date": ("features", ["as_of=2024-13-45"], ["2024-13-45", "YYYY-MM-DD"]),
     "missing model directory": ("score", ["score.model_dir=absent"], ["absent/churnml-churn", "score.model_dir",
                                                                          "make train"]),
+    "target of no KPI": ("kpis", ["kpis.targets.churn.kpi=revenue"], ["kpis.targets.churn.kpi=revenue", "churn_rate"]),
     "no registry to evaluate": ("evaluate", [], ["mlflow.tracking_uri", "make train"]),
     "no registry to export": ("export", [], ["mlflow.tracking_uri", "make train"]),
     "unknown notebook parameter": ("notebooks", ["-p", "sampel_size=3", "--no-mlflow"], ["sampel_size"]),

@@ -31,6 +31,7 @@ from churnml.features.build import FeatureConfig
 from churnml.features.dates import as_date
 from churnml.io.contract import SPECS, TableSpec
 from churnml.io.load import LoadOptions
+from churnml.loyalty.kpis import KpiConfig
 from churnml.models.classifier import ChurnModel
 from churnml.models.training import TrainingPlan
 from churnml.scoring.policy import RiskBands, ScoringConfig
@@ -121,6 +122,14 @@ FeatureSettings = dataclasses.make_dataclass(
     bases=(mirror(FeatureConfig),),
 )
 FeatureSettings.__doc__ = "``features``: the feature set (:class:`~churnml.features.build.FeatureConfig`) and the output of churnml-features."
+KpiSettings = dataclasses.make_dataclass(
+    "KpiSettings",
+    # Where churnml-kpis writes its tables and dashboard; None: outputs/kpis/<data>/as_of=<as_of>/.
+    [("output_dir", Optional[str], field(default=None))],
+    bases=(mirror(KpiConfig),),
+)
+KpiSettings.__doc__ = ("``kpis``: definitions, periods and program targets (:class:`~churnml.loyalty.kpis.KpiConfig`) "
+                       "and the output directory of churnml-kpis.")
 
 
 def _table_files(spec: TableSpec) -> type:
@@ -313,7 +322,7 @@ def _stage_fields(*, mlflow: bool) -> list[tuple]:
 
 
 def stage_schemas() -> dict[str, type]:
-    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``."""
+    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``, ``kpis``."""
     for_features, with_mlflow = _stage_fields(mlflow=False), _stage_fields(mlflow=True)
     return {
         "features": dataclasses.make_dataclass("FeaturesStage", for_features),
@@ -336,12 +345,16 @@ def stage_schemas() -> dict[str, type]:
             *with_mlflow,
             ("score", ScoreSettings, field(default_factory=ScoreSettings)),
         ]),
+        "kpis": dataclasses.make_dataclass("KpisStage", [
+            *with_mlflow,
+            ("kpis", KpiSettings, field(default_factory=KpiSettings)),
+        ]),
     }
 
 
 def register_configs() -> None:
     """Put the stage schemas (``features_schema``, ``train_schema``, ``evaluate_schema``,
-    ``score_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
+    ``score_schema``, ``kpis_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -398,6 +411,8 @@ def _check_values(settings: typing.Mapping[str, Any]) -> None:
         if settings["score"]["format"] not in FORMATS:
             refuse("score.format", settings["score"]["format"], FORMATS)
         checks.append(("score", lambda: ScoringConfig.from_dict(settings["score"])))
+    if "kpis" in settings:
+        checks.append(("kpis", lambda: KpiConfig.from_dict(settings["kpis"])))
     if "target" in settings:
         if settings["target"]["name"] not in TARGETS:
             refuse("target.name", settings["target"]["name"], TARGETS)

@@ -606,3 +606,51 @@ def log_scoring(
                 log.warning("%s model %s v%s is not in the registry at %s: no %s tag set", target, model.name,
                             model.version, mlflow.get_tracking_uri(), LAST_SCORING_RUN_TAG)
         return run.info.run_id
+
+
+def log_kpis(
+    settings: Mapping[str, Any],
+    periods: pd.DataFrame,
+    progress: pd.DataFrame,
+    output_dir: str | Path,
+    figures: Mapping[str, Any] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Track a KPI run: config, data fingerprint, params, the period KPIs and target progress as
+    metrics, the figures, and every file of ``output_dir`` (tables and dashboard) under ``kpis/``;
+    return the run id.
+
+    Metrics are named ``<period>.<by>.<group>.<kpi>`` (``current.all.all.churn_rate``,
+    ``baseline.tier.core.repurchase_rate``) and ``target.<name>.<achieved|progress|met>``;
+    values that are not finite (a KPI without data) are left out. Group names come from the
+    user's data and are sanitised (:func:`mlflow_key`).
+    """
+    import mlflow
+
+    figures = figures or {}
+    kpi_columns = [c for c in ("repurchase_rate", "churn_rate", "aov", "clv", "nps", "csat", "ces", "active_start",
+                               "customers") if c in periods.columns]
+    metrics: dict[str, float] = {}
+    for row in periods.itertuples(index=False):
+        for kpi in kpi_columns:
+            value = getattr(row, kpi)
+            if value is not None and not pd.isna(value):
+                metrics[f"{row.period}.{row.by}.{row.group}.{kpi}"] = float(value)
+    for row in progress.itertuples(index=False):
+        metrics[f"target.{row.target}.achieved"] = row.achieved
+        metrics[f"target.{row.target}.progress"] = row.progress
+        metrics[f"target.{row.target}.met"] = float(row.met)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"churnml.stage": "kpis", "churnml.as_of": str(settings.get("as_of")),
+                         "churnml.output": str(output_dir),
+                         "churnml.targets_met": f"{int(progress['met'].sum())}/{len(progress)}"})
+        mlflow.log_dict(dict(settings), "config.json")
+        if fingerprint is not None:
+            mlflow.log_dict(dict(fingerprint), "data_fingerprint.json")
+        _log_params(settings)
+        mlflow.log_metrics(_finite(metrics))
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{mlflow_key(name).replace(' ', '_')}.png")
+        mlflow.log_artifacts(str(output_dir), "kpis")
+        return run.info.run_id
