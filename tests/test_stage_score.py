@@ -68,6 +68,8 @@ def settings_for(shop: dict[str, Path], *overrides: str, interactions: bool = Tr
     data = ["data=files", f"data.transactions.path={shop['transactions']}", f"data.customers.path={shop['customers']}"]
     if interactions:
         data.append(f"data.interactions.path={shop['interactions']}")
+    if "surveys" in shop:
+        data.append(f"data.surveys.path={shop['surveys']}")
     tracking = [f"mlflow.tracking_uri=sqlite:///{root}/mlflow.db", f"mlflow.artifact_root={root}/artifacts",
                 f"mlflow.experiment={EXPERIMENT}"]
     return compose_resolved("score", [*data, *tracking, f"score.model_dir={root}/models", *overrides])

@@ -122,6 +122,7 @@ def load_model(uri: str, key: str) -> Any:
         short, of another program), or the registry has no such model or alias; the message
         names the URI, the key and how to make the model (``make train`` or ``make export``).
     """
+    import copy
     import pickle
 
     from churnml import tracking
@@ -135,7 +136,10 @@ def load_model(uri: str, key: str) -> Any:
     except UserError as error:
         if key in str(error):
             raise
-        raise UserError(f"{key}: {error}") from error
+        # The same kind of error (a ModelFormatError stays one), its message led by the key.
+        named = copy.copy(error)
+        named.args = (f"{key}: {error}",)
+        raise named from error
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, KeyError, AttributeError,
             ImportError) as error:
         if not is_directory:
