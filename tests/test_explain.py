@@ -195,6 +195,10 @@ def test_tier_comparison_and_extreme_customers(planted, tree_model):
     assert set(tiers.index) == {"core", "basic", "dormant", "missing"}
     assert tiers["customers"].sum() == len(frame)
     assert {"mean_probability", "mean_abs_shap_total", "recency_days"} <= set(tiers.columns)
+    # The grouping column among the leading features keeps its SHAP column beside the groups.
+    everything = explain.tier_comparison(explanation, frame, probability, top=len(frame.columns))
+    assert "tier" in everything.columns and everything.index.name == "tier"
+    assert everything["customers"].sum() == len(frame)
     picked = explain.riskiest_and_safest(probability)
     assert probability[picked["high risk"]] == probability.max()
     assert probability[picked["low risk"]] == probability.min()

@@ -281,3 +281,10 @@ def test_export_with_a_champion_missing_exports_none(registry, tmp_path):
     with pytest.raises(UserError, match="churnml-repurchase@champion"):
         export.run(settings)
     assert not registry.exists() or not any(registry.iterdir())
+
+
+def test_loading_from_the_registry_prints_no_progress_bars(registry, capfd):
+    capfd.readouterr()
+    tracking.load_model("models:/churnml-churn@champion")
+    tracking.export_model("churnml-churn", registry)
+    assert "Downloading" not in capfd.readouterr().err

@@ -425,12 +425,13 @@ def tier_comparison(explanation: "shap.Explanation", features: pd.DataFrame, pro
     """
     values = _values_frame(explanation).abs()
     leading = list(global_importance(explanation).index[:top])
-    groups = features[by].astype(object).where(features[by].notna(), "missing").to_numpy()
-    frame = pd.concat([pd.DataFrame({by: groups, "customers": 1, "mean_probability": np.asarray(probability, dtype="float64"),
+    groups = pd.Series(features[by].astype(object).where(features[by].notna(), "missing").to_numpy(), name=by)
+    frame = pd.concat([pd.DataFrame({"customers": 1, "mean_probability": np.asarray(probability, dtype="float64"),
                                      "mean_abs_shap_total": values.sum(axis=1).to_numpy()}),
-                       values[leading]], axis=1)
-    table = frame.groupby(by, sort=True).agg({"customers": "sum", "mean_probability": "mean",
-                                              "mean_abs_shap_total": "mean", **{f: "mean" for f in leading}})
+                       values[leading].reset_index(drop=True)], axis=1)
+    # Grouped by the values themselves: the grouping column may also be a leading feature's SHAP column.
+    table = frame.groupby(groups, sort=True).agg({"customers": "sum", "mean_probability": "mean",
+                                                  "mean_abs_shap_total": "mean", **{f: "mean" for f in leading}})
     return table.sort_values("mean_probability", ascending=False, kind="stable")
 
 

@@ -325,7 +325,8 @@ def _champion_decision(name: str, outcome: Any, metric: str) -> tuple[bool, str]
             champion_score, basis = logged, "as logged (the champion cannot score the new feature table)"
     promote = is_at_least_as_good(new_score, champion_score)
     verdict = "promoted" if promote else "kept the champion"
-    return promote, f"{verdict}: new {metric}={new_score:.4f} vs champion v{current.version} {champion_score} {basis}"
+    shown = f"{float(champion_score):.4f}" if champion_score is not None else "none"
+    return promote, f"{verdict}: new {metric}={new_score:.4f} vs champion v{current.version} {shown} {basis}"
 
 
 def _out_of_time(model: ChurnModel, holdout_cutoff: Any) -> bool:
@@ -363,10 +364,28 @@ def load_model(uri: str, tracking_uri: str | None = None) -> ChurnModel:
         use_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="churnml-model-") as scratch:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
+            with _quiet_downloads():
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=scratch)
         except MlflowException as error:
             raise _missing_model(uri, error) from error
         return persistence.load_model(local, source=uri)
+
+
+@contextmanager
+def _quiet_downloads() -> Iterator[None]:
+    """MLflow without its download progress bars: a model of a few files loads in a blink, and
+    the bars would stand on stderr before a stage's one-line refusal."""
+    import os
+
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
 def save_model_directory(model: ChurnModel, path: str | Path) -> Path:
@@ -468,7 +487,8 @@ def export_model(name: str, directory: str | Path, alias: str = CHAMPION) -> Pat
     try:
         # The version, not the alias: the alias may move while this runs.
         uri = f"models:/{name}/{version.version}"
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
+        with _quiet_downloads():
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging))
         (staging / "churnml.json").write_text(json.dumps({"name": name, "version": str(version.version), "alias": alias,
                                                             "run_id": version.run_id}, indent=2))
         persistence.load_model(staging, source=uri)
