@@ -21,15 +21,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from churnml.errors import UserError, one_line
+from churnml.errors import UserError
+from churnml.jobs.common import USER_ERROR_EXIT, exit_with
 
 CONFIG_PATH = "conf"
-USER_ERROR_EXIT = 2
 FULL_ERROR_VARIABLE = "HYDRA_FULL_ERROR"
 # What a full or read-only output location raises, wherever the write happens.
 _LOCATION_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -85,12 +85,6 @@ def config_mistake(error: BaseException, config_name: str) -> UserError | None:
     if isinstance(error, InstantiationException) or not isinstance(error, (HydraException, OmegaConfBaseException)):
         return None
     return UserError(config_error_message(error, config_name))
-
-
-def exit_with(stage: str, mistake: BaseException) -> NoReturn:
-    """Print ``churnml-<stage>: error: <message>`` on stderr, as one line, and exit 2."""
-    print(f"churnml-{stage}: error: {one_line(mistake)}", file=sys.stderr, flush=True)
-    raise SystemExit(USER_ERROR_EXIT)
 
 
 def discard_run_directory() -> None:

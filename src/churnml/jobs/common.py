@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, NoReturn, Sequence
 
-from churnml.errors import UserError
+from churnml.errors import UserError, one_line
 
+USER_ERROR_EXIT = 2
 # What a complete Spark output holds: such a directory may be replaced by a file of the same name.
 SPARK_SUCCESS_MARKER = "_SUCCESS"
+
+
+def exit_with(stage: str, mistake: BaseException) -> NoReturn:
+    """Print ``churnml-<stage>: error: <message>`` on stderr, as one line, and exit 2
+    (DESIGN.md section 7)."""
+    print(f"churnml-{stage}: error: {one_line(mistake)}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR_EXIT)
 
 
 def engine_connection(settings: Mapping[str, Any]) -> Any:

@@ -21,7 +21,6 @@ leave it nothing to choose from.
 from __future__ import annotations
 
 import math
-import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -96,13 +95,13 @@ class RegisterChosenTrial(Callback):
 
         from churnml.config import validated
         from churnml.errors import UserError
+        from churnml.jobs.common import exit_with
         from churnml.jobs.train import train_and_register
 
         chosen = choose_trial(self.trials)
         if chosen is None:
-            print(f"churnml-train: error: none of the sweep's {len(self.trials)} finished trial(s) has a finite "
-                  "objective (train.objective): nothing registered; check the trials' logs", file=sys.stderr)
-            raise SystemExit(2)
+            exit_with("train", UserError(f"none of the sweep's {len(self.trials)} finished trial(s) has a finite "
+                                         "objective (train.objective): nothing registered; check the trials' logs"))
         print(f"\nchosen trial ({len(self.trials)} finished): {' '.join(chosen.overrides) or 'no overrides'}, "
               f"objective {chosen.objective:.4f}; training it again to evaluate on the holdout and register it")
         settings = OmegaConf.to_container(chosen.config, resolve=True, throw_on_missing=True)
@@ -111,8 +110,7 @@ class RegisterChosenTrial(Callback):
         try:
             train_and_register(validated("train", settings))
         except UserError as error:
-            print(f"churnml-train: error: {error}", file=sys.stderr)
-            raise SystemExit(2) from error
+            exit_with("train", error)
         except Exception as error:
             traceback.print_exc()
             raise SystemExit(1) from error
