@@ -77,3 +77,38 @@ def small_shop() -> dict[str, pd.DataFrame]:
     from churnml.simulate import simulate_shop
 
     return simulate_shop(n_customers=1500, start="2023-01-01", end="2024-12-31", seed=7)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """An Ibis connection to a local Spark session, stopped when the module is done."""
+    from churnml.io.spark import connect_spark, stop_spark
+
+    con = connect_spark()
+    yield con
+    stop_spark(con)
+
+
+# The small shop scored: its edge customers, both small models and their inputs at the last date
+# (the scoring and persistence tests share them; each module builds its own).
+@pytest.fixture(scope="module")
+def dataset(small_shop):
+    from test_scoring import with_edge_customers
+
+    return frame_dataset(with_edge_customers(small_shop["transactions"]), small_shop["interactions"],
+                         small_shop["customers"])
+
+
+@pytest.fixture(scope="module")
+def models(dataset):
+    from test_scoring import train_small_models
+
+    return train_small_models(dataset)[0]
+
+
+@pytest.fixture(scope="module")
+def inputs(dataset, models):
+    from churnml.features import snapshots
+    from churnml.scoring import table
+
+    return table.model_inputs(snapshots.feature_frame(dataset, dataset.last_date), models)

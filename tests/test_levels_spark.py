@@ -21,15 +21,6 @@ FAST = LevelConfig(enabled=True, rules={"silver": LevelRule(150.0, 1), "gold": L
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from churnml.io.spark import connect_spark, stop_spark
-
-    con = connect_spark()
-    yield con
-    stop_spark(con)
-
-
-@pytest.fixture(scope="module")
 def lines() -> pd.DataFrame:
     from churnml.simulate import simulate_shop
 

@@ -43,7 +43,7 @@ def test_formula_like_text_cells_are_quoted_and_numbers_stay_numbers(tmp_path):
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     cells = [cell for row in rows for cell in row]
-    assert not any(evaluated_by_a_spreadsheet(cell) for cell in cells if not _is_number(cell))
+    assert not any(evaluated_by_a_spreadsheet(cell) for cell in cells if not is_number(cell))
     back = pd.read_csv(path, keep_default_na=False)
     assert back["customer_id"].tolist() == ["'=1+1", "'+cmd|' /C calc'!A0", "'@SUM(1)", "'-2+3", "'\tTAB", "'\rCR",
                                             "plain"]
@@ -57,7 +57,7 @@ def test_formula_like_text_cells_are_quoted_and_numbers_stay_numbers(tmp_path):
     assert pd.read_parquet(tmp_path / "scores.parquet")["customer_id"].iloc[0] == "=1+1"
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
     try:
         float(cell)
     except ValueError:

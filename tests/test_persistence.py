@@ -15,28 +15,9 @@ from sklearn.linear_model import LogisticRegression
 
 from churnml import tracking
 from churnml.errors import UserError
-from churnml.features import snapshots
 from churnml.models import persistence
 from churnml.models.classifier import ChurnModel
 from churnml.scoring import table
-from conftest import frame_dataset
-from test_scoring import train_small_models, with_edge_customers
-
-
-@pytest.fixture(scope="module")
-def dataset(small_shop):
-    return frame_dataset(with_edge_customers(small_shop["transactions"]), small_shop["interactions"],
-                         small_shop["customers"])
-
-
-@pytest.fixture(scope="module")
-def models(dataset) -> dict[str, ChurnModel]:
-    return train_small_models(dataset)[0]
-
-
-@pytest.fixture(scope="module")
-def inputs(dataset, models) -> dict[str, pd.DataFrame]:
-    return table.model_inputs(snapshots.feature_frame(dataset, dataset.last_date), models)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchEr
 from churnml.models.training import fit_model
 from churnml.scoring import policy, reasons, table
 from churnml.scoring import summary as score_summary
-from conftest import frame_dataset
 
 CHURN_CUTOFFS = [dt.date(2024, 5, 31), dt.date(2024, 6, 30), dt.date(2024, 7, 31), dt.date(2024, 8, 31)]
 REPURCHASE_CUTOFFS = [dt.date(2024, 9, 30), dt.date(2024, 10, 31), dt.date(2024, 11, 30)]
@@ -68,22 +67,6 @@ def train_small_models(dataset) -> tuple[dict[str, ChurnModel], pd.DataFrame]:
     repurchase, _ = train_small_model(dataset, "repurchase", 30, REPURCHASE_CUTOFFS, prior=None)
     latest = churn_table[churn_table["cutoff"] == churn_table["cutoff"].max()].reset_index(drop=True)
     return {"churn": churn, "repurchase": repurchase}, latest
-
-
-@pytest.fixture(scope="module")
-def dataset(small_shop):
-    return frame_dataset(with_edge_customers(small_shop["transactions"]), small_shop["interactions"],
-                         small_shop["customers"])
-
-
-@pytest.fixture(scope="module")
-def models(dataset) -> dict[str, ChurnModel]:
-    return train_small_models(dataset)[0]
-
-
-@pytest.fixture(scope="module")
-def inputs(dataset, models) -> dict[str, pd.DataFrame]:
-    return table.model_inputs(snapshots.feature_frame(dataset, dataset.last_date), models)
 
 
 @pytest.fixture(scope="module")

@@ -35,16 +35,6 @@ RELATIVE_TOLERANCE = 1e-9
 
 
 @pytest.fixture(scope="module")
-def spark():
-    """An Ibis connection to a local Spark session, stopped when the module is done."""
-    from churnml.io.spark import connect_spark, stop_spark
-
-    con = connect_spark()
-    yield con
-    stop_spark(con)
-
-
-@pytest.fixture(scope="module")
 def shop_directory(tmp_path_factory) -> Path:
     """The demo shop written as Parquet files."""
     from churnml.simulate import simulate_shop, write_shop

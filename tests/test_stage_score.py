@@ -22,6 +22,7 @@ from churnml.models.classifier import FeatureMismatchError
 from churnml.scoring import table
 from churnml.simulate import write_shop
 from test_config import compose_resolved
+from test_outputs import is_number
 from test_scoring import train_small_models, with_edge_customers
 
 # Every test here runs the whole stage (models on disk, an MLflow store); test_scoring.py covers
@@ -238,18 +239,10 @@ def test_csv_scores_of_formula_like_ids_hold_no_cell_a_spreadsheet_evaluates(sho
     run_score(settings_for({**shop, **data}, "score.format=csv", f"score.output={output}"))
     with open(output, newline="") as handle:
         rows = list(csv.reader(handle))
-    text_cells = [cell for row in rows for cell in row if cell and not _is_number(cell)]
+    text_cells = [cell for row in rows for cell in row if cell and not is_number(cell)]
     assert not [cell for cell in text_cells if cell[0] in "=+-@\t\r"]
     ids = {row[0] for row in rows[1:]}
     assert {"'" + formula for formula in formulas} <= ids
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
 
 
 def test_a_run_that_cannot_be_tracked_leaves_the_previous_scores(shop, tmp_path, monkeypatch):
