@@ -14,6 +14,7 @@ from churnml.features.seasonality import (
     MIN_SEASONAL_MONTHS,
     monthly_purchase_rates,
     seasonal_index,
+    seasonal_index_through,
     window_season_factor,
 )
 from churnml.models.training import train_and_evaluate
@@ -45,6 +46,16 @@ def test_no_index_from_less_than_two_years_or_an_empty_month():
     with_gap = monthly_series(PLANTED, 36)
     with_gap.iloc[5] = 0.0
     assert seasonal_index(with_gap) is None
+
+
+def test_a_model_knows_only_the_months_its_labels_close_by():
+    rates = monthly_series(PLANTED, 30)
+    later = rates.copy()
+    later.iloc[27:] *= 3.0  # April to June 2023, after the labels close
+    last_day = dt.date(2023, 3, 31)
+    np.testing.assert_array_equal(seasonal_index_through(later, last_day), seasonal_index_through(rates, last_day))
+    np.testing.assert_array_equal(seasonal_index_through(rates, last_day), seasonal_index(rates.iloc[:27]))
+    assert seasonal_index_through(rates, dt.date(2022, 12, 30)) is None  # December not complete: 23 months
 
 
 def test_window_factor_weights_each_month_by_its_days():

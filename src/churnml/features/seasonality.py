@@ -75,6 +75,13 @@ def seasonal_index(rates: pd.Series) -> np.ndarray | None:
     return index
 
 
+def seasonal_index_through(rates: pd.Series, last_day: str | dt.date) -> np.ndarray | None:
+    """:func:`seasonal_index` of the months of ``rates`` complete by ``last_day``: what a model
+    whose labels close on ``last_day`` may know of the shop's seasons."""
+    months = rates.index + pd.offsets.MonthEnd(0) <= pd.Timestamp(as_date(last_day))
+    return seasonal_index(rates[months])
+
+
 def window_season_factor(index: np.ndarray | None, as_of: str | dt.date, horizon_days: int) -> float:
     """The mean of the monthly ``index`` over the days of the window ``(as_of, as_of +
     horizon_days]``: the window's length in average-season days per day. 1 without an index.

@@ -20,7 +20,7 @@ from churnml.evaluation import drift, report
 from churnml.evaluation import metrics as evaluation_metrics
 from churnml.features.build import FeatureConfig
 from churnml.features.dates import resolve_as_of
-from churnml.features.seasonality import monthly_purchase_rates, seasonal_index
+from churnml.features.seasonality import monthly_purchase_rates, seasonal_index_through
 from churnml.features.snapshots import snapshot_table, training_cutoffs
 from churnml.io.load import Dataset
 from churnml.models.baselines import baseline_probabilities
@@ -171,8 +171,8 @@ def fit_model(
     model = clone(template)
     seasonality = None
     if rates is not None:
-        labels_close = pd.Timestamp(table["cutoff"].max()) + pd.Timedelta(days=int(template.horizon_days))
-        seasonality = seasonal_index(rates[rates.index + pd.offsets.MonthEnd(0) <= labels_close])
+        labels_close = pd.Timestamp(table["cutoff"].max()).date() + dt.timedelta(days=int(template.horizon_days))
+        seasonality = seasonal_index_through(rates, labels_close)
     model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]),
               progress=progress, seasonality=seasonality)
     model.trained_through_ = pd.Timestamp(table["cutoff"].max()).date()
