@@ -51,8 +51,8 @@ def run(settings: Mapping[str, Any]) -> Path:
     as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
     output = Path(given_output or default_output_dir(settings["data"]["name"], as_of))
 
-    # Surveys once the data contract has them; levels from the feature table's membership_level.
-    result = program_kpis(dataset, as_of, config, feature_config, surveys=getattr(dataset, "surveys", None))
+    # Surveys from the dataset; levels from the feature table's membership_level.
+    result = program_kpis(dataset, as_of, config, feature_config)
     figures = dashboard.dashboard_figures(result.monthly, result.cohorts, (result.baseline, result.current),
                                           result.periods, result.progress, result.migrations, {"tier": TIERS})
     context = {

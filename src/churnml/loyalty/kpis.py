@@ -715,8 +715,9 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
     feature_config : churnml.features.build.FeatureConfig
         The feature set whose tiers and LTV the KPIs group by.
     surveys : ibis Table or pandas.DataFrame, optional
-        ``customer_id``, ``ts``, ``kind`` (nps, csat, ces), ``score``; without it the survey
-        KPIs are left out (and their targets not met).
+        ``customer_id``, ``ts``, ``kind`` (nps, csat, ces), ``score``; the dataset's surveys
+        table when not given. Without either, the survey KPIs are left out (and their targets
+        not met).
     levels_on : callable, optional
         The membership levels on a day (``customer_id``, ``membership_level``), used when the
         feature table has no ``membership_level`` column; without either, the level views are
@@ -740,7 +741,7 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
     for day in sorted({baseline.classified_on, baseline.end, current.classified_on, current.end, migration_from}):
         states[day] = customer_states(dataset, day, feature_config, levels_on(day) if levels_on else None)
     activity = customer_activity(dataset.transactions, as_of, config.active_days)
-    responses = survey_frame(surveys, as_of)
+    responses = survey_frame(surveys if surveys is not None else dataset.surveys, as_of)
     if responses is None:
         notes.append("no surveys table: NPS, CSAT and CES are left out")
     if LEVEL_COLUMN not in states[current.end].columns:
