@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------
 
 
-def _new_figure(n_axes: int = 1, width: float = 6.0, height: float = 4.5) -> tuple["Figure", list]:
+def new_figure(n_axes: int = 1, width: float = 6.0, height: float = 4.5) -> tuple["Figure", list]:
+    """A figure of ``n_axes`` side by side on the Agg canvas (no pyplot state), ``width`` inches per axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -39,7 +40,7 @@ def plot_roc(probabilities: Mapping[str, np.ndarray], y_true) -> "Figure":
     """ROC curves of the model and baselines, with their AUC in the legend."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    figure, (ax,) = _new_figure()
+    figure, (ax,) = new_figure()
     for name, probability in probabilities.items():
         y, p = _check_binary(y_true, probability)
         fpr, tpr, _ = roc_curve(y, p)
@@ -54,7 +55,7 @@ def plot_precision_recall(probabilities: Mapping[str, np.ndarray], y_true) -> "F
     """Precision-recall curves, with average precision in the legend and the base rate as reference."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    figure, (ax,) = _new_figure()
+    figure, (ax,) = new_figure()
     base_rate = float(np.mean(np.asarray(y_true, dtype=float)))
     for name, probability in probabilities.items():
         y, p = _check_binary(y_true, probability)
@@ -68,7 +69,7 @@ def plot_precision_recall(probabilities: Mapping[str, np.ndarray], y_true) -> "F
 
 def plot_calibration(probabilities: Mapping[str, np.ndarray], y_true, n_bins: int = 10) -> "Figure":
     """Observed rate against mean predicted probability per quantile bin (see :func:`calibration_table`)."""
-    figure, (ax,) = _new_figure()
+    figure, (ax,) = new_figure()
     for name, probability in probabilities.items():
         table = calibration_table(y_true, probability, n_bins)
         ax.plot(table["mean_predicted"], table["observed_rate"], marker="o", label=name)
@@ -91,7 +92,7 @@ def gains_curve(y_true, probability) -> tuple[np.ndarray, np.ndarray]:
 
 def plot_gains(probabilities: Mapping[str, np.ndarray], y_true) -> "Figure":
     """Cumulative gains (left) and lift (right) against the share of customers targeted."""
-    figure, (gains_ax, lift_ax) = _new_figure(n_axes=2)
+    figure, (gains_ax, lift_ax) = new_figure(n_axes=2)
     for name, probability in probabilities.items():
         targeted, captured = gains_curve(y_true, probability)
         gains_ax.plot(targeted, captured, label=name)
@@ -113,7 +114,7 @@ def plot_importance(importance: pd.Series, top: int = 20) -> "Figure":
         raise ValueError("no feature importance to plot")
     values = pd.to_numeric(importance, errors="raise").astype(float)
     shown = values.loc[values.abs().sort_values(ascending=False, kind="stable").index[:top]]
-    figure, (ax,) = _new_figure(height=max(3.0, 0.3 * len(shown) + 1.0))
+    figure, (ax,) = new_figure(height=max(3.0, 0.3 * len(shown) + 1.0))
     ax.barh([str(i) for i in shown.index[::-1]], shown.to_numpy()[::-1])
     ax.set(xlabel=importance.name or "importance", title=f"Top {len(shown)} features")
     return figure
@@ -198,15 +199,21 @@ def render_report(
         sections += ["<h2>Cross-validation</h2>", html_table(cv)]
     if figures:
         sections.append("<h2>Figures</h2>")
-    for name, figure in figures.items():
-        caption = html.escape(str(name))
-        sections.append(
-            f'<figure><img src="data:image/png;base64,{figure_png_base64(figure)}" alt="{caption}">'
-            f"<figcaption>{caption}</figcaption></figure>"
-        )
+    sections += [figure_html(name, figure) for name, figure in figures.items()]
+    return html_page(title, sections)
+
+
+def figure_html(caption: object, figure: "Figure") -> str:
+    """A figure as an embedded PNG with its (escaped) caption."""
+    text = html.escape(str(caption))
+    return (f'<figure><img src="data:image/png;base64,{figure_png_base64(figure)}" alt="{text}">'
+            f"<figcaption>{text}</figcaption></figure>")
+
+
+def html_page(title: str, sections: Sequence[str]) -> str:
+    """A self-contained HTML document: the escaped ``title`` and the given HTML ``sections`` in
+    the reports' style. The sections must already be escaped (:func:`html_table`, :func:`figure_html`)."""
     body = "\n".join(sections)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{_REPORT_STYLE}</style>\n</head>\n"
-        f"<body>\n{body}\n</body>\n</html>\n"
-    )
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{_REPORT_STYLE}</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")

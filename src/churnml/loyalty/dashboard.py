@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from churnml.evaluation.report import _REPORT_STYLE, _new_figure, figure_png_base64, html_table
+from churnml.evaluation.report import figure_html, html_page, html_table, new_figure
 from churnml.loyalty.migration import matrix_frame
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def plot_retention(cohorts: pd.DataFrame, max_cohorts: int = HEATMAP_COHORTS) ->
     # Month 0 is 100 % by definition; a cohort seen in its first month only has no row left.
     grid = grid.loc[:, [c for c in grid.columns if c > 0]] if grid.shape[1] > 1 else grid
     grid = grid.dropna(axis=0, how="all")
-    figure, (ax,) = _new_figure(width=11.0, height=max(3.0, 0.28 * len(grid) + 1.5))
+    figure, (ax,) = new_figure(width=11.0, height=max(3.0, 0.28 * len(grid) + 1.5))
     image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(len(grid)), [f"{c:%Y-%m}" for c in grid.index])
     step = max(1, grid.shape[1] // 18)
@@ -45,7 +45,7 @@ def plot_migration(transitions: pd.DataFrame, known: Sequence[str] = (), title: 
     cell annotated with its share and count."""
     shares = matrix_frame(transitions, "share", known)
     counts = matrix_frame(transitions, "customers", known)
-    figure, (ax,) = _new_figure(width=6.5, height=5.0)
+    figure, (ax,) = new_figure(width=6.5, height=5.0)
     image = ax.imshow(shares.to_numpy(dtype=float), cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(shares.shape[1]), list(shares.columns))
     ax.set_yticks(range(shares.shape[0]), list(shares.index))
@@ -63,7 +63,7 @@ def plot_trends(monthly: pd.DataFrame, periods: Sequence, progress: pd.DataFrame
     """Monthly repurchase rate, churn rate, AOV and (with surveys) NPS, the baseline and current
     periods shaded, and each overall target's goal drawn over the current period."""
     shown = [k for k in TREND_KPIS if k in monthly.columns and monthly[k].notna().any()]
-    figure, axes = _new_figure(n_axes=len(shown), width=4.2, height=3.4)
+    figure, axes = new_figure(n_axes=len(shown), width=4.2, height=3.4)
     goals = progress[progress["group"] == "all"].set_index("kpi")["goal"] if not progress.empty else pd.Series()
     for ax, kpi in zip(axes, shown):
         ax.plot(monthly["month"], monthly[kpi], marker=".", color="tab:blue")
@@ -82,7 +82,7 @@ def plot_trends(monthly: pd.DataFrame, periods: Sequence, progress: pd.DataFrame
 
 def plot_progress(progress: pd.DataFrame) -> "Figure":
     """Horizontal bars: the share of each target reached (1 = met), a line at 1."""
-    figure, (ax,) = _new_figure(width=6.5, height=max(2.5, 0.5 * len(progress) + 1.2))
+    figure, (ax,) = new_figure(width=6.5, height=max(2.5, 0.5 * len(progress) + 1.2))
     values = progress["progress"].to_numpy(dtype=float)
     labels = [f"{t} ({k}{'' if g == 'all' else ', ' + str(g)})"
               for t, k, g in zip(progress["target"], progress["kpi"], progress["group"])]
@@ -98,7 +98,7 @@ def plot_progress(progress: pd.DataFrame) -> "Figure":
 def plot_clv(periods_table: pd.DataFrame, by: str = "tier") -> "Figure":
     """CLV (mean LTV) by ``by`` at the end of the baseline and of the current period."""
     rows = periods_table[periods_table["by"] == by].pivot_table(index="group", columns="period", values="clv")
-    figure, (ax,) = _new_figure(width=6.0, height=3.8)
+    figure, (ax,) = new_figure(width=6.0, height=3.8)
     columns = [c for c in ("baseline", "current") if c in rows.columns]
     rows[columns].plot.bar(ax=ax, rot=0)
     ax.set(xlabel=by, ylabel="mean LTV", title=f"CLV by {by}, at each period's end")
@@ -152,10 +152,5 @@ def render_dashboard(title: str, context: Mapping[str, object], progress: pd.Dat
     shown = [c for c in ("period", "months", "by", "group", "active_start", "repurchase_rate", "churn_rate", "aov",
                          "customers", "clv", "nps", "csat", "ces") if c in periods_table.columns]
     sections += ["<h2>KPIs by period</h2>", html_table(periods_table[shown].set_index("period"))]
-    for name, figure in figures.items():
-        caption = html.escape(str(name))
-        sections.append(f'<figure><img src="data:image/png;base64,{figure_png_base64(figure)}" alt="{caption}">'
-                        f"<figcaption>{caption}</figcaption></figure>")
-    body = "\n".join(sections)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_REPORT_STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    sections += [figure_html(name, figure) for name, figure in figures.items()]
+    return html_page(title, sections)
