@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup features train evaluate score export kpis explain test test-fast test-spark lint bench ui clean
+.PHONY: help setup features train evaluate score export kpis experiment explain test test-fast test-spark lint bench ui clean
 TARGETS ?= churn,repurchase
 
 help: ## List the targets
@@ -41,6 +41,9 @@ export: $(STAMP) ## Export both champions from the registry to models/ (make tra
 
 kpis: $(STAMP) ## Loyalty KPIs, cohorts, tier migration and a dashboard (churnml-kpis): outputs/kpis/<data>/as_of=.../
 	$(BIN)/churnml-kpis $(ARGS)
+
+experiment: $(STAMP) ## Evaluate the campaigns of the treatments table: lift, CUPED, sample ratio, power, uplift (churnml-experiment)
+	$(BIN)/churnml-experiment $(ARGS)
 
 explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in reports/notebooks, logged to the churn champion's run
 	$(BIN)/churnml-notebooks --output-dir reports/notebooks $(ARGS)

@@ -199,6 +199,7 @@ evaluate_app = _stage_app("evaluate", "evaluate")
 score_app = _stage_app("score", "score")
 export_app = _stage_app("train", "export")
 kpis_app = _stage_app("kpis", "kpis")
+experiment_app = _stage_app("experiment", "experiment")
 
 
 def notebooks_app() -> None:
@@ -216,7 +217,7 @@ def notebooks_app() -> None:
 
 
 STAGES = {"features": features_app, "train": train_app, "evaluate": evaluate_app, "score": score_app,
-          "export": export_app, "kpis": kpis_app, "notebooks": notebooks_app}
+          "export": export_app, "kpis": kpis_app, "experiment": experiment_app, "notebooks": notebooks_app}
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from churnml.io.load import LoadOptions
 from churnml.loyalty.kpis import KpiConfig
 from churnml.models.classifier import ChurnModel
 from churnml.models.training import TrainingPlan
+from churnml.programs.campaigns import ExperimentConfig
 from churnml.scoring.policy import RiskBands, ScoringConfig
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +131,19 @@ KpiSettings = dataclasses.make_dataclass(
 )
 KpiSettings.__doc__ = ("``kpis``: definitions, periods and program targets (:class:`~churnml.loyalty.kpis.KpiConfig`) "
                        "and the output directory of churnml-kpis.")
+ExperimentSettings = dataclasses.make_dataclass(
+    "ExperimentSettings",
+    [
+        # Where churnml-experiment writes its tables and report; None: outputs/experiment/<data>/as_of=<as_of>/.
+        ("output_dir", Optional[str], field(default=None)),
+        # Where the uplift model fitted on every campaign is exported (<model_dir>/<prefix>-uplift),
+        # for churnml-score's expected_uplift and expected_value; None: not exported.
+        ("model_dir", Optional[str], field(default="models")),
+    ],
+    bases=(mirror(ExperimentConfig),),
+)
+ExperimentSettings.__doc__ = ("``experiment``: what churnml-experiment measures "
+                              "(:class:`~churnml.programs.campaigns.ExperimentConfig`) and where it writes.")
 
 
 def _table_files(spec: TableSpec) -> type:
@@ -322,7 +336,7 @@ def _stage_fields(*, mlflow: bool) -> list[tuple]:
 
 
 def stage_schemas() -> dict[str, type]:
-    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``, ``kpis``."""
+    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``, ``kpis``, ``experiment``."""
     for_features, with_mlflow = _stage_fields(mlflow=False), _stage_fields(mlflow=True)
     return {
         "features": dataclasses.make_dataclass("FeaturesStage", for_features),
@@ -349,12 +363,17 @@ def stage_schemas() -> dict[str, type]:
             *with_mlflow,
             ("kpis", KpiSettings, field(default_factory=KpiSettings)),
         ]),
+        "experiment": dataclasses.make_dataclass("ExperimentStage", [
+            *with_mlflow,
+            ("seed", int, field(default=42)),
+            ("experiment", ExperimentSettings, field(default_factory=ExperimentSettings)),
+        ]),
     }
 
 
 def register_configs() -> None:
     """Put the stage schemas (``features_schema``, ``train_schema``, ``evaluate_schema``,
-    ``score_schema``, ``kpis_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
+    ``score_schema``, ``kpis_schema``, ``experiment_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -413,6 +432,8 @@ def _check_values(settings: typing.Mapping[str, Any]) -> None:
         checks.append(("score", lambda: ScoringConfig.from_dict(settings["score"])))
     if "kpis" in settings:
         checks.append(("kpis", lambda: KpiConfig.from_dict(settings["kpis"])))
+    if "experiment" in settings:
+        checks.append(("experiment", lambda: ExperimentConfig.from_dict(settings["experiment"])))
     if "target" in settings:
         if settings["target"]["name"] not in TARGETS:
             refuse("target.name", settings["target"]["name"], TARGETS)

@@ -674,3 +674,50 @@ def log_kpis(
             mlflow.log_figure(figure, f"plots/{mlflow_key(name).replace(' ', '_')}.png")
         mlflow.log_artifacts(str(output_dir), "kpis")
         return run.info.run_id
+
+
+def log_experiment(
+    settings: Mapping[str, Any],
+    lifts: pd.DataFrame,
+    srm: pd.DataFrame,
+    targeting: pd.DataFrame | None,
+    output_dir: str | Path,
+    figures: Mapping[str, Any] | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
+) -> str:
+    """Track a campaign evaluation: config, data fingerprint, params, the lifts, sample-ratio
+    checks and targeting comparison as metrics, the figures, and every file of ``output_dir``
+    (tables, report, uplift model) under ``experiment/``; return the run id.
+
+    Metrics are named ``<campaign>.<metric>.<estimator>.<lift|lift_ci_lower|lift_ci_upper|pvalue>``
+    (``retention_2025_09.repurchase_rate.cuped.lift``), ``<campaign>.srm_pvalue`` and
+    ``uplift.<targeting>.qini_coefficient``; campaign names come from the user's data and are
+    sanitised (:func:`mlflow_keys`); values that are not finite are left out.
+    """
+    import mlflow
+
+    metrics: dict[str, float] = {}
+    for row in lifts.itertuples(index=False):
+        for name in ("lift", "lift_ci_lower", "lift_ci_upper", "relative_lift", "pvalue"):
+            value = getattr(row, name)
+            if value is not None and not pd.isna(value):
+                metrics[f"{row.campaign}.{row.metric}.{row.estimator}.{name}"] = float(value)
+    for row in srm.itertuples(index=False):
+        metrics[f"{row.campaign}.srm_pvalue"] = float(row.pvalue)
+    if targeting is not None:
+        for row in targeting.itertuples(index=False):
+            metrics[f"uplift.{row.targeting}.qini_coefficient"] = float(row.qini_coefficient)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"churnml.stage": "experiment", "churnml.as_of": str(settings.get("as_of")),
+                         "churnml.output": str(output_dir),
+                         "churnml.srm_mismatches": str(int(srm["mismatch"].sum()))})
+        mlflow.log_dict(dict(settings), "config.json")
+        if fingerprint is not None:
+            mlflow.log_dict(dict(fingerprint), "data_fingerprint.json")
+        _log_params(settings)
+        mlflow.log_metrics(_finite(mlflow_keys(metrics)))
+        for name, figure in (figures or {}).items():
+            mlflow.log_figure(figure, f"plots/{mlflow_key(name).replace(' ', '_')}.png")
+        mlflow.log_artifacts(str(output_dir), "experiment")
+        return run.info.run_id
