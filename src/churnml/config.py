@@ -291,6 +291,10 @@ class ScoreSettings:
     churn_model_uri: Optional[str] = None
     repurchase_model_uri: Optional[str] = None
     model_dir: Optional[str] = None  # e.g. models: load <model_dir>/<prefix>-churn and -repurchase instead
+    # The uplift model churnml-experiment exports, for expected_uplift, expected_value and contact_rank;
+    # None: <model_dir or models>/<prefix>-uplift when it exists. expected_value=false leaves them out.
+    uplift_model_dir: Optional[str] = None
+    expected_value: bool = True
     output: Optional[str] = None  # None: scores/as_of=<as_of>/scores.<format>; on Spark the directory
     format: str = "parquet"  # parquet | csv
     drift_threshold: float = 0.2  # PSI above which a feature (or the score) is reported as drifted

@@ -56,11 +56,13 @@ def reference_profiles(models: Mapping[str, Any], identities: Mapping[str, Any])
 def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
                       context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
                       fmt: str, check_drift: Callable[[Mapping[str, Any]], None] | None = None,
+                      uplift: tuple[Any, Mapping[str, Any]] | None = None,
                       ) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """Score the whole feature table in memory and write one file; return its path, the summary and the drift.
 
     ``check_drift`` is given the PSI of each target before anything is written, and may raise to
-    stop the run (:func:`population_gate`).
+    stop the run (:func:`population_gate`). ``uplift`` (an uplift model and its deployment
+    record) adds the expected value of a contact (:func:`churnml.programs.targeting.with_expected_value`).
     """
     from churnml.evaluation import drift
     from churnml.features.snapshots import feature_frame
@@ -82,16 +84,27 @@ def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Map
            for target, profile in profiles.items()}
     if check_drift is not None:
         check_drift(psi)
+    if uplift is not None:
+        from churnml.programs.targeting import with_expected_value
+
+        scores = with_expected_value(scores, features, *uplift)
     path = write_scores(scores, output, fmt)
-    return path, summarize(scores), psi
+    summary = summarize(scores)
+    if uplift is not None:
+        worth = scores["contact_rank"].notna()
+        summary.update(contacts_worth_making=int(worth.sum()),
+                       expected_value_of_contacts=float(scores.loc[worth, "expected_value"].sum()))
+    return path, summary, psi
 
 
 def score_with_spark(dataset: Any, as_of: Any, feature_config: Any, models: Mapping[str, Any], config: Any,
                      context: Any, identities: Mapping[str, Any], profiles: Mapping[str, dict], output: str | Path,
                      fmt: str, check_drift: Callable[[Mapping[str, Any]], None] | None = None,
+                     uplift: tuple[Any, Mapping[str, Any]] | None = None,
                      ) -> tuple[Path | str, dict[str, Any], dict[str, Any]]:
     """Score the feature table where it is, on Spark, and write a directory of part files; return
-    its path, the summary and the drift.
+    its path, the summary and the drift. The expected value of a contact is not computed on Spark
+    (``uplift`` is refused before any work by :func:`uplift_model`).
 
     Spark measures the score's drift on the written rows, so ``check_drift`` runs after the write:
     a refusal stops the run before it is tracked, but the directory is in place.
@@ -149,6 +162,45 @@ def population_gate(score_settings: Mapping[str, Any], identities: Mapping[str, 
     return check
 
 
+def uplift_model(score_settings: Mapping[str, Any], registered_model_prefix: str,
+                 engine: str) -> tuple[Any, dict[str, Any], Path] | None:
+    """The uplift model that ``churnml-experiment`` exported, its deployment record and its
+    directory; None when ``score.expected_value`` is off, or no directory was given and the
+    default one (``<score.model_dir or models>/<prefix>-uplift``) does not exist.
+
+    Raises
+    ------
+    churnml.errors.UserError
+        For a ``score.uplift_model_dir`` that does not exist, a directory that is not an uplift
+        model (:func:`churnml.programs.uplift.load_uplift_model`), or an uplift model with
+        ``engine=spark``.
+    """
+    import json
+
+    from churnml.models.persistence import ModelFormatError
+    from churnml.programs.uplift import load_uplift_model
+
+    if not score_settings.get("expected_value", True):
+        return None
+    given = score_settings.get("uplift_model_dir")
+    directory = Path(given or Path(score_settings.get("model_dir") or "models") / f"{registered_model_prefix}-uplift")
+    if not directory.exists():
+        if given:
+            raise UserValueError(f"score.uplift_model_dir={given} does not exist: give the directory churnml-experiment "
+                                 "exported (experiment.model_dir), or score.expected_value=false")
+        return None
+    if engine == "spark":
+        raise UserValueError(f"the uplift model {directory} is scored on DuckDB only: use engine=duckdb, or "
+                             "score.expected_value=false")
+    model = load_uplift_model(directory)
+    try:
+        deployment = json.loads((directory / "deployment.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ModelFormatError(f"{directory / 'deployment.json'} cannot be read ({error}): export the uplift model "
+                               "again with churnml-experiment") from error
+    return model, deployment, directory
+
+
 def default_score_output(as_of: Any, fmt: str, engine: str) -> Path:
     """``scores/as_of=YYYY-MM-DD/scores.<fmt>``; on Spark the directory ``scores/as_of=YYYY-MM-DD``
     of part files, a partition of the dataset ``scores/``."""
@@ -201,6 +253,7 @@ def run(settings: Mapping[str, Any]) -> Path | str:
                  "directory" if engine == "spark" or not score.get("output") else "file")
     tracking.use_tracking_uri(settings["mlflow"]["tracking_uri"])
     models = {target: load_model(uri, model_key(score, target)) for target, uri in uris.items()}
+    uplift = uplift_model(score, settings["mlflow"]["registered_model_prefix"], engine)
     dataset = load_data(settings["data"], con=engine_connection(settings))
     as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
 
@@ -217,7 +270,8 @@ def run(settings: Mapping[str, Any]) -> Path | str:
     remote = "://" in str(output)
     with contextlib.nullcontext(output) if remote else staged(output) as written:
         _, summary, psi = score_on_engine(dataset, as_of, feature_config, models, config, context, identities,
-                                          profiles, written, fmt, population_gate(score, identities))
+                                          profiles, written, fmt, population_gate(score, identities),
+                                          uplift=uplift[:2] if uplift else None)
         path = output if remote else Path(output)
         fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
         scored_models = {t: tracking.ScoredModel(uris[t], identities[t].name, identities[t].version) for t in models}
@@ -231,6 +285,11 @@ def run(settings: Mapping[str, Any]) -> Path | str:
         above = drifted(values, threshold)
         listed = ", ".join(f"{name} {value:.2f}" for name, value in above.items())
         print(f"drift of the {target} model's inputs (PSI > {threshold:g}): {listed or 'none'}")
+    if uplift is not None:
+        print(f"expected value of a contact from the uplift model {uplift[2]} "
+              f"(campaigns {', '.join(uplift[1].get('campaigns', []))}): {summary.get('contacts_worth_making', 0):,} "
+              f"customers worth contacting (expected_value > 0, ranked by contact_rank), "
+              f"{summary.get('expected_value_of_contacts', 0.0):,.0f} in expected value")
     print(format_summary(summary, as_of, path))
     print(f"MLflow run {run_id} (experiment '{mlflow_settings['experiment']}', {mlflow_settings['tracking_uri']})")
     return path
