@@ -172,8 +172,8 @@ def uplift_model(score_settings: Mapping[str, Any], registered_model_prefix: str
     ------
     churnml.errors.UserError
         For a ``score.uplift_model_dir`` that does not exist, a directory that is not an uplift
-        model (:func:`churnml.programs.uplift.load_uplift_model`), or an uplift model with
-        ``engine=spark``.
+        model (:func:`churnml.programs.uplift.load_uplift_model`), or a ``score.uplift_model_dir``
+        with ``engine=spark`` (the default directory is then left out with a warning).
     """
     import json
 
@@ -188,6 +188,9 @@ def uplift_model(score_settings: Mapping[str, Any], registered_model_prefix: str
         if given:
             raise UserValueError(f"score.uplift_model_dir={given} does not exist: give the directory churnml-experiment "
                                  "exported (experiment.model_dir), or score.expected_value=false")
+        return None
+    if engine == "spark" and not given:
+        log.warning("the uplift model %s is scored on DuckDB only: no expected_value on Spark", directory)
         return None
     if engine == "spark":
         raise UserValueError(f"the uplift model {directory} is scored on DuckDB only: use engine=duckdb, or "
