@@ -206,7 +206,7 @@ def assignment_features(dataset: Dataset, assignments: pd.DataFrame, cutoffs: Ma
         joined = rows.merge(features.drop(columns=overlap), on="customer_id", how="left", sort=False)
         joined.index = rows.index
         if churn_risk is not None:
-            joined["churn_risk"] = joined["churn_risk"].fillna(joined["churn_risk"].max())
+            joined["churn_risk"] = joined["churn_risk"].fillna(features["churn_risk"].max())
         pieces.append(joined)
     return pd.concat(pieces).loc[assignments.index]
 
