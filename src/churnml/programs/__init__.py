@@ -1,0 +1,1 @@
+"""Program evaluation: experiments (lift, CUPED, sample-ratio check, pilot sizes), uplift, backtest."""
