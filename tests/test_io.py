@@ -337,3 +337,100 @@ def test_attribute_types_do_not_depend_on_the_file_format(tmp_path):
     assert csv["age"].tolist()[0] == 34 and pd.isna(csv["age"].tolist()[1])
     assert csv["vip"].tolist() == [1.0, 0.0]
     assert pd.isna(csv["region"].tolist()[1])
+
+
+# --- the treatments table --------------------------------------------------------------------
+
+TREATMENTS_CSV = (
+    "customer_id,ts,campaign,group,cost,channel\n"
+    "007,2024-01-10 09:00:00,spring,Treatment,1.5,email\n"
+    "B,2024-01-10 09:00:00,spring, CONTROL ,0,email\n"
+    "007,2024-03-01,summer,control,,app\n"
+)
+
+
+def load_treatments(tmp_path: Path, text: str, **kwargs) -> object:
+    tx = write_csv(tmp_path, "customer_id,ts,amount\n007,2024-01-01,10\nB,2024-01-02,5\n", name="tx.csv")
+    return load_dataset(TableSource(path=tx), treatments=TableSource(path=write_csv(tmp_path, text, name="treat.csv"),
+                                                                     **kwargs), con=connect())
+
+
+def test_treatments_load_with_groups_lower_case_and_ids_as_text(tmp_path):
+    dataset = load_treatments(tmp_path, TREATMENTS_CSV)
+    frame = dataset.treatments.to_pandas().sort_values(["campaign", "customer_id"]).reset_index(drop=True)
+    assert list(frame.columns) == ["customer_id", "ts", "campaign", "group", "cost", "channel"]
+    assert frame["customer_id"].tolist() == ["007", "B", "007"]
+    assert frame["group"].tolist() == ["treatment", "control", "control"]
+    assert frame["cost"].tolist()[:2] == [1.5, 0.0] and pd.isna(frame["cost"].tolist()[2])
+    assert frame["ts"].tolist()[2] == pd.Timestamp("2024-03-01")
+    assert dataset.reports["treatments"].rows_kept == 3
+    # The same customer key as in the transactions ("007" keeps its zeros in both).
+    joined = dataset.treatments.join(dataset.transactions, "customer_id").to_pandas()
+    assert sorted(joined["customer_id"]) == ["007", "007", "B"]
+
+
+def test_treatments_may_lack_cost_and_channel_and_map_column_names(tmp_path):
+    text = "cust,contact,wave,arm\nA,2024-01-10,spring,treatment\nB,2024-01-10,spring,control\n"
+    columns = {"customer_id": "cust", "ts": "contact", "campaign": "wave", "group": "arm"}
+    frame = load_treatments(tmp_path, text, columns=columns).treatments.to_pandas()
+    assert list(frame.columns) == ["customer_id", "ts", "campaign", "group"]
+
+
+def test_treatments_refuse_a_group_that_is_neither_treatment_nor_control(tmp_path):
+    text = TREATMENTS_CSV + "C,2024-01-10,spring,holdout,1,email\n"
+    with pytest.raises(DataValidationError, match=r"^invalid input data: treatments '.*treat\.csv', column 'group': "
+                                                  r"is not one of treatment, control .*\(1 of 4 rows\); e\.g\. row 4: 'holdout'$"):
+        load_treatments(tmp_path, text)
+
+
+def test_treatments_refuse_a_negative_cost(tmp_path):
+    text = TREATMENTS_CSV + "C,2024-01-10,spring,treatment,-0.5,email\nD,2024-01-10,spring,treatment,-inf,email\n"
+    with pytest.raises(DataValidationError) as err:
+        load_treatments(tmp_path, text)
+    assert {(p.column, p.message, p.n_bad) for p in err.value.problems} == {
+        ("cost", "is negative; it must be 0 or more", 1), ("cost", "is not a finite number", 1)}
+    assert "column 'cost': is negative; it must be 0 or more (1 of 5 rows); e.g. row 4: '-0.5'" in str(err.value)
+
+
+def test_treatments_refuse_a_customer_twice_in_one_campaign(tmp_path):
+    # 007 in spring and in summer is fine; B twice in spring is not.
+    text = TREATMENTS_CSV + "B,2024-01-11,spring,treatment,1,app\n"
+    with pytest.raises(DataValidationError) as err:
+        load_treatments(tmp_path, text)
+    message = str(err.value)
+    assert "\n" not in message
+    assert ("treatments '" in message and "column 'customer_id': repeats within one campaign; "
+            "each (customer_id, campaign) must have one row (2 of 4 rows); e.g. 'B', 'spring' x2") in message
+
+
+def test_treatments_refuse_a_missing_required_column(tmp_path):
+    text = "customer_id,ts,campaign,cost\nA,2024-01-10,spring,1\n"
+    with pytest.raises(DataValidationError, match=r"treatments '.*treat\.csv', column 'group': required column is missing; "
+                                                  r"the file has: customer_id, ts, campaign, cost"):
+        load_treatments(tmp_path, text)
+
+
+def test_treatments_come_from_the_config_and_the_demo(tmp_path):
+    from churnml.io.sources import data_sources, file_sources
+    from churnml.simulate import simulate_shop, write_shop
+    from test_config import compose_resolved
+
+    data = compose_resolved("features", ["data=files", "data.transactions.path=/data/tx.csv",
+                                         "data.treatments.path=/data/campaigns.csv",
+                                         "data.treatments.columns.group=arm"])["data"]
+    assert data["treatments"] == {"path": "/data/campaigns.csv", "ts_format": None,
+                                  "columns": {"customer_id": None, "ts": None, "campaign": None, "group": "arm",
+                                              "cost": None, "channel": None}}
+    tx = write_csv(tmp_path, GOOD_CSV)
+    with pytest.raises(DataValidationError, match=r"treatments '.*nope\.csv'.*set data\.treatments\.path"):
+        file_sources({"transactions": {"path": tx}, "treatments": {"path": str(tmp_path / "nope.csv")}})
+    assert file_sources({"transactions": {"path": tx}})["treatments"] is None
+    # A demo directory written before there were campaigns is simulated again.
+    settings = {"kind": "demo", "n_customers": 200, "start": "2023-01-01", "end": "2023-12-31", "seed": 4,
+                "directory": str(tmp_path / "demo")}
+    older = simulate_shop(200, start="2023-01-01", end="2023-12-31", seed=4)
+    write_shop({name: older[name] for name in ("transactions", "interactions", "customers", "surveys")}, tmp_path / "demo")
+    sources = data_sources(settings)
+    pd.testing.assert_frame_equal(pd.read_parquet(sources["treatments"].path), older["treatments"])
+    dataset = load_dataset(**sources, con=connect())
+    assert dataset.treatments.count().execute() == len(older["treatments"]) > 0

@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from churnml.simulate import (
+    CAMPAIGN_COST_PER_CONTACT,
+    CAMPAIGN_WINDOW_DAYS,
     CATEGORIES,
     CHANNELS,
     INTERACTION_KINDS,
@@ -25,6 +27,10 @@ TRANSACTION_COLUMNS = ["customer_id", "ts", "amount", "order_id", "quantity", "c
 INTERACTION_COLUMNS = ["customer_id", "ts", "kind", "channel"]
 CUSTOMER_COLUMNS = ["customer_id", "signup_ts", "region", "age", "acquisition_channel"]
 SURVEY_COLUMNS = ["customer_id", "ts", "kind", "score", "channel"]
+TREATMENT_COLUMNS = ["customer_id", "ts", "campaign", "group", "cost", "channel"]
+TRUTH_COLUMNS = ["customer_id", "campaign", "group", "ts", "repurchased_if_treated", "repurchased_if_control",
+                 "revenue_if_treated", "revenue_if_control", "response_probability"]
+WINDOW = pd.Timedelta(days=CAMPAIGN_WINDOW_DAYS)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +61,15 @@ def _welch_t(a: pd.Series, b: pd.Series) -> float:
 def test_same_seed_gives_identical_frames():
     first = simulate_shop(800, seed=11)
     second = simulate_shop(800, seed=11)
-    assert first.keys() == second.keys() == {"transactions", "interactions", "customers", "surveys"}
+    assert first.keys() == second.keys() == {"transactions", "interactions", "customers", "surveys", "treatments"}
     for name in first:
         pd.testing.assert_frame_equal(first[name], second[name])
+    # Asking for the truth changes no table, and the truth is reproducible too.
+    with_truth = simulate_shop(800, seed=11, truth=True)
+    assert with_truth.keys() == first.keys() | {"campaign_truth"}
+    for name in first:
+        pd.testing.assert_frame_equal(with_truth[name], first[name])
+    pd.testing.assert_frame_equal(with_truth["campaign_truth"], simulate_shop(800, seed=11, truth=True)["campaign_truth"])
 
 
 def test_different_seed_gives_different_frames():
@@ -196,7 +208,7 @@ def test_refunds_are_negative_lines_with_own_order_ids(shop, orders):
     tx = shop["transactions"]
     refunds = tx[tx["amount"] < 0]
     assert refunds["order_id"].str.startswith("R").all()
-    assert tx.loc[tx["amount"] > 0, "order_id"].str.startswith("O").all()
+    assert tx.loc[tx["amount"] > 0, "order_id"].str[0].isin(["O", "C"]).all()
     assert refunds["order_id"].is_unique
     assert not set(refunds["order_id"]) & set(orders["order_id"])
     assert (refunds["quantity"] < 0).all()
@@ -279,6 +291,29 @@ def test_other_tables_do_not_depend_on_the_surveys(monkeypatch):
     without = simulate_shop(600, seed=5)
     for name in ("transactions", "interactions", "customers"):
         pd.testing.assert_frame_equal(with_surveys[name], without[name])
+
+
+def test_other_tables_do_not_depend_on_the_campaigns(monkeypatch):
+    """Without campaigns, or with another campaign stream, every row but the campaign orders is the same."""
+    import churnml.simulate as simulate
+
+    with_campaigns = simulate_shop(600, seed=5)
+    campaign_lines = with_campaigns["transactions"]["order_id"].str.startswith("C")
+    assert campaign_lines.sum() > 0
+    monkeypatch.setattr(simulate, "CAMPAIGN_STREAM", 99)
+    other_stream = simulate_shop(600, seed=5)
+    assert not other_stream["treatments"].equals(with_campaigns["treatments"])
+    monkeypatch.setattr(simulate, "CAMPAIGN_FRACTIONS", ())
+    without = simulate_shop(600, seed=5, truth=True)
+    assert list(without["treatments"].columns) == TREATMENT_COLUMNS and without["treatments"].empty
+    assert without["campaign_truth"].empty
+    assert not without["transactions"]["order_id"].str.startswith("C").any()
+    for tables in (with_campaigns, other_stream):
+        tx = tables["transactions"]
+        pd.testing.assert_frame_equal(tx[~tx["order_id"].str.startswith("C")].reset_index(drop=True),
+                                      without["transactions"])
+        for name in ("interactions", "customers", "surveys"):
+            pd.testing.assert_frame_equal(tables[name], without[name])
 
 
 def test_survey_response_is_realistic_and_every_month_has_answers(shop):
@@ -385,6 +420,7 @@ def test_tiny_shop_still_follows_contract():
     assert list(tables["transactions"].columns) == TRANSACTION_COLUMNS
     assert list(tables["interactions"].columns) == INTERACTION_COLUMNS
     assert list(tables["surveys"].columns) == SURVEY_COLUMNS
+    assert list(tables["treatments"].columns) == TREATMENT_COLUMNS
     assert len(tables["customers"]) == 1
 
 
@@ -422,7 +458,8 @@ def test_write_shop_round_trips_csv(shop_to_write, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
     assert paths["transactions"].read_text().splitlines()[1].count("T") >= 1
 
-    time_columns = {"transactions": ["ts"], "interactions": ["ts"], "customers": ["signup_ts"], "surveys": ["ts"]}
+    time_columns = {"transactions": ["ts"], "interactions": ["ts"], "customers": ["signup_ts"], "surveys": ["ts"],
+                    "treatments": ["ts"]}
     for name, frame in shop_to_write.items():
         loaded = pd.read_csv(paths[name], parse_dates=time_columns[name])
         assert list(loaded.columns) == list(frame.columns)
@@ -448,3 +485,136 @@ def test_write_shop_replaces_existing_file(shop_to_write, tmp_path):
     (tmp_path / "customers.parquet").write_text("stale")
     paths = write_shop({"customers": shop_to_write["customers"]}, tmp_path)
     pd.testing.assert_frame_equal(pd.read_parquet(paths["customers"]), shop_to_write["customers"])
+
+
+# ---------------------------------------------------------------------------
+# Campaigns
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def truth_shop() -> dict[str, pd.DataFrame]:
+    return simulate_shop(N_CUSTOMERS, start=str(START.date()), end=str(END.date()), seed=7, truth=True)
+
+
+@pytest.fixture(scope="module")
+def observed(truth_shop) -> pd.DataFrame:
+    """The truth's rows with what the transactions show in each target's window (customer
+    columns ``bought``, ``revenue``, ``campaign_orders``) and before its contact (``recency``
+    in days since the last purchase line, ``orders_last_year``)."""
+    tx = truth_shop["transactions"]
+    frames = []
+    for (campaign, ts), rows in truth_shop["campaign_truth"].groupby(["campaign", "ts"]):
+        inside = tx[(tx["ts"] > ts) & (tx["ts"] <= ts + WINDOW)].groupby("customer_id")
+        year = tx[(tx["ts"] < ts) & (tx["ts"] >= ts - pd.Timedelta(days=365)) & (tx["amount"] > 0)]
+        ids = rows["customer_id"]
+        frames.append(rows.assign(
+            bought=ids.map(inside["amount"].apply(lambda a: (a > 0).any())).fillna(False).astype(bool),
+            revenue=ids.map(inside["amount"].sum()).fillna(0.0),
+            campaign_orders=ids.map(inside["order_id"].apply(lambda o: o[o.str.startswith("C")].nunique())).fillna(0),
+            recency=(ts - ids.map(year.groupby("customer_id")["ts"].max())).dt.days,
+            orders_last_year=ids.map(year.groupby("customer_id")["order_id"].nunique()),
+        ))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.assign(lift=frame["repurchased_if_treated"].astype(int) - frame["repurchased_if_control"])
+
+
+def test_treatments_follow_contract(truth_shop):
+    treatments = truth_shop["treatments"]
+    assert list(treatments.columns) == TREATMENT_COLUMNS
+    for column in ("customer_id", "campaign", "group", "channel"):
+        assert pd.api.types.is_string_dtype(treatments[column]), column
+    assert pd.api.types.is_datetime64_dtype(treatments["ts"]) and treatments["ts"].dt.tz is None
+    assert not treatments.duplicated(["customer_id", "campaign"]).any()
+    assert set(treatments["group"]) == {"treatment", "control"}
+    assert set(treatments["channel"]) == {"email", "app"}
+    expected_cost = np.where(treatments["group"] == "treatment", CAMPAIGN_COST_PER_CONTACT, 0.0)
+    assert (treatments["cost"] == expected_cost).all()
+    # Three campaigns at 09:00, each with its own name, and each outcome window closing before the end.
+    contacts = treatments.groupby("campaign")["ts"].agg(["min", "max"])
+    assert list(contacts.index) == ["retention_2024_07", "retention_2025_02", "retention_2025_09"]
+    assert (contacts["min"] == contacts["max"]).all()
+    assert (contacts["min"].dt.hour == 9).all()
+    assert (contacts["min"] + WINDOW < END).all()
+    assert treatments["ts"].is_monotonic_increasing
+    truth = truth_shop["campaign_truth"]
+    assert list(truth.columns) == TRUTH_COLUMNS
+    pd.testing.assert_frame_equal(truth[["customer_id", "campaign", "group", "ts"]],
+                                  treatments[["customer_id", "campaign", "group", "ts"]])
+
+
+def test_targets_are_the_customers_who_bought_in_the_year_before(truth_shop):
+    tx, treatments = truth_shop["transactions"], truth_shop["treatments"]
+    for ts, targets in treatments.groupby("ts")["customer_id"]:
+        year = tx[(tx["ts"] < ts) & (tx["ts"] >= ts - pd.Timedelta(days=365)) & (tx["amount"] > 0)]
+        assert set(targets) == set(year["customer_id"])
+
+
+def test_groups_are_randomised_half_and_half(truth_shop):
+    treatments = truth_shop["treatments"]
+    for campaign, group in treatments.groupby("campaign")["group"]:
+        share = (group == "treatment").mean()
+        assert abs(share - 0.5) < 3 * np.sqrt(0.25 / len(group)), campaign
+    # Independently of what the customer looks like: the channel mix is the same in both groups.
+    app = treatments["channel"] == "app"
+    assert abs(app[treatments["group"] == "treatment"].mean() - app[treatments["group"] == "control"].mean()) < 0.03
+
+
+def test_campaign_orders_go_to_treated_responders_inside_the_window(truth_shop, observed):
+    tx = truth_shop["transactions"]
+    campaign_lines = tx[tx["order_id"].str.startswith("C")]
+    assert (campaign_lines["amount"] > 0).all()
+    responded = observed["revenue_if_treated"] > observed["revenue_if_control"]
+    treated = observed["group"] == "treatment"
+    # Each treated responder has exactly one campaign order in the window; nobody else has one.
+    assert (observed.loc[treated & responded, "campaign_orders"] == 1).all()
+    assert (observed.loc[~treated, "campaign_orders"] == 0).all()
+    assert (observed.loc[treated & ~responded, "campaign_orders"] == 0).all()
+    assert campaign_lines["order_id"].nunique() == (treated & responded).sum() > 50
+    # No response can come from a customer whose latent lifetime has ended.
+    assert not (responded & (observed["response_probability"] == 0)).any()
+
+
+def test_the_observed_group_shows_its_potential_outcome(observed):
+    treated = observed["group"] == "treatment"
+    expected_bought = np.where(treated, observed["repurchased_if_treated"], observed["repurchased_if_control"])
+    expected_revenue = np.where(treated, observed["revenue_if_treated"], observed["revenue_if_control"])
+    assert (observed["bought"].to_numpy() == expected_bought).all()
+    np.testing.assert_allclose(observed["revenue"], expected_revenue, atol=1e-6)
+    assert (observed["repurchased_if_treated"] >= observed["repurchased_if_control"]).all()
+
+
+def test_difference_in_means_estimates_the_planted_lift(observed):
+    planted = observed["lift"].mean()
+    assert 0.03 <= planted <= 0.08
+    treated = observed["group"] == "treatment"
+    a, b = observed.loc[treated, "bought"], observed.loc[~treated, "bought"]
+    difference = a.mean() - b.mean()
+    standard_error = np.sqrt(a.var() / len(a) + b.var() / len(b))
+    assert abs(difference - planted) < 2 * standard_error
+    assert difference > 2 * standard_error
+
+
+def test_the_lift_is_heterogeneous_in_what_features_see(observed):
+    """Customers drifting away (no purchase in the 60 days before the contact) gain much more
+    than frequent buyers (an order a month), who would buy anyway."""
+    average = observed["lift"].mean()
+    drifting = observed["recency"] >= 60
+    frequent = observed["orders_last_year"] >= 12
+    assert drifting.mean() > 0.2 and frequent.mean() > 0.1
+    assert observed.loc[drifting, "lift"].mean() > 2 * average
+    assert observed.loc[frequent, "lift"].mean() < 0.25 * average
+    assert observed.loc[frequent, "repurchased_if_control"].mean() > 0.8
+    # The 30% of targets with the highest planted response chance carry most of the lift.
+    top = observed["response_probability"].rank(method="first", ascending=False) <= 0.3 * len(observed)
+    assert observed.loc[top, "lift"].mean() > 2.5 * average
+
+
+def test_write_shop_writes_the_truth_only_when_given(tmp_path):
+    tables = simulate_shop(300, seed=3, truth=True)
+    public = {name: frame for name, frame in tables.items() if name != "campaign_truth"}
+    written = write_shop(public, tmp_path / "public")
+    assert set(written) == {"transactions", "interactions", "customers", "surveys", "treatments"}
+    assert not (tmp_path / "public" / "campaign_truth.parquet").exists()
+    paths = write_shop(tables, tmp_path / "all")
+    pd.testing.assert_frame_equal(pd.read_parquet(paths["campaign_truth"]), tables["campaign_truth"])

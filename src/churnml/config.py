@@ -167,6 +167,7 @@ TransactionsFiles = _table_files(SPECS["transactions"])
 InteractionsFiles = _table_files(SPECS["interactions"])
 CustomersFiles = _table_files(SPECS["customers"])
 SurveysFiles = _table_files(SPECS["surveys"])
+TreatmentsFiles = _table_files(SPECS["treatments"])
 
 
 @dataclass
@@ -188,6 +189,7 @@ class DataSettings:
     interactions: InteractionsFiles = field(default_factory=InteractionsFiles)  # type: ignore[valid-type]
     customers: CustomersFiles = field(default_factory=CustomersFiles)  # type: ignore[valid-type]
     surveys: SurveysFiles = field(default_factory=SurveysFiles)  # type: ignore[valid-type]
+    treatments: TreatmentsFiles = field(default_factory=TreatmentsFiles)  # type: ignore[valid-type]
     cleaning: CleaningSettings = field(default_factory=CleaningSettings)  # type: ignore[valid-type]
 
 

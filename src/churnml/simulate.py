@@ -1,4 +1,4 @@
-"""Synthetic shop: customers, transaction lines, interactions and survey answers.
+"""Synthetic shop: customers, transaction lines, interactions, survey answers and campaigns.
 
 The simulator plants the behaviour a churn model is supposed to learn.
 Every customer has a latent lifetime; in the months before it ends most
@@ -6,6 +6,14 @@ Every customer has a latent lifetime; in the months before it ends most
 less, while raising more support tickets and giving lower survey scores.
 Some customers who stay have a temporary dip as well, so warning signs
 carry real but imperfect signal.
+
+It also plants what program evaluation is supposed to find: retention
+campaigns with a randomised control group whose effect differs between
+customers. A contact brings an extra order from customers drifting away
+far more often than from frequent buyers, who buy anyway, and never from
+customers who have left; ``simulate_shop(truth=True)`` returns both
+potential outcomes of every target, so estimates can be checked against
+the planted lift.
 
 Event times are drawn as an inhomogeneous Poisson process, one calendar
 month at a time for all customers at once: per-customer counts come from
@@ -147,6 +155,39 @@ SURVEY_CENTRE = (8.4, 4.2, 5.5)
 SURVEY_SPREAD = (1.7, 0.9, 1.3)
 SURVEY_RANGE = ((0, 10), (1, 5), (1, 7))
 
+# Retention campaigns draw from a random stream of their own as well (spawn key 2): their
+# assignments, the responses and the lines of the orders they bring. Every other row of every
+# table is the same with and without them.
+CAMPAIGN_STREAM = 2
+# Contact days as fractions of the period that leaves room for the last outcome window; a
+# campaign that would fall in the month of an earlier one is left out (very short periods).
+CAMPAIGN_FRACTIONS = (0.55, 0.75, 0.95)
+CAMPAIGN_HOUR = 9  # contacts go out at 09:00
+CAMPAIGN_WINDOW_DAYS = 60  # outcome window (ts, ts + 60 days]; a response falls inside it
+# Targets: signed up, and their last order at most this long before the contact.
+CAMPAIGN_TARGET_DAYS = 365.0
+CAMPAIGN_TREATMENT_SHARE = 0.5  # each target independently: treatment with this chance, else control
+CAMPAIGN_COST_PER_CONTACT = 1.0  # per treated customer; the control group is not contacted (cost 0)
+CAMPAIGN_CHANNELS = ("email", "app")  # app for customers whose preferred channel is the app
+# The planted effect: the chance that a contacted customer places one extra order in the window.
+# Customers drifting away (DRIFTING_DAYS or more since their last order, or in the decline before
+# they leave) respond often; frequent buyers (a usual gap between orders under FREQUENT_GAP_DAYS)
+# would buy anyway and rarely respond; customers whose latent lifetime has ended never do.
+# Features see recency, frequency and the decline. Drifting is days since the last order rather
+# than days against the customer's own pace: orders are a Poisson process, so how overdue a
+# customer is on their own pace says nothing about the next weeks, and an effect planted on it
+# would fall on customers who buy anyway. On the default demo about 30% of the targets are
+# drifting and carry about 90% of the lift.
+RESPONSE_DRIFTING = 0.30
+RESPONSE_USUAL = 0.03
+RESPONSE_FREQUENT = 0.01
+DRIFTING_DAYS = 60.0
+FREQUENT_GAP_DAYS = 20.0
+
+# Order id prefixes by the source of a transaction row: orders, refunds, campaign responses.
+ORDER_ID_PREFIXES = ("O", "R", "C")
+_ORDER, _REFUND, _CAMPAIGN_ORDER = range(3)
+
 
 @dataclass(frozen=True)
 class _Calendar:
@@ -201,8 +242,10 @@ def simulate_shop(
     start: str = "2023-01-01",
     end: str = "2025-12-31",
     seed: int = 42,
+    *,
+    truth: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Simulate a shop's customers, order lines and interactions.
+    """Simulate a shop's customers, order lines, interactions, survey answers and campaigns.
 
     Parameters
     ----------
@@ -214,14 +257,20 @@ def simulate_shop(
         ``"2025-12-31 23:59:59"`` to include the whole last day).
     seed : int, default 42
         Seed for ``np.random.default_rng``; equal arguments give identical frames.
+    truth : bool, default False
+        Also return ``"campaign_truth"``, both potential outcomes of every
+        campaign target (a simulator knows what the data cannot show).
 
     Returns
     -------
     dict of str to pandas.DataFrame
         ``"transactions"``: one row per order line, sorted by ``ts``, with
         ``customer_id``, ``ts``, ``amount`` (negative for refunds),
-        ``order_id`` (``"O..."`` for orders, ``"R..."`` for refunds),
-        ``quantity`` (negative for returned units), ``category``, ``channel``.
+        ``order_id`` (``"O..."`` for orders, ``"R..."`` for refunds,
+        ``"C..."`` for the extra orders of treated customers who responded to
+        a campaign, each numbered in time order; campaign orders are never
+        refunded), ``quantity`` (negative for returned units), ``category``,
+        ``channel``.
         ``"interactions"``: ``customer_id``, ``ts``, ``kind`` (login, visit,
         email_open, support_ticket) and ``channel``, sorted by ``ts``.
         ``"customers"``: ``customer_id``, ``signup_ts``, ``region``
@@ -231,6 +280,22 @@ def simulate_shop(
         ``score`` (int64 on the kind's scale: 0-10, 1-5, 1-7) and ``channel``,
         sorted by ``ts``: relationship NPS surveys every few months, CSAT
         after a share of orders, CES after a share of support tickets.
+        ``"treatments"``: ``customer_id``, ``ts`` (the contact time, 09:00 of
+        the campaign day), ``campaign`` (``retention_YYYY_MM``), ``group``
+        (treatment or control), ``cost`` (``CAMPAIGN_COST_PER_CONTACT`` for
+        the treated, 0 for the control group) and ``channel`` (email or app),
+        one row per target and campaign, sorted by ``ts`` and customer; see
+        Notes.
+        ``"campaign_truth"`` (only with ``truth=True``): the rows of
+        ``"treatments"`` (``customer_id``, ``campaign``, ``group``, ``ts``)
+        with ``repurchased_if_treated``, ``repurchased_if_control`` (bool:
+        any purchase line in ``(ts, ts + CAMPAIGN_WINDOW_DAYS days]``),
+        ``revenue_if_treated``, ``revenue_if_control`` (net amount of the
+        customer's rows in that window, refunds included) and
+        ``response_probability`` (the planted chance that the contact brings
+        an extra order). The observed group's outcome is what the
+        transactions show; a campaign's planted lift is
+        ``mean(repurchased_if_treated - repurchased_if_control)``.
 
     Raises
     ------
@@ -243,6 +308,26 @@ def simulate_shop(
     lines, 23 interactions and 3 survey answers per customer. Timestamps are
     naive ``datetime64[us]`` with whole seconds. The survey answers draw from
     a random stream of their own, so the other tables do not depend on them.
+
+    Campaigns: at fractions ``CAMPAIGN_FRACTIONS`` of the period (which
+    leaves room for the last outcome window) a retention campaign targets
+    every customer who signed up and ordered within the past
+    ``CAMPAIGN_TARGET_DAYS``, each independently in the treatment group with
+    chance ``CAMPAIGN_TREATMENT_SHARE``, else in the control group. Every
+    target gets a response drawn, with a chance set by their latent state at
+    the contact (``RESPONSE_DRIFTING`` for customers ``DRIFTING_DAYS`` or
+    more past their last order or in their decline, ``RESPONSE_FREQUENT``
+    for frequent buyers, ``RESPONSE_USUAL`` otherwise, 0 once the latent
+    lifetime has ended), on one of the days
+    after the contact inside the window; a response that would fall after
+    the customer leaves or after ``end`` does not happen. Only treated
+    responders' extra orders (value, lines, categories and channel drawn as
+    the shop's other orders are) enter the transactions, and they get no
+    CSAT survey. The campaigns draw from a random stream of their own
+    (``CAMPAIGN_STREAM``), so apart from the ``"C..."`` rows every table is
+    the same with or without them. On the default demo each campaign's
+    planted lift on repurchase within the window is about 5 percentage
+    points, about 15 among the drifting and near 0 among frequent buyers.
     """
     if n_customers < 1:
         raise ValueError(f"n_customers must be at least 1, got {n_customers}")
@@ -251,15 +336,22 @@ def simulate_shop(
     population = _draw_population(rng, calendar, n_customers)
     customer_ids = _customer_ids(n_customers)
     orders = _draw_orders(rng, calendar, population)
-    transactions = _transactions_frame(rng, calendar, population, orders, customer_ids)
+    rows = _transaction_rows(rng, calendar, population, orders)
     interactions = _draw_interactions(rng, calendar, population)
     survey_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SURVEY_STREAM,)))
-    return {
-        "transactions": transactions,
+    campaign_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(CAMPAIGN_STREAM,)))
+    campaigns = _simulate_campaigns(campaign_rng, calendar, population, orders)
+    rows = _with_campaign_orders(rows, campaigns)
+    tables = {
+        "transactions": _transactions_frame(calendar, rows, customer_ids),
         "interactions": _interactions_frame(calendar, interactions, customer_ids),
         "customers": _customers_frame(calendar, population, customer_ids),
         "surveys": _simulate_surveys(survey_rng, calendar, population, orders, interactions, customer_ids),
+        "treatments": _treatments_frame(calendar, campaigns, customer_ids),
     }
+    if truth:
+        tables["campaign_truth"] = _campaign_truth_frame(calendar, campaigns, rows, customer_ids)
+    return tables
 
 
 def write_shop(
@@ -508,26 +600,33 @@ def _thin(rng: np.random.Generator, keep_probability: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _transactions_frame(
+def _transaction_rows(
     rng: np.random.Generator,
     calendar: _Calendar,
     population: _Population,
     orders: dict[str, np.ndarray],
-    customer_ids: pa.Array,
-) -> pd.DataFrame:
-    """Order lines and refunds of the drawn orders, sorted by time."""
+) -> dict[str, np.ndarray]:
+    """Order lines and refunds of the drawn orders, sorted by time, with their ``source``
+    (``_ORDER`` or ``_REFUND``) and ``campaign`` (-1: no campaign's)."""
     lines = _split_into_lines(rng, population, orders)
     refunds = _draw_refunds(rng, calendar, lines)
     # Both parts are already sorted by time, so the stable sort only merges two runs.
     order = np.argsort(np.concatenate([lines["t"], refunds["t"]]), kind="stable")
     combined = {key: np.concatenate([lines[key], refunds[key]])[order] for key in lines}
-    is_refund = order >= lines["t"].size
+    combined["source"] = np.where(order >= lines["t"].size, _REFUND, _ORDER).astype(np.int8)
+    combined["campaign"] = np.full(order.size, -1, dtype=np.int16)
+    return combined
+
+
+def _transactions_frame(
+    calendar: _Calendar, combined: dict[str, np.ndarray], customer_ids: pa.Array
+) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "customer_id": _as_str_series(customer_ids.take(pa.array(combined["owner"]))),
             "ts": _to_datetime(calendar, combined["t"]),
             "amount": combined["amount"],
-            "order_id": _as_str_series(_order_ids(combined["order_no"], is_refund)),
+            "order_id": _as_str_series(_order_ids(combined["order_no"], combined["source"])),
             "quantity": combined["quantity"],
             "category": _as_str_series(_labels(CATEGORIES, combined["category"])),
             "channel": _as_str_series(_labels(CHANNELS, combined["channel"])),
@@ -782,6 +881,194 @@ def _survey_scores(
 
 
 # ---------------------------------------------------------------------------
+# Campaigns
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Campaigns:
+    """Every campaign's targets, one entry per target (sorted by campaign, then customer), and
+    the lines of the extra orders of every target who would respond, treated or not."""
+
+    names: tuple[str, ...]
+    t: np.ndarray  # contact time of each campaign
+    campaign: np.ndarray  # campaign number of each target
+    owner: np.ndarray  # customer index of each target
+    treated: np.ndarray
+    channel: np.ndarray  # CAMPAIGN_CHANNELS code
+    response_probability: np.ndarray
+    responds: np.ndarray  # would place an extra order if contacted
+    lines: dict[str, np.ndarray]  # as _split_into_lines gives, responses in time order
+    line_target: np.ndarray  # the target each line's order responds for
+
+
+def _simulate_campaigns(
+    rng: np.random.Generator, calendar: _Calendar, population: _Population, orders: dict[str, np.ndarray]
+) -> _Campaigns:
+    """Targets, random groups and potential responses of each campaign (see :func:`simulate_shop`).
+
+    A campaign's targets are chosen on the orders before its contact, the extra orders of
+    earlier campaigns' treated responders included, as a shop would choose them.
+    """
+    times, names = _campaign_times(calendar)
+    n = population.signup.size
+    window_days = int(CAMPAIGN_WINDOW_DAYS)
+    app = CHANNELS.index("app")
+    bought_owner, bought_t = orders["owner"], orders["t"]
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("campaign", "owner", "treated", "p", "responds", "t")}
+    for k, t_contact in enumerate(times):
+        before = bought_t < t_contact
+        last = np.full(n, np.iinfo(np.int64).min)
+        np.maximum.at(last, bought_owner[before], bought_t[before])
+        target = np.flatnonzero(
+            (population.signup < t_contact) & (last >= t_contact - _days(CAMPAIGN_TARGET_DAYS))
+        ).astype(np.int32)
+        treated = rng.random(target.size) < CAMPAIGN_TREATMENT_SHARE
+        p = _response_probability(population, target, t_contact, last[target])
+        # A day after the contact day and a time of day, so (contact, contact + window] holds it.
+        day = t_contact // SECONDS_PER_DAY + 1 + (rng.random(target.size) * (window_days - 1)).astype(np.int64)
+        t_response = day * SECONDS_PER_DAY + _time_of_day(rng, target.size)
+        responds = (
+            (rng.random(target.size) < p)
+            & (t_response < population.lifetime_end[target])
+            & (t_response < calendar.t_end)
+        )
+        for key, value in (("campaign", np.full(target.size, k, dtype=np.int16)), ("owner", target),
+                           ("treated", treated), ("p", p), ("responds", responds), ("t", t_response)):
+            parts[key].append(value)
+        # Later campaigns see the orders this one brought.
+        brought = treated & responds
+        bought_owner = np.concatenate([bought_owner, target[brought]])
+        bought_t = np.concatenate([bought_t, t_response[brought]])
+
+    empty = {"campaign": np.int16, "owner": np.int32, "treated": bool, "p": float, "responds": bool, "t": np.int64}
+    every = {key: np.concatenate(parts[key]) if parts[key] else np.zeros(0, empty[key]) for key in parts}
+    responder = np.flatnonzero(every["responds"])
+    responder = responder[np.argsort(every["t"][responder], kind="stable")]
+    owner, t = every["owner"][responder], every["t"][responder]
+    slump = _slump_state(population, owner, t)
+    value_factor = _slump_factor(population.decline_value_floor[owner], slump, population.dip_value_factor[owner])
+    value = population.order_scale[owner] * _unit_mean_lognormal(rng, ORDER_VALUE_SIGMA, owner.size)
+    channel = _preferred_or_random(
+        rng, population.preferred_channel[owner], PREFERRED_CHANNEL_SHARE, np.asarray(CHANNEL_SHARE)
+    )
+    lines = _split_into_lines(rng, population, {"owner": owner, "t": t, "value": value * value_factor, "channel": channel})
+    return _Campaigns(
+        names=names,
+        t=times,
+        campaign=every["campaign"],
+        owner=every["owner"],
+        treated=every["treated"],
+        channel=np.where(population.preferred_channel[every["owner"]] == app, 1, 0).astype(np.int8),
+        response_probability=every["p"],
+        responds=every["responds"],
+        lines=lines,
+        line_target=responder[lines["order_no"]],
+    )
+
+
+def _campaign_times(calendar: _Calendar) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Contact times (09:00 of a day at CAMPAIGN_FRACTIONS of the period) and names ``retention_YYYY_MM``.
+
+    The fractions apply to the period less one outcome window, so that the last window closes
+    before the end; a period under two windows long is used whole. A campaign in the month of
+    an earlier one is left out, so names are unique.
+    """
+    span = calendar.t_end - calendar.t_start
+    window = int(_days(CAMPAIGN_WINDOW_DAYS))
+    room = span - window if span > 2 * window else span
+    times: list[int] = []
+    names: list[str] = []
+    for fraction in CAMPAIGN_FRACTIONS:
+        day = (calendar.t_start + int(fraction * room)) // SECONDS_PER_DAY
+        t = day * SECONDS_PER_DAY + CAMPAIGN_HOUR * SECONDS_PER_HOUR
+        if not calendar.t_start <= t < calendar.t_end:
+            continue
+        name = "retention_" + pd.Timestamp(_to_datetime(calendar, np.array([t]))[0]).strftime("%Y_%m")
+        if name not in names:
+            times.append(t)
+            names.append(name)
+    return np.array(times, dtype=np.int64), tuple(names)
+
+
+def _response_probability(
+    population: _Population, owner: np.ndarray, t_contact: int, last_order: np.ndarray
+) -> np.ndarray:
+    """The planted chance that a contact at ``t_contact`` brings one extra order (RESPONSE_*)."""
+    alive = population.lifetime_end[owner] > t_contact
+    declining = (population.decline_value_floor[owner] < 1.0) & (t_contact >= population.decline_start[owner])
+    drifting = (t_contact - last_order >= _days(DRIFTING_DAYS)) | declining
+    frequent = population.purchase_rate[owner] * FREQUENT_GAP_DAYS > 1.0
+    return np.select([~alive, drifting, frequent], [0.0, RESPONSE_DRIFTING, RESPONSE_FREQUENT], RESPONSE_USUAL)
+
+
+def _with_campaign_orders(rows: dict[str, np.ndarray], campaigns: _Campaigns) -> dict[str, np.ndarray]:
+    """The transaction rows with the lines of treated responders' orders merged in by time.
+
+    Campaign orders are numbered in time order among themselves. The stable sort keeps the other
+    rows in their order (a campaign line at the same second as another row follows it).
+    """
+    lines = campaigns.lines
+    kept = campaigns.treated[campaigns.line_target]
+    _, order_no = np.unique(lines["order_no"][kept], return_inverse=True)
+    extra = {key: lines[key][kept] for key in lines}
+    extra["order_no"] = order_no.astype(lines["order_no"].dtype)
+    extra["source"] = np.full(order_no.size, _CAMPAIGN_ORDER, dtype=np.int8)
+    extra["campaign"] = campaigns.campaign[campaigns.line_target[kept]]
+    order = np.argsort(np.concatenate([rows["t"], extra["t"]]), kind="stable")
+    return {key: np.concatenate([rows[key], extra[key]])[order] for key in rows}
+
+
+def _treatments_frame(calendar: _Calendar, campaigns: _Campaigns, customer_ids: pa.Array) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "customer_id": _as_str_series(customer_ids.take(pa.array(campaigns.owner))),
+            "ts": _to_datetime(calendar, campaigns.t[campaigns.campaign]),
+            "campaign": _as_str_series(_labels(campaigns.names, campaigns.campaign)),
+            "group": _as_str_series(_labels(("control", "treatment"), campaigns.treated.astype(np.int8))),
+            "cost": np.where(campaigns.treated, CAMPAIGN_COST_PER_CONTACT, 0.0),
+            "channel": _as_str_series(_labels(CAMPAIGN_CHANNELS, campaigns.channel)),
+        }
+    )
+
+
+def _campaign_truth_frame(
+    calendar: _Calendar, campaigns: _Campaigns, rows: dict[str, np.ndarray], customer_ids: pa.Array
+) -> pd.DataFrame:
+    """Both potential outcomes of every target (see :func:`simulate_shop`).
+
+    Without the contact a target's window holds the rows of the transactions other than this
+    campaign's own orders; with it, also the extra order of a target who responds.
+    """
+    n = len(customer_ids)
+    window = _days(CAMPAIGN_WINDOW_DAYS)
+    bought_if_control = np.zeros(campaigns.owner.size, dtype=bool)
+    revenue_if_control = np.zeros(campaigns.owner.size)
+    for k, t_contact in enumerate(campaigns.t):
+        inside = (rows["t"] > t_contact) & (rows["t"] <= t_contact + window) & (rows["campaign"] != k)
+        owner, amount = rows["owner"][inside], rows["amount"][inside]
+        bought = np.bincount(owner[amount > 0], minlength=n) > 0
+        revenue = np.bincount(owner, weights=amount, minlength=n)
+        target = campaigns.campaign == k
+        bought_if_control[target] = bought[campaigns.owner[target]]
+        revenue_if_control[target] = revenue[campaigns.owner[target]]
+    extra_value = np.bincount(campaigns.line_target, weights=campaigns.lines["amount"], minlength=campaigns.owner.size)
+    return pd.DataFrame(
+        {
+            "customer_id": _as_str_series(customer_ids.take(pa.array(campaigns.owner))),
+            "campaign": _as_str_series(_labels(campaigns.names, campaigns.campaign)),
+            "group": _as_str_series(_labels(("control", "treatment"), campaigns.treated.astype(np.int8))),
+            "ts": _to_datetime(calendar, campaigns.t[campaigns.campaign]),
+            "repurchased_if_treated": bought_if_control | campaigns.responds,
+            "repurchased_if_control": bought_if_control,
+            "revenue_if_treated": revenue_if_control + extra_value,
+            "revenue_if_control": revenue_if_control,
+            "response_probability": campaigns.response_probability,
+        }
+    )
+
+
+# ---------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------
 
@@ -810,9 +1097,10 @@ def _customer_ids(n: int) -> pa.Array:
     return _prefixed_numbers("C", np.arange(1, n + 1), min_width=7)
 
 
-def _order_ids(order_no: np.ndarray, is_refund: np.ndarray) -> pa.Array:
-    """``O000000001`` for orders and ``R000000001`` for refunds, numbered in time order."""
-    prefix = pc.if_else(pa.array(is_refund), "R", "O")
+def _order_ids(order_no: np.ndarray, source: np.ndarray) -> pa.Array:
+    """``O000000001`` for orders, ``R000000001`` for refunds and ``C000000001`` for campaign
+    orders (ORDER_ID_PREFIXES by ``source``), each numbered in time order."""
+    prefix = _labels(ORDER_ID_PREFIXES, source)
     return _prefixed_numbers(prefix, order_no + 1, min_width=9)
 
 

@@ -53,12 +53,15 @@ class TableSpec:
     keep_extra
         Whether columns outside the contract are kept (static customer attributes).
     unique
-        Columns whose value must identify a row.
+        Columns whose values together must identify a row (``("customer_id",)``: one row per
+        customer; ``("customer_id", "campaign")``: one row per customer and campaign).
     allowed
         Text column to the values it may hold; other values are refused (compared without case
         or surrounding blanks, and kept lower-case).
     scales
         The scale a number column's values must be on, by the value of a text column.
+    non_negative
+        Number columns whose values must be 0 or more (a contact's cost).
     """
 
     name: str
@@ -68,6 +71,7 @@ class TableSpec:
     unique: tuple[str, ...] = ()
     allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     scales: AnswerScales | None = None
+    non_negative: tuple[str, ...] = ()
 
     @property
     def optional(self) -> tuple[str, ...]:
@@ -125,7 +129,28 @@ SURVEYS = TableSpec(
     scales=AnswerScales("score", "kind", SURVEY_SCALES),
 )
 
-SPECS: dict[str, TableSpec] = {s.name: s for s in (TRANSACTIONS, INTERACTIONS, CUSTOMERS, SURVEYS)}
+# Who was assigned to which group of a campaign (a retention mailing, a voucher, a call), and
+# when: the contact time for the treatment group, the time they would have been contacted for the
+# control group. ``cost`` is the cost of the contact (0 for a control row, who is not contacted).
+TREATMENT_GROUPS = ("treatment", "control")
+
+TREATMENTS = TableSpec(
+    name="treatments",
+    kinds={
+        "customer_id": "id",
+        "ts": "timestamp",
+        "campaign": "string",
+        "group": "string",
+        "cost": "number",
+        "channel": "string",
+    },
+    required=("customer_id", "ts", "campaign", "group"),
+    unique=("customer_id", "campaign"),
+    allowed={"group": TREATMENT_GROUPS},
+    non_negative=("cost",),
+)
+
+SPECS: dict[str, TableSpec] = {s.name: s for s in (TRANSACTIONS, INTERACTIONS, CUSTOMERS, SURVEYS, TREATMENTS)}
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class Dataset:
     interactions: ir.Table | None = None
     customers: ir.Table | None = None
     surveys: ir.Table | None = None
+    treatments: ir.Table | None = None
     reports: dict[str, TableReport] = field(default_factory=dict)
     # Facts of the whole tables that no cutoff changes, computed on first use and kept, so that
     # features at many cutoffs query them once (see features.dataset_breadth_values).
@@ -135,6 +136,7 @@ def load_dataset(
     interactions: TableSource | None = None,
     customers: TableSource | None = None,
     surveys: TableSource | None = None,
+    treatments: TableSource | None = None,
     options: LoadOptions = LoadOptions(),
     con: Any = None,
     materialize: bool = False,
@@ -156,7 +158,8 @@ def load_dataset(
     tables: dict[str, ir.Table] = {}
     reports: dict[str, TableReport] = {}
     awareness: dict[str, bool] = {}
-    given = {"transactions": transactions, "interactions": interactions, "customers": customers, "surveys": surveys}
+    given = {"transactions": transactions, "interactions": interactions, "customers": customers, "surveys": surveys,
+             "treatments": treatments}
     for spec_name, source in given.items():
         if source is None:
             continue
@@ -174,7 +177,7 @@ def load_dataset(
         if any(report.dropped.values()):
             log.info("%s: kept %s of %s rows; dropped %s", name, report.rows_kept, report.rows_read, report.dropped)
     return Dataset(con, tables["transactions"], tables.get("interactions"), tables.get("customers"),
-                   surveys=tables.get("surveys"), reports=reports)
+                   surveys=tables.get("surveys"), treatments=tables.get("treatments"), reports=reports)
 
 
 def _load_table(
@@ -211,7 +214,7 @@ def _load_table(
         rows_kept = int(stored.count().execute())
         dropped["exact_duplicates"] = checks["n_rows"] - sum(dropped.values()) - rows_kept
     if spec.unique:
-        _check_unique(stored, spec, label)
+        _check_unique(stored, spec, label, rows_kept)
     report = TableReport(
         source=source.name,
         rows_read=checks["n_rows"],
@@ -534,6 +537,8 @@ def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> d
         aggs[f"unknown_{col}"] = _not_allowed(both, spec, col).sum()
     if spec.scales is not None:
         aggs[f"off_scale_{spec.scales.column}"] = _off_scale(both, spec.scales).sum()
+    for col in (c for c in spec.non_negative if c in both.columns):
+        aggs[f"negative_{col}"] = _negative(both[col]).sum()
     if "amount" in both.columns:
         aggs["zero_amount"] = (both.amount == 0).sum()
     frame = both.aggregate(**aggs).to_pandas()
@@ -567,6 +572,11 @@ def _unparsed(raw: ir.Value, typed: ir.Value) -> ir.BooleanValue:
 def _not_allowed(both: ir.Table, spec: TableSpec, col: str) -> ir.BooleanValue:
     """A value of a column with listed values that is not one of them (missing values are counted apart)."""
     return ~_missing(both[RAW_PREFIX + col]) & ~both[col].isin(spec.allowed[col])
+
+
+def _negative(number: ir.FloatingValue) -> ir.BooleanValue:
+    """A number below zero; minus infinity is counted by the check of finite numbers."""
+    return (number < 0) & ~_infinite(number)
 
 
 def _off_scale(both: ir.Table, rule: AnswerScales) -> ir.BooleanValue:
@@ -615,6 +625,8 @@ def _find_problems(
             listed = ", ".join(spec.allowed[col])
             found.append((col, f"is not one of {listed} (compared without case)", checks[f"unknown_{col}"],
                           _not_allowed(both, spec, col)))
+        if checks.get(f"negative_{col}"):
+            found.append((col, "is negative; it must be 0 or more", checks[f"negative_{col}"], _negative(typed)))
     problems = [
         Problem(label, col, message, n_bad, n_rows, _examples(both, col, predicate))
         for col, message, n_bad, predicate in found
@@ -644,13 +656,18 @@ def _shown(value: Any) -> str:
     return "(empty)" if value is None or (isinstance(value, float) and pd.isna(value)) else repr(value)
 
 
-def _check_unique(table: ir.Table, spec: TableSpec, label: str) -> None:
+def _check_unique(table: ir.Table, spec: TableSpec, label: str, n_rows: int) -> None:
+    """Refuse rows that repeat the values of ``spec.unique``; counts the rows of every repeated
+    key, and shows each example key with its number of rows (``'A', 'spring' x2``)."""
     keys = list(spec.unique)
     repeated = table.group_by(keys).aggregate(n=table.count()).filter(lambda t: t.n > 1)
-    n_repeated = int(repeated.count().execute())
-    if n_repeated:
+    n_bad = int(repeated.n.sum().execute() or 0)
+    if n_bad:
         sample = repeated.order_by(keys).limit(N_EXAMPLES).to_pandas()
         examples = tuple(f"{', '.join(map(repr, row[keys]))} x{row['n']}" for _, row in sample.iterrows())
-        raise DataValidationError([Problem(label, keys[0], "repeats values that must be unique", n_repeated, 0, examples)])
+        message = "repeats values that must be unique"
+        if len(keys) > 1:
+            message = f"repeats within one {', '.join(keys[1:])}; each ({', '.join(keys)}) must have one row"
+        raise DataValidationError([Problem(label, keys[0], message, n_bad, n_rows, examples)])
 
 

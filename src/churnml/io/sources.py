@@ -14,7 +14,7 @@ from churnml.io.load import Dataset, LoadOptions, TableSource, connect, load_dat
 
 log = logging.getLogger(__name__)
 
-TABLES = ("transactions", "interactions", "customers", "surveys")
+TABLES = ("transactions", "interactions", "customers", "surveys", "treatments")
 
 
 def cdnow_transactions() -> pd.DataFrame:
@@ -55,7 +55,8 @@ def demo_sources(settings: Mapping[str, Any]) -> dict[str, TableSource]:
 
 
 def file_sources(settings: Mapping[str, Any]) -> dict[str, TableSource | None]:
-    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers`` / ``surveys``.
+    """The user's files as configured under ``data.transactions`` / ``interactions`` / ``customers`` /
+    ``surveys`` / ``treatments``.
 
     Raises
     ------
@@ -134,6 +135,7 @@ def load_data(settings: Mapping[str, Any], engine: str = "duckdb", con: Any = No
         interactions=sources.get("interactions"),
         customers=sources.get("customers"),
         surveys=sources.get("surveys"),
+        treatments=sources.get("treatments"),
         options=load_options(settings),
         con=con if con is not None else connect(engine),
         materialize=materialize,
