@@ -22,7 +22,8 @@ from churnml.errors import UserError
 
 SOURCE = str(Path(churnml.__file__).resolve().parents[1])
 ENTRY_POINTS = {"features": "features_app", "train": "train_app", "evaluate": "evaluate_app",
-                "score": "score_app", "export": "export_app", "kpis": "kpis_app", "notebooks": "notebooks_app"}
+                "score": "score_app", "export": "export_app", "kpis": "kpis_app", "experiment": "experiment_app",
+                "notebooks": "notebooks_app"}
 
 
 def run_stage(stage: str, *args: str, cwd: Path, env: dict | None = None, before: str = "") -> subprocess.CompletedProcess:
@@ -90,6 +91,9 @@ CASES = {
     "missing model directory": ("score", ["score.model_dir=absent"], ["absent/churnml-churn", "score.model_dir",
                                                                          "make train"]),
     "target of no KPI": ("kpis", ["kpis.targets.churn.kpi=revenue"], ["kpis.targets.churn.kpi=revenue", "churn_rate"]),
+    "campaigns of a data set without treatments": ("experiment", ["data=cdnow"],
+                                                   ["'cdnow'", "no treatments table", "data.treatments.path"]),
+    "experiment setting out of range": ("experiment", ["experiment.plan_power=1.5"], ["experiment.plan_power=1.5"]),
     "no registry to evaluate": ("evaluate", [], ["mlflow.tracking_uri", "make train"]),
     "no registry to export": ("export", [], ["mlflow.tracking_uri", "make train"]),
     "unknown notebook parameter": ("notebooks", ["-p", "sampel_size=3", "--no-mlflow"], ["sampel_size"]),

@@ -66,10 +66,11 @@ def run(settings: Mapping[str, Any]) -> Path:
     if model_dir and config.uplift:
         check_output(Path(model_dir) / uplift_model_name(prefix), "experiment.model_dir", "directory")
     check_tracking(settings["mlflow"])
+    if not has_treatments(settings["data"]):
+        raise no_treatments(data_name)
     dataset = load_data(settings["data"], con=engine_connection(settings))
     if dataset.treatments is None:
-        raise UserValueError(f"the data set '{data_name}' has no treatments table, which churnml-experiment evaluates: "
-                             "give data=files data.treatments.path=FILE (customer_id, ts, campaign, group)")
+        raise no_treatments(data_name)
     as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
     output = Path(given_output or default_output_dir(data_name, as_of))
 
@@ -136,6 +137,18 @@ def run(settings: Mapping[str, Any]) -> Path:
         print(f"uplift model for churnml-score: {exported}")
     print(f"MLflow run {run_id} (experiment '{mlflow_settings['experiment']}', {mlflow_settings['tracking_uri']})")
     return output
+
+
+def has_treatments(data_settings: Mapping[str, Any]) -> bool:
+    """Whether a ``data`` node can hold a treatments table: the demo's, or a file's path."""
+    kind = data_settings.get("kind", "files")
+    return kind == "demo" or (kind == "files" and bool((data_settings.get("treatments") or {}).get("path")))
+
+
+def no_treatments(data_name: str) -> UserValueError:
+    """The one-line refusal of a data set without campaigns."""
+    return UserValueError(f"the data set '{data_name}' has no treatments table, which churnml-experiment evaluates: "
+                          "give data=files data.treatments.path=FILE (customer_id, ts, campaign, group)")
 
 
 def pilot_plans(config: Any, lifts: pd.DataFrame, campaigns: pd.DataFrame) -> pd.DataFrame:

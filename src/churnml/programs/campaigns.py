@@ -63,7 +63,7 @@ class ExperimentConfig:
     srm_p_value: float = 0.001
     cuped: bool = True
     uplift: bool = True
-    uplift_learner: str = "t"
+    uplift_learner: str = "x"
     contact_cost: float | None = None
     plan_base_rate: float | None = None
     plan_effect: float = 0.02

@@ -84,7 +84,9 @@ def plot_uplift_bins(bins: pd.DataFrame) -> "Figure":
     """Observed uplift (treated rate minus control rate) per bin of the model's predicted uplift,
     highest predicted first (:func:`churnml.programs.uplift.uplift_curve`)."""
     figure, (ax,) = new_figure(width=6.0, height=4.0)
-    ax.bar(bins["bin"].astype(str), bins["uplift"].to_numpy(float) * 100.0, color="#1f77b4")
+    positions = np.arange(len(bins))
+    ax.bar(positions, bins["uplift"].to_numpy(float) * 100.0, color="#1f77b4")
+    ax.set_xticks(positions, [str(b) for b in bins["bin"]])
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel("bin of predicted uplift (1 = highest)")
     ax.set_ylabel("observed uplift (points)")
