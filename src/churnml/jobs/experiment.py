@@ -223,11 +223,13 @@ def churn_risk_source(settings: Mapping[str, Any], horizon_days: int) -> tuple[A
 
 
 def save_deployed(uplift: Mapping[str, Any], directory: Path) -> None:
-    """The deployable uplift model as data: its LightGBM texts and JSON, plus ``deployment.json``
-    (outcome, window, contact cost, campaigns) for churnml-score."""
+    """The deployable uplift model as data: ``model/`` (its LightGBM texts and JSON,
+    :func:`churnml.programs.uplift.save_uplift_model`) and ``deployment.json`` (outcome, window,
+    contact cost, campaigns) for churnml-score."""
     from churnml.programs.uplift import save_uplift_model
 
-    save_uplift_model(uplift["model"], directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_uplift_model(uplift["model"], directory / "model")
     (directory / "deployment.json").write_text(json.dumps(uplift["meta"], indent=2, sort_keys=True))
 
 

@@ -195,7 +195,7 @@ def uplift_model(score_settings: Mapping[str, Any], registered_model_prefix: str
     if engine == "spark":
         raise UserValueError(f"the uplift model {directory} is scored on DuckDB only: use engine=duckdb, or "
                              "score.expected_value=false")
-    model = load_uplift_model(directory)
+    model = load_uplift_model(directory / "model")
     try:
         deployment = json.loads((directory / "deployment.json").read_text())
     except (OSError, ValueError) as error:

@@ -55,7 +55,7 @@ def with_expected_value(scores: pd.DataFrame, features: pd.DataFrame, model: Any
     rank = np.empty(len(value), dtype=np.int64)
     rank[order] = np.arange(1, len(value) + 1)
     result = scores.copy()
-    result["expected_uplift"] = np.round(uplift, 6)
+    result["expected_uplift"] = uplift
     result["expected_value"] = np.round(value, 2)
     result["contact_rank"] = pd.array(np.where(worth, rank, 0), dtype="Int64")
     result.loc[~worth, "contact_rank"] = pd.NA
