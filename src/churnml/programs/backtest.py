@@ -30,10 +30,13 @@ lead time
     the backtest with the same last purchase: a cutoff without an alert ends it, and so does a
     purchase between two cutoffs (an alert followed by a purchase did not precede this churn),
     so the first alert is never before ``L``. Smaller is sooner: a churner first alerted 30 days
-    after their last purchase was flagged two months before one alerted after 90. Unknown
-    (left out) for a customer without any purchase (refunds only). Measured on the grid of the
-    backtest's cutoffs: a rule that would have fired between two cutoffs is seen at the next, and
-    runs at the first cutoff start there, so denser cutoffs give sooner (smaller) figures.
+    after their last purchase was flagged two months before one alerted after 90. Counted only
+    for churners whose last purchase is on or after the first cutoff: for one who stopped buying
+    earlier the first alert may predate the backtest, and the first cutoff would stand in for it
+    (a customer gone for two years would count two years). Unknown (left out) for a customer
+    without any purchase (refunds only). Measured on the grid of the backtest's cutoffs: a rule
+    that would have fired between two cutoffs is seen at the next, so denser cutoffs give sooner
+    (smaller) figures.
 pooled (``cutoff == "all"``)
     Alerts, true alerts and churners summed over the cutoffs (a customer counts once at each
     cutoff, as on each cutoff's list), precision and recall of those sums; lead time over churn
@@ -64,7 +67,8 @@ REPORT_NOTE = (
     "Each rule's alerts at each out-of-sample cutoff (the time-based CV folds and the holdout) and pooled over "
     "them (all), against the model's alerts of as many customers, its highest churn probabilities: precision "
     "(share of alerts who churned in the horizon), recall (share of churners alerted) and lead time (median "
-    "days from a churner's last purchase to their first alert; lower is sooner).")
+    "days from a churner's last purchase to their first alert, lower is sooner, over n churners: those whose last "
+    "purchase is on or after the first cutoff).")
 _DAY = np.timedelta64(1, "D")
 
 
@@ -150,9 +154,11 @@ def _first_alert(customer: np.ndarray, position: np.ndarray, last_purchase: np.n
 
 
 def _lead_days(cutoffs: np.ndarray, first: np.ndarray, last_purchase: np.ndarray, true_alert: np.ndarray) -> np.ndarray:
-    """Days from the last purchase to the first alert for true alerts, NaN elsewhere."""
+    """Days from the last purchase to the first alert for true alerts whose last purchase is on
+    or after the first cutoff, NaN elsewhere."""
     days = (cutoffs[np.maximum(first, 0)] - last_purchase) / _DAY
-    return np.where(true_alert & ~np.isnat(last_purchase), days, np.nan)
+    # NaT compares false: customers without a purchase drop out here too.
+    return np.where(true_alert & (last_purchase >= cutoffs[0]), days, np.nan)
 
 
 def _summary(cutoff: str, rule: str, scorer: str, alerts: int, true_alerts: int, churners: int,
@@ -192,7 +198,8 @@ def warning_backtest(frame: pd.DataFrame, flags: Sequence[str] = WARNING_FLAGS) 
         Tidy, the columns of :data:`COLUMNS`: one row per rule (the flags, then ``any_flag``),
         scorer (``rule``, then ``model`` at the rule's volume) and cutoff (ISO dates in order,
         then ``all``, pooled). ``lead_times``: how many lead times the median and mean are
-        taken over (true alerts with a purchase; churn episodes in the pooled rows).
+        taken over (true alerts with a last purchase on or after the first cutoff; churn
+        episodes in the pooled rows).
 
     Raises
     ------
@@ -267,8 +274,9 @@ def side_by_side(table: pd.DataFrame, pooled_only: bool = False) -> pd.DataFrame
     ``cutoff``), the rule's figures beside the model's at the same volume.
 
     Columns: ``rule``, ``alerts``, ``churners``, ``precision``, ``model precision``, ``recall``,
-    ``model recall``, ``lead days`` and ``model lead days`` (medians). ``pooled_only``: the
-    ``all`` rows alone.
+    ``model recall``, ``lead days`` and ``model lead days`` (medians), ``lead n`` and ``model
+    lead n`` (how many lead times each median is taken over). ``pooled_only``: the ``all`` rows
+    alone.
     """
     if pooled_only:
         table = table[table["cutoff"] == POOLED]
@@ -279,5 +287,6 @@ def side_by_side(table: pd.DataFrame, pooled_only: bool = False) -> pd.DataFrame
         "precision": rule["precision"], "model precision": model["precision"],
         "recall": rule["recall"], "model recall": model["recall"],
         "lead days": rule["lead_time_median_days"], "model lead days": model["lead_time_median_days"],
+        "lead n": rule["lead_times"], "model lead n": model["lead_times"],
     }, index=rule.index)
     return wide.reset_index(level="rule")
