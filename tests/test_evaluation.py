@@ -344,4 +344,14 @@ def test_report_embeds_tables_and_figures(holdout):
 def test_report_without_cv_has_no_cv_section(holdout):
     y, probabilities = holdout
     report = render_report("r", comparison_table(probabilities, y), {}, {"target": "churn"})
-    assert "Cross-validation" not in report and "<img" not in report
+    assert "Cross-validation" not in report and "<img" not in report and report.count("<h2>") == 2
+
+
+def test_report_shows_further_tables_after_the_cv_under_their_headings(holdout):
+    y, probabilities = holdout
+    rules = pd.DataFrame({"rule": ["any_flag"], "precision": [0.61234]}, index=pd.Index(["all"], name="cutoff"))
+    cv = pd.DataFrame({"roc_auc": [0.7]})
+    report = render_report("r", comparison_table(probabilities, y), {}, {}, cv=cv,
+                           tables=[("Rules & model", rules, "precision <of alerts>")])
+    assert report.index("<h2>Cross-validation</h2>") < report.index("<h2>Rules &amp; model</h2>")
+    assert "<p>precision &lt;of alerts&gt;</p>" in report and "0.6123" in report and ">any_flag<" in report

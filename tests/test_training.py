@@ -122,6 +122,37 @@ def test_outcome_is_out_of_time(outcome):
     assert (outcome.cv_folds["cutoff"] < dt.date(2024, 9, 30)).all()
 
 
+def test_the_backtest_reads_only_out_of_sample_scores(outcome):
+    from sklearn.metrics import roc_auc_score
+
+    from churnml.features.build import WARNING_FLAGS
+    from churnml.jobs.train import add_backtest
+
+    scores = outcome.out_of_time_scores
+    holdout = pd.Timestamp(outcome.holdout_cutoff)
+    folds = [pd.Timestamp(c) for c in outcome.cv_folds["cutoff"]]
+    assert sorted(scores["cutoff"].unique()) == [*folds, holdout]
+    # The holdout's rows carry the evaluated model's probabilities; each fold's, those its CV row was computed on.
+    np.testing.assert_array_equal(scores.loc[scores["cutoff"] == holdout, "probability"], outcome.probabilities["model"])
+    for fold in outcome.cv_folds.itertuples():
+        rows = scores[scores["cutoff"] == pd.Timestamp(fold.cutoff)]
+        assert roc_auc_score(rows["label"], rows["probability"]) == pytest.approx(fold.roc_auc)
+    # The job's step, on a copy: the shared outcome's metrics stay as training made them.
+    run = dataclasses.replace(outcome, metrics=dict(outcome.metrics))
+    [(title, table, note)] = add_backtest(run)
+    assert set(run.backtest["cutoff"]) == {c.date().isoformat() for c in [*folds, holdout]} | {"all"}
+    assert list(table.columns[:3]) == ["rule", "alerts", "churners"] and "model precision" in table.columns
+    by_scorer = run.backtest.set_index(["cutoff", "rule", "scorer"])["alerts"].unstack("scorer")
+    assert (by_scorer["model"] == by_scorer["rule"]).all()
+    for rule in (*WARNING_FLAGS, "any_flag"):
+        assert 0.0 <= run.metrics[f"backtest_{rule}_precision"] <= 1.0, rule
+        assert 0.0 <= run.metrics[f"backtest_{rule}_model_recall"] <= 1.0, rule
+    # Raised only after 90 days without a purchase, the rule's first alert comes 90 days or more after it.
+    assert run.metrics["backtest_no_repurchase_3m_lead_time_days"] >= 90
+    assert run.metrics["backtest_no_repurchase_3m_model_lead_time_days"] < run.metrics[
+        "backtest_no_repurchase_3m_lead_time_days"]
+
+
 def test_model_and_baselines_are_compared_on_the_same_rows(outcome):
     assert list(outcome.comparison.index) == ["model", "rule", "rfm", "recency", "bgnbd", "bgnbd_count", "pnbd",
                                               "pnbd_count", "best_classical"]
@@ -257,6 +288,24 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     assert list((tmp_path / "reports").glob("churnml-churn-v1.html"))
     printed = capsys.readouterr().out
     assert "bgnbd" in printed and "pnbd_count" in printed and "best_classical scorer" in printed
+    # The warning-rule backtest: pooled figures as metrics, its table as an artifact, in the report and on the console.
+    for name in ("backtest_no_repurchase_3m_precision", "backtest_no_repurchase_3m_model_precision",
+                 "backtest_order_value_drop_40_recall", "backtest_low_interaction_model_recall",
+                 "backtest_any_flag_alerts", "backtest_any_flag_model_recall"):
+        assert name in run.data.metrics, name
+    # Lead times need churners who bought after the first of the backtest's two cutoffs; NaN ones are not logged.
+    assert {k for k in run.data.metrics if k.startswith("backtest_") and "lead_time" in k} <= {
+        f"backtest_{rule}{scorer}_lead_time{kind}_days" for rule in ("no_repurchase_3m", "order_value_drop_40",
+                                                                     "low_interaction", "any_flag")
+        for scorer in ("", "_model") for kind in ("", "_mean")}
+    backtest = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                               artifact_path="evaluation/backtest.csv",
+                                                               dst_path=str(tmp_path / "downloaded")))
+    pooled = backtest[(backtest["cutoff"] == "all") & (backtest["rule"] == "any_flag") & (backtest["scorer"] == "rule")]
+    assert pooled["alerts"].item() == run.data.metrics["backtest_any_flag_alerts"]
+    assert "Warning rules against the model at the same alert volume" in (
+        tmp_path / "reports" / "churnml-churn-v1.html").read_text()
+    assert "warning rules against the model at the same alert volume" in printed
     assert "models:/churnml-churn/1" in printed
     # What is registered and exported is the model refit through the holdout.
     from churnml.tracking import load_model

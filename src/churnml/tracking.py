@@ -227,6 +227,8 @@ def _log_outcome(outcome: Any, settings: Mapping[str, Any], fingerprint: Mapping
     mlflow.log_text(outcome.comparison.to_csv(), "evaluation/comparison.csv")
     if not outcome.cv_folds.empty:
         mlflow.log_text(outcome.cv_folds.to_csv(index=False), "evaluation/cv_folds.csv")
+    if not outcome.backtest.empty:
+        mlflow.log_text(outcome.backtest.to_csv(index=False), "evaluation/backtest.csv")
     for name, figure in outcome.figures.items():
         mlflow.log_figure(figure, f"plots/{name}.png")
     if outcome.report_html:

@@ -163,6 +163,7 @@ def render_report(
     figures: Mapping[str, "Figure"],
     context: Mapping[str, object],
     cv: pd.DataFrame | None = None,
+    tables: Sequence[tuple[str, pd.DataFrame, str]] = (),
 ) -> str:
     """A one-page, self-contained HTML evaluation report.
 
@@ -178,6 +179,9 @@ def render_report(
         What was evaluated: data set, target, horizon, cutoffs, rows, model name, ...
     cv : pandas.DataFrame, optional
         Cross-validation results (for example one row per fold), shown when given.
+    tables : sequence of (str, pandas.DataFrame, str)
+        Further tables after the cross-validation, each under its heading, with a note (a
+        sentence on what the numbers mean) above it.
 
     Returns
     -------
@@ -197,6 +201,8 @@ def render_report(
     ]
     if cv is not None:
         sections += ["<h2>Cross-validation</h2>", html_table(cv)]
+    for heading, table, note in tables:
+        sections += [f"<h2>{html.escape(heading)}</h2>", f"<p>{html.escape(note)}</p>", html_table(table)]
     if figures:
         sections.append("<h2>Figures</h2>")
     sections += [figure_html(name, figure) for name, figure in figures.items()]

@@ -77,6 +77,48 @@ def print_comparison(outcome: Any) -> None:
               f"+/- {outcome.metrics['cv_roc_auc_std']:.4f}")
 
 
+def add_backtest(outcome: Any) -> list[tuple[str, Any, str]]:
+    """Backtest the warning rules against the model on the rows the model scored out of sample
+    (each time-based CV fold's snapshot, then the holdout): the table goes to ``outcome.backtest``,
+    its pooled figures to ``outcome.metrics`` (``backtest_<rule>_...``,
+    :func:`churnml.programs.backtest.backtest_metrics`). Returns the report's table (heading,
+    table, note), none without scored rows.
+
+    For the repurchase target, churn is no purchase in its horizon: the label and the
+    probability are turned around (:func:`churnml.programs.backtest.backtest_frame`).
+    """
+    from churnml.features.build import WARNING_FLAGS
+    from churnml.programs.backtest import (
+        REPORT_NOTE,
+        REPORT_TITLE,
+        backtest_frame,
+        backtest_metrics,
+        side_by_side,
+        warning_backtest,
+    )
+
+    scores = outcome.out_of_time_scores
+    if scores.empty or not any(flag in scores.columns for flag in WARNING_FLAGS):
+        return []
+    outcome.backtest = warning_backtest(backtest_frame(scores, outcome.plan.target))
+    outcome.metrics.update(backtest_metrics(outcome.backtest))
+    return [(REPORT_TITLE, side_by_side(outcome.backtest), REPORT_NOTE)]
+
+
+def print_backtest(outcome: Any) -> None:
+    """The pooled warning-rule backtest on the console: each rule beside the model at its volume."""
+    from churnml.evaluation.metrics import format_comparison
+    from churnml.programs.backtest import POOLED, side_by_side
+
+    if outcome.backtest.empty:
+        return
+    pooled = side_by_side(outcome.backtest, pooled_only=True).set_index("rule")
+    cutoffs = sorted(c for c in outcome.backtest["cutoff"].unique() if c != POOLED)
+    print(f"\nwarning rules against the model at the same alert volume, {len(cutoffs)} out-of-sample cutoffs "
+          f"({cutoffs[0]} .. {cutoffs[-1]}); lead days: median from the last purchase to the first alert")
+    print(format_comparison(pooled))
+
+
 def champion_score(outcome: Any, metric: str) -> float:
     """The holdout figure the champion rule compares (``train.champion_metric``).
 
@@ -144,7 +186,8 @@ def train_and_register(settings: Mapping[str, Any]) -> float:
     template = build_model(settings["model"], plan.target, plan.horizon_days)
     outcome = train_and_evaluate(dataset, template, plan, FeatureConfig.from_dict(settings["features"]))
     champion_score(outcome, settings["train"]["champion_metric"])
-    outcome = add_report(outcome, report_context(settings, outcome, settings["model"]["name"]))
+    tables = add_backtest(outcome)
+    outcome = add_report(outcome, report_context(settings, outcome, settings["model"]["name"]), tables)
     mlflow_settings = configure_tracking(settings)
     fingerprint = tracking.data_fingerprint(dataset, data_sources(settings["data"]))
     name = registered_name(mlflow_settings["registered_model_prefix"], plan.target)
@@ -155,6 +198,7 @@ def train_and_register(settings: Mapping[str, Any]) -> float:
     exported = tracking.export_model(name, settings["train"]["export_dir"]) if settings["train"].get("export_dir") else None
 
     print_comparison(outcome)
+    print_backtest(outcome)
     if outcome.tabulation_note:
         print(f"warning: {outcome.tabulation_note}")
     print(f"MLflow run {registered.run_id} (experiment '{mlflow_settings['experiment']}', {mlflow_settings['tracking_uri']})")

@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from sklearn.base import clone
 from churnml.errors import UserError
 from churnml.evaluation import drift, report
 from churnml.evaluation import metrics as evaluation_metrics
-from churnml.features.build import FeatureConfig
+from churnml.features.build import WARNING_FLAGS, FeatureConfig
 from churnml.features.dates import resolve_as_of
 from churnml.features.seasonality import monthly_purchase_rates, seasonal_index_through
 from churnml.features.snapshots import snapshot_table, training_cutoffs
@@ -86,6 +86,11 @@ class Outcome:
     tabulation_note: str | None = None
     # The model refit through the holdout's snapshot (TrainingPlan.refit), None without a refit.
     refit_model: ChurnModel | None = None
+    # Rows scored out of sample (scored_rows): each CV fold's snapshot by its fold's model, then the
+    # holdout by the evaluated model; the warning-rule backtest's input.
+    out_of_time_scores: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # The warning-rule backtest over those rows (churnml.programs.backtest), when a stage runs it.
+    backtest: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def deployed_model(self) -> ChurnModel:
@@ -225,11 +230,26 @@ def time_cv(
     progress: bool = True, calibration_fraction: float = 0.0, rates: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Out-of-time folds: each evaluates on one snapshot, training only on snapshots whose label
-    windows close on or before its cutoff. Never random k-fold over time."""
+    windows close on or before its cutoff. Never random k-fold over time.
+
+    The metrics of :func:`time_cv_scores`, one row per fold.
+    """
+    return time_cv_scores(template, table, horizon_days, n_folds, calibration_snapshots, progress,
+                          calibration_fraction, rates)[0]
+
+
+def time_cv_scores(
+    template: ChurnModel, table: pd.DataFrame, horizon_days: int, n_folds: int, calibration_snapshots: int = 1,
+    progress: bool = True, calibration_fraction: float = 0.0, rates: pd.Series | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The time-based CV (:func:`time_cv`): its metrics, one row per fold (``cutoff``,
+    ``train_rows`` and :func:`churnml.evaluation.metrics.binary_metrics`), and the rows each fold
+    evaluated with the probability its model gave them (:func:`scored_rows`), out of sample:
+    the fold's model saw no label of a window that closes after the fold's cutoff."""
     from tqdm.auto import tqdm
 
     cutoffs = sorted(pd.Timestamp(c).date() for c in table["cutoff"].unique())
-    rows = []
+    rows, scored = [], []
     for fold_cutoff in tqdm(cv_fold_cutoffs(cutoffs, horizon_days, n_folds, calibration_snapshots),
                             desc="time-based CV", unit="fold", disable=not progress):
         known = table["cutoff"] + pd.Timedelta(days=horizon_days) <= pd.Timestamp(fold_cutoff)
@@ -237,11 +257,22 @@ def time_cv(
         # A fold's model is only evaluated, never scores new data: no drift reference.
         model = fit_model(template, table[known], calibration_snapshots, keep_reference=False,
                           calibration_fraction=calibration_fraction, rates=rates)
-        metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), model.predict_proba(evaluated)[:, 1])
+        probability = model.predict_proba(evaluated)[:, 1]
+        metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), probability)
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
+        scored.append(scored_rows(evaluated, probability))
     if not rows:
         log.warning("too few snapshots for time-based CV; lower train.step_days or raise train.max_snapshots")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), (pd.concat(scored, ignore_index=True) if scored else pd.DataFrame())
+
+
+def scored_rows(snapshot: pd.DataFrame, probability: np.ndarray) -> pd.DataFrame:
+    """What the warning-rule backtest needs of scored snapshot rows: ``customer_id``, ``cutoff``,
+    ``label``, ``recency_days``, the warning flags present
+    (:data:`churnml.features.build.WARNING_FLAGS`) and the model's ``probability``, shape
+    ``(n_rows,)``, in the rows' order."""
+    columns = [c for c in ("customer_id", "cutoff", "label", "recency_days", *WARNING_FLAGS) if c in snapshot.columns]
+    return snapshot[columns].reset_index(drop=True).assign(probability=np.asarray(probability, dtype=float))
 
 
 def extra_feature_builder(plan: TrainingPlan) -> Callable[[pd.DataFrame], pd.DataFrame] | None:
@@ -352,8 +383,8 @@ def train_and_evaluate(
                       rates=rates)
     probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
     y_holdout = holdout_table["label"].to_numpy()
-    folds = time_cv(template, train_table, plan.horizon_days, plan.cv_folds, plan.calibration_snapshots, progress,
-                    plan.calibration_fraction, rates)
+    folds, fold_scores = time_cv_scores(template, train_table, plan.horizon_days, plan.cv_folds,
+                                        plan.calibration_snapshots, progress, plan.calibration_fraction, rates)
     metrics = evaluation_metrics.holdout_metrics(probabilities, y_holdout)
     if not folds.empty:
         metric_columns = [c for c in folds.columns if c not in ("cutoff", "train_rows", "n", "base_rate")]
@@ -376,11 +407,15 @@ def train_and_evaluate(
         cv_folds=folds,
         tabulation_note=tabulation_note(refit if refit is not None else model),
         refit_model=refit,
+        out_of_time_scores=pd.concat([part for part in (fold_scores, scored_rows(holdout_table, probabilities["model"]))
+                                      if not part.empty], ignore_index=True),
     )
 
 
-def add_report(outcome: Outcome, context: dict[str, Any]) -> Outcome:
-    """Attach the evaluation plots and the one-page HTML report to ``outcome``."""
+def add_report(outcome: Outcome, context: dict[str, Any],
+               tables: Sequence[tuple[str, pd.DataFrame, str]] = ()) -> Outcome:
+    """Attach the evaluation plots and the one-page HTML report to ``outcome``; ``tables``
+    (heading, table, note) are shown after the cross-validation (:func:`churnml.evaluation.report.render_report`)."""
     y = outcome.holdout_table["label"].to_numpy()
     figures = {
         "roc": report.plot_roc(outcome.probabilities, y),
@@ -394,5 +429,5 @@ def add_report(outcome: Outcome, context: dict[str, Any]) -> Outcome:
     title = f"churnml evaluation: {outcome.plan.target} within {outcome.plan.horizon_days} days"
     cv = outcome.cv_folds if not outcome.cv_folds.empty else None
     outcome.figures = figures
-    outcome.report_html = report.render_report(title, outcome.comparison, figures, context, cv=cv)
+    outcome.report_html = report.render_report(title, outcome.comparison, figures, context, cv=cv, tables=tables)
     return outcome
