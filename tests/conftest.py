@@ -112,3 +112,29 @@ def inputs(dataset, models):
     from churnml.scoring import table
 
     return table.model_inputs(snapshots.feature_frame(dataset, dataset.last_date), models)
+
+
+# A throwaway PostgreSQL server (tests/pg.py) for the event store and the service: started once per
+# session, stopped at its end; on a machine without the server it fails, naming what to install.
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    from pg import start_cluster
+
+    try:
+        cluster = start_cluster()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """The URL of the throwaway server's ``postgres`` database."""
+    return postgres_cluster.url
+
+
+@pytest.fixture
+def postgres_db(postgres_cluster) -> str:
+    """The URL of a new, empty database on the throwaway server."""
+    return postgres_cluster.create_database()

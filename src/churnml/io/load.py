@@ -180,6 +180,29 @@ def load_dataset(
                    surveys=tables.get("surveys"), treatments=tables.get("treatments"), reports=reports)
 
 
+def load_table(
+    name: str, source: TableSource, options: LoadOptions = LoadOptions(), con: Any = None, materialize: bool = False,
+) -> tuple[ir.Table, TableReport]:
+    """Read, validate and clean one contract table, by the rules :func:`load_dataset` applies to
+    each of its tables (an event store validates posted interactions without transactions).
+
+    Parameters
+    ----------
+    name
+        Contract table name (``transactions``, ``interactions`` ...).
+
+    Raises
+    ------
+    DataValidationError
+        As :func:`load_dataset`; a time-zone mix between tables cannot arise with one table.
+    """
+    con = con if con is not None else connect()
+    now = options.now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    future_limit = now + dt.timedelta(days=options.max_future_days)
+    table, report, _ = _load_table(con, SPECS[name], source, options, future_limit, materialize)
+    return table, report
+
+
 def _load_table(
     con: Any, spec: TableSpec, source: TableSource, options: LoadOptions, future_limit: dt.datetime,
     materialize: bool,
