@@ -111,12 +111,15 @@ def generate_load(connect: Callable[[], Send], customers: Sequence[str], clients
             return
         ready.wait()
         latencies, failures = [], {}
-        for customer in chosen:
-            started = time.perf_counter()
-            status = send(customer)
-            latencies.append(time.perf_counter() - started)
-            if status != 200:
-                failures[status] = failures.get(status, 0) + 1
+        try:
+            for customer in chosen:
+                started = time.perf_counter()
+                status = send(customer)
+                latencies.append(time.perf_counter() - started)
+                if status != 200:
+                    failures[status] = failures.get(status, 0) + 1
+        except BaseException as error:  # a service that stopped answering: the run is void
+            problems.append(error)
         with lock:
             result.latencies.extend(latencies)
             for status, count in failures.items():
@@ -135,6 +138,8 @@ def generate_load(connect: Callable[[], Send], customers: Sequence[str], clients
     for thread in threads:
         thread.join()
     result.seconds = time.perf_counter() - started
+    if problems:
+        raise RuntimeError(f"{len(problems)} of {clients} load clients stopped: {problems[0]!r}") from problems[0]
     return result
 
 

@@ -136,6 +136,16 @@ def test_a_client_that_cannot_connect_stops_the_load_run():
         serve_bench().generate_load(connect, ["A"], clients=2, requests_per_client=1)
 
 
+def test_a_service_that_stops_answering_voids_the_load_run():
+    def connect():
+        def send(customer):
+            raise ConnectionRefusedError("the service stopped")
+        return send
+
+    with pytest.raises(RuntimeError, match="2 of 2 load clients stopped"):
+        serve_bench().generate_load(connect, ["A"], clients=2, requests_per_client=3)
+
+
 def test_the_http_client_asks_for_scores_with_the_token_on_one_connection():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
