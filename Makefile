@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup features train evaluate score export kpis experiment explain test test-fast test-spark lint bench ui clean
+.PHONY: help setup features train evaluate score export kpis experiment serve explain test test-fast test-spark lint bench ui clean
 TARGETS ?= churn,repurchase
 
 help: ## List the targets
@@ -44,6 +44,9 @@ kpis: $(STAMP) ## Loyalty KPIs, cohorts, tier migration and a dashboard (churnml
 
 experiment: $(STAMP) ## Evaluate the campaigns of the treatments table: lift, CUPED, sample ratio, power, uplift (churnml-experiment)
 	$(BIN)/churnml-experiment $(ARGS)
+
+serve: $(STAMP) ## Serve scores over HTTP on 127.0.0.1:8000 from the events stored so far (churnml-serve)
+	$(BIN)/churnml-serve $(ARGS)
 
 explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in reports/notebooks, logged to the churn champion's run
 	$(BIN)/churnml-notebooks --output-dir reports/notebooks $(ARGS)

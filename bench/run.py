@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 BENCHMARKS = {"features": "bench_features", "kpis": "bench_kpis", "quality": "bench_quality", "scoring": "bench_scoring",
-              "spark": "bench_spark"}
+              "serve": "bench_serve", "spark": "bench_spark"}
 # Former names, still accepted: `cdnow` grew into `quality` (CDNOW and the demo shop).
 ALIASES = {"cdnow": "quality"}
 

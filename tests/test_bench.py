@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -73,3 +74,114 @@ def test_the_quality_verdict_needs_a_win_on_every_metric_over_the_best_classical
     assert not judge(comparison())["met"]  # PR AUC below bgnbd's
     assert not judge(comparison(pr_auc=0.53, roc_auc=0.79))["met"]  # a tie on ROC AUC is no win
     assert not judge(comparison(pr_auc=math.nan))["met"]
+
+
+# --------------------------------------------------------------------------------------------
+# bench_serve: the load generator and its percentiles, against fakes of the service
+# --------------------------------------------------------------------------------------------
+
+
+def serve_bench():
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("bench_serve")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_percentiles_are_in_milliseconds_with_linear_interpolation():
+    shown = serve_bench().percentiles([k / 1000 for k in range(1, 101)])  # 1 ms .. 100 ms
+    # numpy's linear rule: rank (n - 1) q between the sorted values.
+    assert shown == pytest.approx({"p50": 50.5, "p95": 95.05, "p99": 99.01})
+
+
+def test_the_load_generator_runs_the_clients_at_once_and_counts_every_request():
+    import threading
+    import time
+
+    bench = serve_bench()
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def connect():
+        def send(customer):
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.01)
+            with lock:
+                running[0] -= 1
+            return 404 if customer == "gone" else 200
+        return send
+
+    customers = ["A", "B", "C", "gone"]
+    result = bench.generate_load(connect, customers, clients=4, requests_per_client=6, seed=3)
+    assert result.requests == 24 and most[0] == 4
+    assert min(result.latencies) >= 0.01
+    # 6 sequential requests of >= 10 ms per client, the clients side by side.
+    assert 0.06 <= result.seconds < 0.06 * 4
+    # The draws are the seeded generator's: the same seed asks for the same customers.
+    drawn = [customers[i] for k in range(4) for i in np.random.default_rng([3, k]).integers(0, 4, 6)]
+    assert result.failures == ({404: drawn.count("gone")} if "gone" in drawn else {})
+    row = result.row("fake")
+    assert row["requests"] == 24 and row["errors"] == result.errors and row["requests/s"] == 24 / result.seconds
+
+
+def test_a_client_that_cannot_connect_stops_the_load_run():
+    def connect():
+        raise ConnectionRefusedError("no service")
+
+    with pytest.raises(RuntimeError, match="could not start"):
+        serve_bench().generate_load(connect, ["A"], clients=2, requests_per_client=1)
+
+
+def test_a_service_that_stops_answering_voids_the_load_run():
+    def connect():
+        def send(customer):
+            raise ConnectionRefusedError("the service stopped")
+        return send
+
+    with pytest.raises(RuntimeError, match="2 of 2 load clients stopped"):
+        serve_bench().generate_load(connect, ["A"], clients=2, requests_per_client=3)
+
+
+def test_the_http_client_asks_for_scores_with_the_token_on_one_connection():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen, connections = [], set()
+
+    class FakeService(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            connections.add(self.client_address)
+            ok = self.headers.get("Authorization") == "Bearer t0ken"
+            body = b'{"churn_probability": 0.5}' if ok else b'{"error": "token"}'
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        bench = serve_bench()
+        port = server.server_address[1]
+        send = bench.http_client("127.0.0.1", port, "t0ken", as_of="2025-06-30")()
+        assert [send("A 1"), send("B/2")] == [200, 200]
+        assert bench.http_client("127.0.0.1", port, "wrong")()("A") == 401
+        result = bench.generate_load(bench.http_client("127.0.0.1", port, "t0ken"), ["C"], clients=2,
+                                     requests_per_client=3)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen[:2] == [("/customers/A%201/score?as_of=2025-06-30", "Bearer t0ken"),
+                        ("/customers/B%2F2/score?as_of=2025-06-30", "Bearer t0ken")]
+    assert result.requests == 6 and result.errors == 0
+    assert len(connections) == 4  # one connection per client: the first two requests shared one

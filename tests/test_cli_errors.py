@@ -23,7 +23,7 @@ from churnml.errors import UserError
 SOURCE = str(Path(churnml.__file__).resolve().parents[1])
 ENTRY_POINTS = {"features": "features_app", "train": "train_app", "evaluate": "evaluate_app",
                 "score": "score_app", "export": "export_app", "kpis": "kpis_app", "experiment": "experiment_app",
-                "notebooks": "notebooks_app"}
+                "serve": "serve_app", "notebooks": "notebooks_app"}
 
 
 def run_stage(stage: str, *args: str, cwd: Path, env: dict | None = None, before: str = "") -> subprocess.CompletedProcess:
@@ -94,6 +94,8 @@ CASES = {
     "campaigns of a data set without treatments": ("experiment", ["data=cdnow"],
                                                    ["'cdnow'", "no treatments table", "data.treatments.path"]),
     "experiment setting out of range": ("experiment", ["experiment.plan_power=1.5"], ["experiment.plan_power=1.5"]),
+    "serve setting out of range": ("serve", ["serve.port=70000"], ["serve.port=70000", "1 to 65535"]),
+    "missing model directory to serve": ("serve", ["score.model_dir=absent"], ["absent/churnml-churn", "score.model_dir"]),
     "no registry to evaluate": ("evaluate", [], ["mlflow.tracking_uri", "make train"]),
     "no registry to export": ("export", [], ["mlflow.tracking_uri", "make train"]),
     "unknown notebook parameter": ("notebooks", ["-p", "sampel_size=3", "--no-mlflow"], ["sampel_size"]),
@@ -246,3 +248,16 @@ def test_notebooks_without_a_champion_refuse_before_running_any(workdir):
     result = run_stage("notebooks", "--output-dir", str(workdir / "reports"), cwd=workdir)
     assert_one_line_refusal(result, "notebooks", "churnml-churn@champion", "make train")
     assert tree(workdir) == before
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_port_in_use_before_loading_anything(workdir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_stage("serve", f"serve.port={port}", "score.model_dir=absent", cwd=workdir)
+    assert_one_line_refusal(result, "serve", f"cannot listen on 127.0.0.1:{port}", "serve.port")
+    assert tree(workdir) == set()

@@ -111,7 +111,7 @@ def test_churnml_is_imported_from_the_wheel_with_its_configs(installed, elsewher
     assert not location.is_relative_to(ROOT / "src")
     assert {"cdnow.yaml", "demo.yaml", "files.yaml"} <= set(ast.literal_eval(configs))
     for name in ("churnml-features", "churnml-train", "churnml-evaluate", "churnml-score", "churnml-export", "churnml-kpis",
-                 "churnml-experiment", "churnml-notebooks"):
+                 "churnml-experiment", "churnml-serve", "churnml-notebooks"):
         assert installed.script(name).exists(), name
 
 

@@ -200,6 +200,7 @@ score_app = _stage_app("score", "score")
 export_app = _stage_app("train", "export")
 kpis_app = _stage_app("kpis", "kpis")
 experiment_app = _stage_app("experiment", "experiment")
+serve_app = _stage_app("serve", "serve")
 
 
 def notebooks_app() -> None:
@@ -217,7 +218,8 @@ def notebooks_app() -> None:
 
 
 STAGES = {"features": features_app, "train": train_app, "evaluate": evaluate_app, "score": score_app,
-          "export": export_app, "kpis": kpis_app, "experiment": experiment_app, "notebooks": notebooks_app}
+          "export": export_app, "kpis": kpis_app, "experiment": experiment_app, "serve": serve_app,
+          "notebooks": notebooks_app}
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ from churnml.models.classifier import ChurnModel
 from churnml.models.training import TrainingPlan
 from churnml.programs.campaigns import ExperimentConfig
 from churnml.scoring.policy import RiskBands, ScoringConfig
+from churnml.serve.app import ServeConfig
 
 # --------------------------------------------------------------------------------------------
 # Mirrors of the library's dataclasses, for Hydra
@@ -144,6 +145,16 @@ ExperimentSettings = dataclasses.make_dataclass(
 )
 ExperimentSettings.__doc__ = ("``experiment``: what churnml-experiment measures "
                               "(:class:`~churnml.programs.campaigns.ExperimentConfig`) and where it writes.")
+
+ServeSettings = dataclasses.make_dataclass(
+    "ServeSettings",
+    # The event store: a DuckDB file (one process; created and loaded from the data node's files
+    # when empty) or a postgresql://user@host:port/dbname URL (several workers or hosts).
+    [("store", str, field(default="serve/events.duckdb"))],
+    bases=(mirror(ServeConfig),),
+)
+ServeSettings.__doc__ = ("``serve``: where churnml-serve listens, its token and limits "
+                         "(:class:`~churnml.serve.app.ServeConfig`), and its event store.")
 
 
 def _table_files(spec: TableSpec) -> type:
@@ -342,7 +353,8 @@ def _stage_fields(*, mlflow: bool) -> list[tuple]:
 
 
 def stage_schemas() -> dict[str, type]:
-    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``, ``kpis``, ``experiment``."""
+    """The schema of each primary config: ``features``, ``train``, ``evaluate``, ``score``, ``kpis``,
+    ``experiment``, ``serve``."""
     for_features, with_mlflow = _stage_fields(mlflow=False), _stage_fields(mlflow=True)
     return {
         "features": dataclasses.make_dataclass("FeaturesStage", for_features),
@@ -374,12 +386,19 @@ def stage_schemas() -> dict[str, type]:
             ("seed", int, field(default=42)),
             ("experiment", ExperimentSettings, field(default_factory=ExperimentSettings)),
         ]),
+        # The service scores with the models and policy of the score node, as churnml-score does
+        # (its output, format and drift keys are the batch's and unused here).
+        "serve": dataclasses.make_dataclass("ServeStage", [
+            *with_mlflow,
+            ("score", ScoreSettings, field(default_factory=ScoreSettings)),
+            ("serve", ServeSettings, field(default_factory=ServeSettings)),
+        ]),
     }
 
 
 def register_configs() -> None:
     """Put the stage schemas (``features_schema``, ``train_schema``, ``evaluate_schema``,
-    ``score_schema``, ``kpis_schema``, ``experiment_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
+    ``score_schema``, ``kpis_schema``, ``experiment_schema``, ``serve_schema``) in Hydra's ConfigStore, where the primary configs' defaults lists name them."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
@@ -440,6 +459,11 @@ def _check_values(settings: typing.Mapping[str, Any]) -> None:
         checks.append(("kpis", lambda: KpiConfig.from_dict(settings["kpis"])))
     if "experiment" in settings:
         checks.append(("experiment", lambda: ExperimentConfig.from_dict(settings["experiment"])))
+    if "serve" in settings:
+        if not str(settings["serve"].get("store") or "").strip():
+            raise UserValueError("serve.store is empty: give a DuckDB file (serve/events.duckdb) or a "
+                                 "postgresql://user@host:port/dbname URL")
+        checks.append(("serve", lambda: ServeConfig.from_dict(settings["serve"])))
     if "target" in settings:
         if settings["target"]["name"] not in TARGETS:
             refuse("target.name", settings["target"]["name"], TARGETS)
