@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup features train evaluate score export kpis experiment serve explain test test-fast test-spark lint bench ui clean
+.PHONY: help setup features train evaluate score export kpis experiment serve explain test test-fast test-spark lint bench ui clean postgresql
 TARGETS ?= churn,repurchase
 
 help: ## List the targets
@@ -54,7 +54,13 @@ explain: $(STAMP) ## Run the SHAP and overview notebooks headless: HTML in repor
 ui: $(STAMP) ## Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-test: $(STAMP) ## Run ruff and every test, slow ones included
+postgresql: ## Install the PostgreSQL server the tests start a throwaway cluster of (Debian packages, as root or with sudo)
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then sudo=; else sudo="sudo -n"; fi; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: $(STAMP) postgresql ## Run ruff and every test, slow ones included
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest $(ARGS)
 
