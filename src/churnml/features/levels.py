@@ -116,9 +116,9 @@ class LevelConfig:
 
     Off by default (``enabled``): levels describe a loyalty program the shop runs, and shown to a
     retention team they must be that program's rules; on the demo shop they do not improve the
-    models (README, "Membership levels"), and their state machine about doubles the time of a
-    feature build. ``rules`` maps each level above ``base_level`` to its :class:`LevelRule`; the levels rank by
-    their thresholds, which must not decrease in either spend or repurchases from one level to
+    models (README, "Membership levels"), and they add to a feature build a second roll-up of the
+    lines to orders, brought out of the engine to the compiled state machine. ``rules`` maps each
+    level above ``base_level`` to its :class:`LevelRule`; the levels rank by their thresholds, which must not decrease in either spend or repurchases from one level to
     the next. Days are whole days; amounts are in the currency of ``amount``.
     """
 
@@ -267,34 +267,59 @@ def _level_kernel() -> Callable[..., tuple]:
     # cache: the compiled machine is kept in __pycache__, which saves the next process (a Spark
     # executor's among them) the compilation.
     @numba.njit(nogil=True, cache=True)
-    def kernel(days, nets, repurchases, points, starts, as_of_day, min_spend, min_repurchases,
+    def kernel(days, micros, purchase, order, starts, as_of_day, points_per_unit, min_spend, min_repurchases,
                extension_repurchases, extension_days, qualifying_days, validity_days, notice_days,
                points_validity_days):
-        n_customers = len(starts) - 1
+        n_codes = len(starts) - 1
         top = len(min_spend)
         longest = 0
-        for c in range(n_customers):
+        for c in range(n_codes):
             longest = max(longest, starts[c + 1] - starts[c])
-        # Running totals of one customer's days: entry j is the sum of the days before day j.
+        # One customer's days with orders, what each day holds, and running totals (entry j: the
+        # sum of the days before day j).
+        own_days = np.zeros(longest, np.int64)
+        day_nets = np.zeros(longest, np.int64)
+        day_repurchases = np.zeros(longest, np.int64)
+        day_points = np.zeros(longest, np.float64)
         net_totals = np.zeros(longest + 1, np.int64)
         repurchase_totals = np.zeros(longest + 1, np.int64)
         point_totals = np.zeros(longest + 1, np.float64)
-        rows = np.empty((2 * n_customers + 16, 5), np.int64)
+        rows = np.empty((2 * n_codes + 16, 5), np.int64)
         n_rows = 0
-        ranks = np.empty(n_customers, np.int64)
-        days_at_level = np.empty(n_customers, np.float64)
-        spend_gaps = np.full(n_customers, np.nan)
-        repurchase_gaps = np.full(n_customers, np.nan)
-        expiry_days = np.full(n_customers, np.nan)
-        at_risk = np.zeros(n_customers, np.bool_)
-        balances = np.empty(n_customers, np.float64)
-        for c in range(n_customers):
-            lo, n = starts[c], starts[c + 1] - starts[c]
-            own = days[lo:lo + n]
+        present = np.empty(n_codes, np.int64)
+        ranks = np.empty(n_codes, np.int64)
+        days_at_level = np.empty(n_codes, np.float64)
+        spend_gaps = np.full(n_codes, np.nan)
+        repurchase_gaps = np.full(n_codes, np.nan)
+        expiry_days = np.full(n_codes, np.nan)
+        at_risk = np.zeros(n_codes, np.bool_)
+        balances = np.empty(n_codes, np.float64)
+        k = 0
+        for c in range(n_codes):
+            # The customer's orders (by day) summed by day; orders after as_of are not read.
+            n, purchases = 0, 0
+            for p in range(starts[c], starts[c + 1]):
+                i = order[p]
+                if days[i] > as_of_day:
+                    continue
+                if n == 0 or own_days[n - 1] != days[i]:
+                    own_days[n], day_nets[n], day_repurchases[n], day_points[n] = days[i], 0, 0, 0.0
+                    n += 1
+                day_nets[n - 1] += micros[i]
+                # The first purchase ever is no repurchase.
+                if purchase[i]:
+                    if purchases > 0:
+                        day_repurchases[n - 1] += 1
+                    purchases += 1
+                # Truncated toward zero, so a refund takes back the points its value earned.
+                day_points[n - 1] += np.trunc(micros[i] / 1e6 * points_per_unit)
+            if n == 0:
+                continue
+            own = own_days[:n]
             for j in range(n):
-                net_totals[j + 1] = net_totals[j] + nets[lo + j]
-                repurchase_totals[j + 1] = repurchase_totals[j] + repurchases[lo + j]
-                point_totals[j + 1] = point_totals[j] + points[lo + j]
+                net_totals[j + 1] = net_totals[j] + day_nets[j]
+                repurchase_totals[j + 1] = repurchase_totals[j] + day_repurchases[j]
+                point_totals[j + 1] = point_totals[j] + day_points[j]
             if n_rows == rows.shape[0]:
                 bigger = np.empty((2 * rows.shape[0], 5), np.int64)
                 bigger[:n_rows] = rows[:n_rows]
@@ -359,33 +384,36 @@ def _level_kernel() -> Callable[..., tuple]:
             rows[n_rows - 1, _TO] = expiry
 
             # The features at as_of.
-            ranks[c] = rank
+            ranks[k] = rank
             stint = n_rows - 1
             while stint > first_row and rows[stint - 1, _RANK] == rank:
                 stint -= 1
-            days_at_level[c] = as_of_day - rows[stint, _FROM]
+            days_at_level[k] = as_of_day - rows[stint, _FROM]
             stop = n
             if rank < top:
                 start = np.searchsorted(own, as_of_day - qualifying_days + 1, side="left")
                 spend = (net_totals[stop] - net_totals[start]) / 1e6
                 count = repurchase_totals[stop] - repurchase_totals[start]
                 gap = min_spend[rank] - spend
-                spend_gaps[c] = gap if gap > 0.0 else 0.0
-                repurchase_gaps[c] = max(0, min_repurchases[rank] - count)
+                spend_gaps[k] = gap if gap > 0.0 else 0.0
+                repurchase_gaps[k] = max(0, min_repurchases[rank] - count)
             if expiry != _NO_DAY:
-                expiry_days[c] = expiry - as_of_day
+                expiry_days[k] = expiry - as_of_day
                 # The orders so far that will still be in the qualifying period at expiry.
                 start = np.searchsorted(own, expiry - qualifying_days, side="left")
                 spend = (net_totals[stop] - net_totals[start]) / 1e6
                 count = repurchase_totals[stop] - repurchase_totals[start]
                 keeps = spend >= min_spend[rank - 1] and count >= min_repurchases[rank - 1]
                 extends = not extended and 0 < extension_repurchases[rank - 1] <= count
-                at_risk[c] = expiry - as_of_day <= notice_days and not (keeps or extends)
+                at_risk[k] = expiry - as_of_day <= notice_days and not (keeps or extends)
             first_point_day = as_of_day - points_validity_days + 1 if points_validity_days else own[0]
             start = np.searchsorted(own, first_point_day, side="left")
             balance = point_totals[stop] - point_totals[start]
-            balances[c] = balance if balance > 0.0 else 0.0
-        return rows[:n_rows], ranks, days_at_level, spend_gaps, repurchase_gaps, expiry_days, at_risk, balances
+            balances[k] = balance if balance > 0.0 else 0.0
+            present[k] = c
+            k += 1
+        return (rows[:n_rows], present[:k], ranks[:k], days_at_level[:k], spend_gaps[:k], repurchase_gaps[:k],
+                expiry_days[:k], at_risk[:k], balances[:k])
 
     return kernel
 
@@ -394,12 +422,15 @@ def _level_kernel() -> Callable[..., tuple]:
 class _Walk:
     """Every customer walked through the levels up to ``as_of``.
 
-    ``customer_ids`` ascending (text); ``history`` int64 rows of (customer position, rank,
-    valid_from day, valid_to day or ``_NO_DAY``, reason code); ``features`` one array per
-    customer for each of ``membership_level_rank``, ``days_at_level`` and the columns after it.
+    ``customer_ids`` every id of the orders, ascending (text); ``present`` the positions in it of
+    the customers with an order on or before ``as_of``, ascending; ``history`` int64 rows of
+    (position in ``customer_ids``, rank, valid_from day, valid_to day or ``_NO_DAY``, reason
+    code); ``features`` one array per present customer for each of ``membership_level_rank``,
+    ``days_at_level`` and the columns after it.
     """
 
     customer_ids: np.ndarray
+    present: np.ndarray
     history: np.ndarray
     features: dict[str, np.ndarray]
 
@@ -408,8 +439,7 @@ def _walk(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> _Walk | 
     """Orders on or before ``as_of_day`` summed by customer and day, then run through the kernel;
     None without such orders."""
     days = orders["day"].to_numpy(dtype=np.int64)
-    kept = days <= as_of_day
-    if not kept.any():
+    if not (days <= as_of_day).any():
         return None
     # Ids as text, compared as written (equal texts are one customer whatever their type was):
     # encoded by value, then only the distinct values are made text and sorted.
@@ -420,42 +450,31 @@ def _walk(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> _Walk | 
     # met exactly is met and every engine's rows give the same levels.
     micros = np.rint(orders["net"].to_numpy(dtype=float) * 10**VALUE_DECIMALS).astype(np.int64)
     purchase = orders["purchase"].to_numpy(dtype=bool)
-    if not kept.all():
-        codes, days, micros, purchase = codes[kept], days[kept], micros[kept], purchase[kept]
-    # By customer and day; the order within a day changes none of the day's sums.
+    # By customer and day (the order within a day changes none of the day's sums); customer c's
+    # orders are then the block starts[c]:starts[c + 1].
     first_day, span = days.min(), days.max() - days.min() + 1
     if span * len(customer_ids) < 2**62:
-        order = np.argsort(codes * span + (days - first_day))
+        key = codes * span
+        key += days
+        key -= first_day
+        order = np.argsort(key)
+        del key
     else:
         order = np.lexsort((days, codes))
-    codes, days, micros, purchase = codes[order], days[order], micros[order], purchase[order]
-    n = len(codes)
-    new_customer = np.r_[True, codes[1:] != codes[:-1]]
-    # Purchases up to each row within its customer: the first purchase ever is no repurchase.
-    purchases_so_far = np.cumsum(purchase)
-    first_row = np.maximum.accumulate(np.where(new_customer, np.arange(n), 0))
-    within = purchases_so_far - purchases_so_far[first_row] + purchase[first_row]
-    repurchase = (purchase & (within > 1)).astype(np.int64)
-    # np.trunc: toward zero, so a refund takes back the points its value earned (of the value to
-    # a millionth, as np.round(net, VALUE_DECIMALS) gives it).
-    points = np.trunc(micros / 10**VALUE_DECIMALS * config.points_per_unit)
-    day_starts = np.flatnonzero(new_customer | np.r_[True, days[1:] != days[:-1]])
-    customer_starts = np.r_[np.flatnonzero(new_customer[day_starts]), len(day_starts)].astype(np.int64)
+    starts = np.zeros(len(customer_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(codes, minlength=len(customer_ids)), out=starts[1:])
     rules = [rule for _, rule in config.ranked_rules()]
-    result = _level_kernel()(
-        days[day_starts], np.add.reduceat(micros, day_starts), np.add.reduceat(repurchase, day_starts),
-        np.add.reduceat(points, day_starts), customer_starts, np.int64(as_of_day),
+    history, present, *columns = _level_kernel()(
+        days, micros, purchase, order, starts, np.int64(as_of_day), float(config.points_per_unit),
         np.array([rule.min_spend for rule in rules], dtype=np.float64),
         np.array([rule.min_repurchases for rule in rules], dtype=np.int64),
         np.array([rule.extension_repurchases for rule in rules], dtype=np.int64),
         np.array([rule.extension_days for rule in rules], dtype=np.int64),
         np.int64(config.qualifying_days), np.int64(config.validity_days), np.int64(config.notice_days),
         np.int64(config.points_validity_days))
-    history, *columns = result
     names = ("membership_level_rank", "days_at_level", "next_level_spend_gap", "next_level_repurchase_gap",
              "days_to_level_expiry", "downgrade_at_risk", "points_balance")
-    present = codes[day_starts[customer_starts[:-1]]]
-    return _Walk(np.asarray(customer_ids, dtype=object)[present], history, dict(zip(names, columns)))
+    return _Walk(np.asarray(customer_ids, dtype=object), present, history, dict(zip(names, columns)))
 
 
 EPOCH = dt.date(1970, 1, 1)
@@ -487,13 +506,14 @@ def history_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Leve
     if walk is None:
         return pd.DataFrame({column: pd.Series(dtype=object) for column in HISTORY_COLUMNS})
     rows = walk.history
-    return pd.DataFrame({
-        "customer_id": walk.customer_ids[rows[:, _CUSTOMER]],
-        "level": np.array(config.levels, dtype=object)[rows[:, _RANK]],
-        "valid_from": _dates(rows[:, _FROM]),
-        "valid_to": _dates(rows[:, _TO]),
-        "reason": np.array(REASONS, dtype=object)[rows[:, _REASON]],
-    }).astype(object)
+    # Object columns as given: pandas would otherwise infer its string type and copy every text.
+    return pd.DataFrame({column: pd.Series(values, dtype=object, copy=False) for column, values in (
+        ("customer_id", walk.customer_ids[rows[:, _CUSTOMER]]),
+        ("level", np.array(config.levels, dtype=object)[rows[:, _RANK]]),
+        ("valid_from", _dates(rows[:, _FROM])),
+        ("valid_to", _dates(rows[:, _TO])),
+        ("reason", np.array(REASONS, dtype=object)[rows[:, _REASON]]),
+    )})
 
 
 def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> pd.DataFrame:
@@ -522,8 +542,9 @@ def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Lev
     if walk is None:
         return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in dtypes.items()})
     ranks = walk.features["membership_level_rank"]
-    frame = pd.DataFrame({"customer_id": walk.customer_ids,
-                          "membership_level": np.array(config.levels, dtype=object)[ranks], **walk.features})
+    frame = pd.DataFrame({"customer_id": pd.Series(walk.customer_ids[walk.present], dtype=object, copy=False),
+                          "membership_level": pd.Series(np.array(config.levels, dtype=object)[ranks], dtype=object,
+                                                        copy=False), **walk.features})
     return frame.astype(dtypes)
 
 
