@@ -207,3 +207,31 @@ def test_a_baseline_overlapping_the_current_period_is_refused():
     config = KpiConfig(baseline_start="2025-01-01", baseline_end="2025-06-30")
     with pytest.raises(UserValueError, match="must end before the current period"):
         kpis.program_periods(dt.date(2025, 12, 31), dt.date(2023, 1, 1), config)
+
+
+@pytest.mark.slow
+def test_levels_from_one_history_are_the_level_features_of_each_day():
+    from churnml.features.build import FeatureConfig, build_features
+    from churnml.features.levels import LevelConfig, LevelRule
+    from churnml.simulate import simulate_shop
+
+    lines = simulate_shop(n_customers=300, start="2023-01-01", end="2024-12-31", seed=5)["transactions"]
+    dataset = frame_dataset(lines)
+    # Short periods, so that levels change hands within the two years.
+    levels = LevelConfig(enabled=True, rules={"silver": LevelRule(150.0, 1), "gold": LevelRule(400.0, 4, 5, 30)},
+                         qualifying_days=120, validity_days=120)
+
+    def features_on(day: dt.date) -> pd.DataFrame:
+        table = build_features(dataset, day, FeatureConfig(levels=levels))
+        return table.select("customer_id", "membership_level").to_pyarrow().to_pandas()
+
+    as_of = dt.date(2024, 12, 31)
+    from_history = kpis.program_kpis(dataset, as_of, KpiConfig(), FeatureConfig(levels=levels))
+    day_by_day = kpis.program_kpis(dataset, as_of, KpiConfig(), FeatureConfig(), levels_on=features_on)
+    assert from_history.level_history is not None and day_by_day.level_history is None
+    by_level = from_history.periods[from_history.periods["by"] == "level"]
+    assert {"normal", "silver", "gold"} <= set(by_level["group"])
+    pd.testing.assert_frame_equal(from_history.periods, day_by_day.periods)
+    assert from_history.migrations.keys() == day_by_day.migrations.keys() == {"tier", "level"}
+    for name in from_history.migrations:
+        pd.testing.assert_frame_equal(from_history.migrations[name], day_by_day.migrations[name])

@@ -28,20 +28,23 @@ these rules, all on whole days (UTC):
   (at least 0), and :func:`points_value` says what it is worth in whole blocks of
   ``redeem_points`` points at ``redeem_value`` each.
 
-Whatever cannot be a query (the path of levels depends on every earlier step) runs per customer
-in Python over orders rolled up by :func:`churnml.features.build.roll_up_orders`, on the driver
-for DuckDB and on Spark's executors through ``applyInPandas`` (customers grouped into buckets by
-a hash of their id). Orders after ``as_of`` are never read, so nothing later can change a level
-at ``as_of``.
+Whatever cannot be a query (the path of levels depends on every earlier step) runs customer by
+customer in one loop compiled by numba (on first use; numba's cache keeps it for the next
+process), over the orders rolled up by :func:`churnml.features.build.roll_up_orders` and summed
+by customer and day in flat arrays: on the driver for DuckDB and on Spark's executors through
+``applyInPandas`` (customers grouped into buckets by a hash of their id). Spend is summed in
+whole millionths of the currency unit, so sums are exact in any order and a threshold met
+exactly is met. Orders after ``as_of`` are never read, so nothing later can change a level at
+``as_of``. tests/test_levels_reference.py keeps the rules written one customer and one day at a
+time in plain Python, and checks the compiled loop against them.
 """
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
-import itertools
+import functools
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 import ibis
 import ibis.expr.types as ir
@@ -113,9 +116,9 @@ class LevelConfig:
 
     Off by default (``enabled``): levels describe a loyalty program the shop runs, and shown to a
     retention team they must be that program's rules; on the demo shop they do not improve the
-    models (README, "Membership levels"), and their state machine about doubles the time of a
-    feature build. ``rules`` maps each level above ``base_level`` to its :class:`LevelRule`; the levels rank by
-    their thresholds, which must not decrease in either spend or repurchases from one level to
+    models (README, "Membership levels"), and they add to a feature build a second roll-up of the
+    lines to orders, brought out of the engine to the compiled state machine. ``rules`` maps each
+    level above ``base_level`` to its :class:`LevelRule`; the levels rank by their thresholds, which must not decrease in either spend or repurchases from one level to
     the next. Days are whole days; amounts are in the currency of ``amount``.
     """
 
@@ -241,133 +244,237 @@ def level_orders(transactions: ir.Table, as_of: str | dt.date) -> ir.Table:
 
 
 # --------------------------------------------------------------------------------------------
-# The state machine (one customer)
+# The state machine (every customer, compiled)
 # --------------------------------------------------------------------------------------------
 
-
-@dataclass
-class _Customer:
-    """One customer's days with orders (ascending) with running totals of what they hold, and
-    where the levels took them."""
-
-    days: list[int]
-    net_totals: list[float]  # net spend of the days before each day (one more entry than days)
-    repurchase_totals: list[int]
-    point_totals: list[float]
-    rows: list[list[Any]] = field(default_factory=list)  # [rank, valid_from, reason]
-    rank: int = 0
-    expiry: int | None = None
-    extended: bool = False
-
-    def _span(self, first: int, last: int) -> tuple[int, int]:
-        return bisect.bisect_left(self.days, first), bisect.bisect_right(self.days, last)
-
-    def window(self, first: int, last: int) -> tuple[float, int]:
-        """Net spend and repurchases of the days ``[first, last]``."""
-        start, stop = self._span(first, last)
-        # Every value has at most VALUE_DECIMALS decimals, so rounding the difference of the
-        # running totals gives the exact sum back: a threshold met exactly is met.
-        spend = round(self.net_totals[stop] - self.net_totals[start], VALUE_DECIMALS)
-        return spend, self.repurchase_totals[stop] - self.repurchase_totals[start]
-
-    def point_sum(self, first: int, last: int) -> float:
-        start, stop = self._span(first, last)
-        return self.point_totals[stop] - self.point_totals[start]
-
-    def move(self, rank: int, day: int, reason: str) -> None:
-        if self.rows and self.rows[-1][1] == day:
-            self.rows.pop()
-        self.rows.append([rank, day, reason])
-        self.rank = rank
+# Reason codes of the kernel: positions in REASONS.
+_FIRST, _UPGRADE, _RENEWAL, _EXTENSION, _DOWNGRADE = range(len(REASONS))
+# A day that is none (no expiry): far below any day the data can hold.
+_NO_DAY = np.iinfo(np.int64).min
+# The columns of the kernel's history rows.
+_CUSTOMER, _RANK, _FROM, _TO, _REASON = range(5)
 
 
-def _qualified(spend: float, repurchases: int, rules: list[LevelRule], above: int = 0) -> int:
-    """The rank of the highest level that ``spend`` and ``repurchases`` meet, or ``above`` when
-    they do not meet the level just above it (thresholds never decrease with the rank)."""
-    rank = above
-    while rank < len(rules) and spend >= rules[rank].min_spend and repurchases >= rules[rank].min_repurchases:
-        rank += 1
-    return rank
+@functools.cache
+def _level_kernel() -> Callable[..., tuple]:
+    """The state machine over every customer's days (numba, compiled on first use).
+
+    One function without helpers: numba's on-disk cache misses for a function that calls other
+    compiled functions through a closure, so the window sums and the moves are written inline.
+    """
+    import numba
+
+    # cache: the compiled machine is kept in __pycache__, which saves the next process (a Spark
+    # executor's among them) the compilation.
+    @numba.njit(nogil=True, cache=True)
+    def kernel(days, micros, purchase, order, starts, as_of_day, points_per_unit, min_spend, min_repurchases,
+               extension_repurchases, extension_days, qualifying_days, validity_days, notice_days,
+               points_validity_days):
+        n_codes = len(starts) - 1
+        top = len(min_spend)
+        longest = 0
+        for c in range(n_codes):
+            longest = max(longest, starts[c + 1] - starts[c])
+        # One customer's days with orders, what each day holds, and running totals (entry j: the
+        # sum of the days before day j).
+        own_days = np.zeros(longest, np.int64)
+        day_nets = np.zeros(longest, np.int64)
+        day_repurchases = np.zeros(longest, np.int64)
+        day_points = np.zeros(longest, np.float64)
+        net_totals = np.zeros(longest + 1, np.int64)
+        repurchase_totals = np.zeros(longest + 1, np.int64)
+        point_totals = np.zeros(longest + 1, np.float64)
+        rows = np.empty((2 * n_codes + 16, 5), np.int64)
+        n_rows = 0
+        present = np.empty(n_codes, np.int64)
+        ranks = np.empty(n_codes, np.int64)
+        days_at_level = np.empty(n_codes, np.float64)
+        spend_gaps = np.full(n_codes, np.nan)
+        repurchase_gaps = np.full(n_codes, np.nan)
+        expiry_days = np.full(n_codes, np.nan)
+        at_risk = np.zeros(n_codes, np.bool_)
+        balances = np.empty(n_codes, np.float64)
+        k = 0
+        for c in range(n_codes):
+            # The customer's orders (by day) summed by day; orders after as_of are not read.
+            n, purchases = 0, 0
+            for p in range(starts[c], starts[c + 1]):
+                i = order[p]
+                if days[i] > as_of_day:
+                    continue
+                if n == 0 or own_days[n - 1] != days[i]:
+                    own_days[n], day_nets[n], day_repurchases[n], day_points[n] = days[i], 0, 0, 0.0
+                    n += 1
+                day_nets[n - 1] += micros[i]
+                # The first purchase ever is no repurchase.
+                if purchase[i]:
+                    if purchases > 0:
+                        day_repurchases[n - 1] += 1
+                    purchases += 1
+                # Truncated toward zero, so a refund takes back the points its value earned.
+                day_points[n - 1] += np.trunc(micros[i] / 1e6 * points_per_unit)
+            if n == 0:
+                continue
+            own = own_days[:n]
+            for j in range(n):
+                net_totals[j + 1] = net_totals[j] + day_nets[j]
+                repurchase_totals[j + 1] = repurchase_totals[j] + day_repurchases[j]
+                point_totals[j + 1] = point_totals[j] + day_points[j]
+            if n_rows == rows.shape[0]:
+                bigger = np.empty((2 * rows.shape[0], 5), np.int64)
+                bigger[:n_rows] = rows[:n_rows]
+                rows = bigger
+            first_row = n_rows
+            rows[n_rows, _CUSTOMER], rows[n_rows, _RANK], rows[n_rows, _FROM] = c, 0, own[0]
+            rows[n_rows, _TO], rows[n_rows, _REASON] = _NO_DAY, _FIRST
+            n_rows += 1
+            rank, expiry, extended, j = 0, _NO_DAY, False, 0
+            while True:
+                # The next event: an expiry on or before the next day with an order (or as_of),
+                # else that day's orders.
+                next_day = own[j] if j < n else as_of_day
+                if expiry != _NO_DAY and expiry <= next_day:
+                    day = expiry
+                    start = np.searchsorted(own, day - qualifying_days, side="left")
+                    stop = np.searchsorted(own, day - 1, side="right")
+                    spend = (net_totals[stop] - net_totals[start]) / 1e6
+                    count = repurchase_totals[stop] - repurchase_totals[start]
+                    qualified = 0
+                    while qualified < top and spend >= min_spend[qualified] and count >= min_repurchases[qualified]:
+                        qualified += 1
+                    if qualified >= rank:
+                        new_rank, reason = qualified, _RENEWAL if qualified == rank else _UPGRADE
+                        expiry, extended = day + validity_days, False
+                    elif not extended and 0 < extension_repurchases[rank - 1] <= count:
+                        new_rank, reason = rank, _EXTENSION
+                        expiry, extended = day + extension_days[rank - 1], True
+                    else:
+                        new_rank, reason = qualified, _DOWNGRADE
+                        expiry, extended = (day + validity_days if qualified > 0 else _NO_DAY), False
+                elif j < n:
+                    day = own[j]
+                    j += 1
+                    if rank == top:
+                        continue
+                    start = np.searchsorted(own, day - qualifying_days + 1, side="left")
+                    spend = (net_totals[j] - net_totals[start]) / 1e6
+                    count = repurchase_totals[j] - repurchase_totals[start]
+                    qualified = rank
+                    while qualified < top and spend >= min_spend[qualified] and count >= min_repurchases[qualified]:
+                        qualified += 1
+                    if qualified == rank:
+                        continue
+                    new_rank, reason = qualified, _UPGRADE
+                    expiry, extended = day + validity_days, False
+                else:
+                    break
+                # A level held for no whole day (moved from on the day it began) is left out.
+                if rows[n_rows - 1, _FROM] == day:
+                    n_rows -= 1
+                else:
+                    rows[n_rows - 1, _TO] = day
+                if n_rows == rows.shape[0]:
+                    bigger = np.empty((2 * rows.shape[0], 5), np.int64)
+                    bigger[:n_rows] = rows[:n_rows]
+                    rows = bigger
+                rows[n_rows, _CUSTOMER], rows[n_rows, _RANK], rows[n_rows, _FROM] = c, new_rank, day
+                rows[n_rows, _TO], rows[n_rows, _REASON] = _NO_DAY, reason
+                n_rows += 1
+                rank = new_rank
+            rows[n_rows - 1, _TO] = expiry
+
+            # The features at as_of.
+            ranks[k] = rank
+            stint = n_rows - 1
+            while stint > first_row and rows[stint - 1, _RANK] == rank:
+                stint -= 1
+            days_at_level[k] = as_of_day - rows[stint, _FROM]
+            stop = n
+            if rank < top:
+                start = np.searchsorted(own, as_of_day - qualifying_days + 1, side="left")
+                spend = (net_totals[stop] - net_totals[start]) / 1e6
+                count = repurchase_totals[stop] - repurchase_totals[start]
+                gap = min_spend[rank] - spend
+                spend_gaps[k] = gap if gap > 0.0 else 0.0
+                repurchase_gaps[k] = max(0, min_repurchases[rank] - count)
+            if expiry != _NO_DAY:
+                expiry_days[k] = expiry - as_of_day
+                # The orders so far that will still be in the qualifying period at expiry.
+                start = np.searchsorted(own, expiry - qualifying_days, side="left")
+                spend = (net_totals[stop] - net_totals[start]) / 1e6
+                count = repurchase_totals[stop] - repurchase_totals[start]
+                keeps = spend >= min_spend[rank - 1] and count >= min_repurchases[rank - 1]
+                extends = not extended and 0 < extension_repurchases[rank - 1] <= count
+                at_risk[k] = expiry - as_of_day <= notice_days and not (keeps or extends)
+            first_point_day = as_of_day - points_validity_days + 1 if points_validity_days else own[0]
+            start = np.searchsorted(own, first_point_day, side="left")
+            balance = point_totals[stop] - point_totals[start]
+            balances[k] = balance if balance > 0.0 else 0.0
+            present[k] = c
+            k += 1
+        return (rows[:n_rows], present[:k], ranks[:k], days_at_level[:k], spend_gaps[:k], repurchase_gaps[:k],
+                expiry_days[:k], at_risk[:k], balances[:k])
+
+    return kernel
 
 
-def _expire(customer: _Customer, config: LevelConfig, rules: list[LevelRule]) -> None:
-    """Renew, extend or downgrade the level that expires on ``customer.expiry``."""
-    day = customer.expiry
-    spend, repurchases = customer.window(day - config.qualifying_days, day - 1)
-    qualified = _qualified(spend, repurchases, rules)
-    rule = rules[customer.rank - 1]
-    if qualified >= customer.rank:
-        reason = "renewal" if qualified == customer.rank else "upgrade"
-        customer.move(qualified, day, reason)
-        customer.expiry, customer.extended = day + config.validity_days, False
-    elif not customer.extended and 0 < rule.extension_repurchases <= repurchases:
-        customer.move(customer.rank, day, "extension")
-        customer.expiry, customer.extended = day + rule.extension_days, True
+@dataclass(frozen=True)
+class _Walk:
+    """Every customer walked through the levels up to ``as_of``.
+
+    ``customer_ids`` every id of the orders, ascending (text); ``present`` the positions in it of
+    the customers with an order on or before ``as_of``, ascending; ``history`` int64 rows of
+    (position in ``customer_ids``, rank, valid_from day, valid_to day or ``_NO_DAY``, reason
+    code); ``features`` one array per present customer for each of ``membership_level_rank``,
+    ``days_at_level`` and the columns after it.
+    """
+
+    customer_ids: np.ndarray
+    present: np.ndarray
+    history: np.ndarray
+    features: dict[str, np.ndarray]
+
+
+def _walk(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> _Walk | None:
+    """Orders on or before ``as_of_day`` summed by customer and day, then run through the kernel;
+    None without such orders."""
+    days = orders["day"].to_numpy(dtype=np.int64)
+    if not (days <= as_of_day).any():
+        return None
+    # Ids as text, compared as written (equal texts are one customer whatever their type was):
+    # encoded by value, then only the distinct values are made text and sorted.
+    codes, values = pd.factorize(orders["customer_id"], use_na_sentinel=False)
+    text_codes, customer_ids = pd.factorize(pd.Index(values).astype(str), sort=True)
+    codes = text_codes[codes]
+    # Millionths of the currency unit as integers: sums in any order are exact, so a threshold
+    # met exactly is met and every engine's rows give the same levels.
+    micros = np.rint(orders["net"].to_numpy(dtype=float) * 10**VALUE_DECIMALS).astype(np.int64)
+    purchase = orders["purchase"].to_numpy(dtype=bool)
+    # By customer and day (the order within a day changes none of the day's sums); customer c's
+    # orders are then the block starts[c]:starts[c + 1].
+    first_day, span = days.min(), days.max() - days.min() + 1
+    if span * len(customer_ids) < 2**62:
+        key = codes * span
+        key += days
+        key -= first_day
+        order = np.argsort(key)
+        del key
     else:
-        customer.move(qualified, day, "downgrade")
-        customer.expiry = day + config.validity_days if qualified else None
-        customer.extended = False
-
-
-def _run(customer: _Customer, as_of_day: int, config: LevelConfig, rules: list[LevelRule]) -> _Customer:
-    """Walk the customer's days up to ``as_of_day``, leaving the history in ``customer.rows``."""
-    customer.move(0, customer.days[0], "first order")
-    for day in customer.days:
-        while customer.expiry is not None and customer.expiry <= day:
-            _expire(customer, config, rules)
-        if customer.rank == len(rules):
-            continue
-        qualified = _qualified(*customer.window(day - config.qualifying_days + 1, day), rules, customer.rank)
-        if qualified > customer.rank:
-            customer.move(qualified, day, "upgrade")
-            customer.expiry, customer.extended = day + config.validity_days, False
-    while customer.expiry is not None and customer.expiry <= as_of_day:
-        _expire(customer, config, rules)
-    return customer
-
-
-def _customers(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> Iterator[tuple[str, _Customer]]:
-    """Each customer's days (orders on or before ``as_of_day`` summed by day), walked through the levels."""
-    orders = orders[orders["day"] <= as_of_day]
-    if orders.empty:
-        return
-    nets = orders["net"].to_numpy(dtype=float).round(VALUE_DECIMALS)
-    # Sorted down to the value, so that every engine's rows give the same sums in the same order.
-    frame = pd.DataFrame({
-        "customer_id": orders["customer_id"].astype(str).to_numpy(dtype=object),
-        "day": orders["day"].to_numpy(dtype=np.int64),
-        "net": nets,
-        "purchase": orders["purchase"].to_numpy(dtype=bool),
-    }).sort_values(["customer_id", "day", "net"], kind="stable", ignore_index=True)
-    ids = frame["customer_id"].to_numpy(dtype=object)
-    days = frame["day"].to_numpy(dtype=np.int64)
-    nets = frame["net"].to_numpy(dtype=float)
-    purchase = frame["purchase"].to_numpy(dtype=bool)
-    n = len(frame)
-    new_customer = np.r_[True, ids[1:] != ids[:-1]]
-    # Purchases up to each row within its customer: the first purchase ever is no repurchase.
-    purchases_so_far = np.cumsum(purchase)
-    first_row = np.maximum.accumulate(np.where(new_customer, np.arange(n), 0))
-    within = purchases_so_far - purchases_so_far[first_row] + purchase[first_row]
-    repurchase = (purchase & (within > 1)).astype(np.int64)
-    # np.trunc: toward zero, so a refund takes back the points its value earned.
-    points = np.trunc(nets * config.points_per_unit)
-    day_starts = np.flatnonzero(new_customer | np.r_[True, days[1:] != days[:-1]])
-    day_nets = np.add.reduceat(nets, day_starts).round(VALUE_DECIMALS)
-    day_repurchases = np.add.reduceat(repurchase, day_starts)
-    day_points = np.add.reduceat(points, day_starts)
-    customer_starts = np.flatnonzero(new_customer[day_starts])
-    customer_stops = np.r_[customer_starts[1:], len(day_starts)]
-    day_list, net_list = days[day_starts].tolist(), day_nets.tolist()
-    repurchase_list, point_list = day_repurchases.tolist(), day_points.tolist()
-    customer_ids = ids[day_starts[customer_starts]]
+        order = np.lexsort((days, codes))
+    starts = np.zeros(len(customer_ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(codes, minlength=len(customer_ids)), out=starts[1:])
     rules = [rule for _, rule in config.ranked_rules()]
-    for customer_id, start, stop in zip(customer_ids, customer_starts.tolist(), customer_stops.tolist()):
-        customer = _Customer(day_list[start:stop],
-                             list(itertools.accumulate(net_list[start:stop], initial=0.0)),
-                             list(itertools.accumulate(repurchase_list[start:stop], initial=0)),
-                             list(itertools.accumulate(point_list[start:stop], initial=0.0)))
-        yield customer_id, _run(customer, as_of_day, config, rules)
+    history, present, *columns = _level_kernel()(
+        days, micros, purchase, order, starts, np.int64(as_of_day), float(config.points_per_unit),
+        np.array([rule.min_spend for rule in rules], dtype=np.float64),
+        np.array([rule.min_repurchases for rule in rules], dtype=np.int64),
+        np.array([rule.extension_repurchases for rule in rules], dtype=np.int64),
+        np.array([rule.extension_days for rule in rules], dtype=np.int64),
+        np.int64(config.qualifying_days), np.int64(config.validity_days), np.int64(config.notice_days),
+        np.int64(config.points_validity_days))
+    names = ("membership_level_rank", "days_at_level", "next_level_spend_gap", "next_level_repurchase_gap",
+             "days_to_level_expiry", "downgrade_at_risk", "points_balance")
+    return _Walk(np.asarray(customer_ids, dtype=object), present, history, dict(zip(names, columns)))
 
 
 EPOCH = dt.date(1970, 1, 1)
@@ -378,8 +485,10 @@ def _day(date: str | dt.date) -> int:
     return (as_date(date) - EPOCH).days
 
 
-def _date(day: int | None) -> dt.date | None:
-    return None if day is None else EPOCH + dt.timedelta(days=int(day))
+def _dates(days: np.ndarray) -> np.ndarray:
+    """``datetime.date`` objects of days from 1970-01-01 (None for ``_NO_DAY``)."""
+    dates = np.datetime64("1970-01-01", "D") + days.astype("timedelta64[D]")
+    return np.where(days == _NO_DAY, np.datetime64("NaT", "D"), dates).astype(object)
 
 
 def history_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> pd.DataFrame:
@@ -393,14 +502,18 @@ def history_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Leve
         ``valid_from``; for the latest row the scheduled expiry, which may be after ``as_of``;
         missing for the base level, which never expires), ``reason`` (:data:`REASONS`).
     """
-    names = config.levels
-    rows = []
-    for customer_id, customer in _customers(orders, _day(as_of), config):
-        ends = [row[1] for row in customer.rows[1:]] + [customer.expiry]
-        rows.extend((customer_id, names[rank], _date(start), _date(end), reason)
-                    for (rank, start, reason), end in zip(customer.rows, ends))
-    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)).astype(
-        {"customer_id": object, "level": object, "valid_from": object, "valid_to": object, "reason": object})
+    walk = _walk(orders, _day(as_of), config)
+    if walk is None:
+        return pd.DataFrame({column: pd.Series(dtype=object) for column in HISTORY_COLUMNS})
+    rows = walk.history
+    # Object columns as given: pandas would otherwise infer its string type and copy every text.
+    return pd.DataFrame({column: pd.Series(values, dtype=object, copy=False) for column, values in (
+        ("customer_id", walk.customer_ids[rows[:, _CUSTOMER]]),
+        ("level", np.array(config.levels, dtype=object)[rows[:, _RANK]]),
+        ("valid_from", _dates(rows[:, _FROM])),
+        ("valid_to", _dates(rows[:, _TO])),
+        ("reason", np.array(REASONS, dtype=object)[rows[:, _REASON]]),
+    )})
 
 
 def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> pd.DataFrame:
@@ -422,40 +535,17 @@ def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Lev
           will count at its expiry do not yet renew or extend it;
         - ``points_balance``: points earned and not expired (:func:`points_value` for their worth).
     """
-    as_of_day = _day(as_of)
-    names = config.levels
-    ranked = config.ranked_rules()
-    records = []
-    for customer_id, customer in _customers(orders, as_of_day, config):
-        rank = customer.rank
-        stint = len(customer.rows) - 1
-        while stint > 0 and customer.rows[stint - 1][0] == rank:
-            stint -= 1
-        window = (as_of_day - config.qualifying_days + 1, as_of_day)
-        spend_gap = repurchase_gap = expiry_days = np.nan
-        if rank < len(ranked):
-            rule = ranked[rank][1]
-            spend, repurchases = customer.window(*window)
-            spend_gap = max(0.0, rule.min_spend - spend)
-            repurchase_gap = float(max(0, rule.min_repurchases - repurchases))
-        at_risk = False
-        if customer.expiry is not None:
-            expiry_days = float(customer.expiry - as_of_day)
-            rule = ranked[rank - 1][1]
-            # The orders so far that will still be in the qualifying period at expiry.
-            spend, repurchases = customer.window(customer.expiry - config.qualifying_days, as_of_day)
-            keeps = spend >= rule.min_spend and repurchases >= rule.min_repurchases
-            extends = not customer.extended and 0 < rule.extension_repurchases <= repurchases
-            at_risk = expiry_days <= config.notice_days and not (keeps or extends)
-        first_point_day = as_of_day - config.points_validity_days + 1 if config.points_validity_days else customer.days[0]
-        balance = max(0.0, customer.point_sum(first_point_day, as_of_day))
-        records.append((customer_id, names[rank], rank, float(as_of_day - customer.rows[stint][1]), spend_gap,
-                        repurchase_gap, expiry_days, at_risk, balance))
-    return pd.DataFrame(records, columns=["customer_id", *LEVEL_FEATURES]).astype({
-        "customer_id": object, "membership_level": object, "membership_level_rank": np.int64,
-        "days_at_level": float, "next_level_spend_gap": float, "next_level_repurchase_gap": float,
-        "days_to_level_expiry": float, "downgrade_at_risk": bool, "points_balance": float,
-    })
+    walk = _walk(orders, _day(as_of), config)
+    dtypes = {"customer_id": object, "membership_level": object, "membership_level_rank": np.int64,
+              "days_at_level": float, "next_level_spend_gap": float, "next_level_repurchase_gap": float,
+              "days_to_level_expiry": float, "downgrade_at_risk": bool, "points_balance": float}
+    if walk is None:
+        return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in dtypes.items()})
+    ranks = walk.features["membership_level_rank"]
+    frame = pd.DataFrame({"customer_id": pd.Series(walk.customer_ids[walk.present], dtype=object, copy=False),
+                          "membership_level": pd.Series(np.array(config.levels, dtype=object)[ranks], dtype=object,
+                                                        copy=False), **walk.features})
+    return frame.astype(dtypes)
 
 
 def levels_at(history: pd.DataFrame | ir.Table, as_of: str | dt.date) -> pd.DataFrame | ir.Table:

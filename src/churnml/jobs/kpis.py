@@ -51,7 +51,7 @@ def run(settings: Mapping[str, Any]) -> Path:
     as_of = resolve_as_of(requested, dataset.first_date, dataset.last_date)
     output = Path(given_output or default_output_dir(settings["data"]["name"], as_of))
 
-    # Surveys from the dataset; levels from the feature table's membership_level.
+    # Surveys from the dataset; levels (features.levels.enabled) from one level history at as_of.
     result = program_kpis(dataset, as_of, config, feature_config)
     figures = dashboard.dashboard_figures(result.monthly, result.cohorts, (result.baseline, result.current),
                                           result.periods, result.progress, result.migrations, {"tier": TIERS})

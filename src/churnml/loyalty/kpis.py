@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import ibis
@@ -676,7 +676,9 @@ class ProgramKpis:
     ``progress``: :func:`target_progress`; ``migrations``: the long
     :func:`~churnml.loyalty.migration.transition_matrix` by ``tier`` (and ``level``);
     ``interests``: the interest tags (None without categories); ``notes``: what could not be
-    computed, and why.
+    computed, and why; ``level_history``: the membership level history at ``as_of``
+    (:func:`churnml.loyalty.levels.level_history`, a table on the data's engine) when the levels
+    came from it, else None.
     """
 
     as_of: dt.date
@@ -690,6 +692,7 @@ class ProgramKpis:
     migrations: dict[str, pd.DataFrame]
     interests: pd.DataFrame | None
     notes: list[str]
+    level_history: ir.Table | None = None
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables by file stem: ``monthly``, ``cohorts``, ``periods``, ``targets``,
@@ -719,9 +722,11 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
         table when not given. Without either, the survey KPIs are left out (and their targets
         not met).
     levels_on : callable, optional
-        The membership levels on a day (``customer_id``, ``membership_level``), used when the
-        feature table has no ``membership_level`` column; without either, the level views are
-        left out.
+        The membership levels on a day (``customer_id``, ``membership_level``). Without it and
+        with ``feature_config.levels`` enabled, they are read from one level history at
+        ``as_of`` (:func:`churnml.loyalty.levels.levels_at`; kept as ``level_history``), which
+        gives every earlier day's levels at the cost of one walk through the orders instead of
+        one a day. Without either, the level views are left out.
 
     Raises
     ------
@@ -737,6 +742,17 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
     if migration_from >= migration_to:
         raise UserValueError(f"kpis.migration_from={migration_from} is not before the current period's end "
                              f"({migration_to}): give an earlier day")
+    history = None
+    if levels_on is None and feature_config.levels.enabled:
+        from churnml.loyalty.levels import level_history, levels_at
+
+        history = level_history(dataset.transactions, as_of, feature_config.levels)
+
+        def levels_on(day: dt.date) -> pd.DataFrame:
+            now = levels_at(history, day)
+            return _frame(now.select("customer_id", **{LEVEL_COLUMN: now.level}))
+
+        feature_config = replace(feature_config, levels=replace(feature_config.levels, enabled=False))
     states: dict[dt.date, pd.DataFrame] = {}
     for day in sorted({baseline.classified_on, baseline.end, current.classified_on, current.end, migration_from}):
         states[day] = customer_states(dataset, day, feature_config, levels_on(day) if levels_on else None)
@@ -773,4 +789,4 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
     if states[baseline.classified_on].empty:
         notes.append(f"no customer has history on {baseline.classified_on}: the baseline has no tiers")
     return ProgramKpis(as_of, baseline, current, (migration_from, migration_to), monthly, cohorts, periods, progress,
-                       migrations, interests, notes)
+                       migrations, interests, notes, history)
