@@ -684,7 +684,9 @@ def _check_unique(table: ir.Table, spec: TableSpec, label: str, n_rows: int) -> 
     key, and shows each example key with its number of rows (``'A', 'spring' x2``)."""
     keys = list(spec.unique)
     repeated = table.group_by(keys).aggregate(n=table.count()).filter(lambda t: t.n > 1)
-    n_bad = int(repeated.n.sum().execute() or 0)
+    # No repeated key sums to null: None on DuckDB, NaN on Spark.
+    total = repeated.n.sum().execute()
+    n_bad = 0 if total is None or pd.isna(total) else int(total)
     if n_bad:
         sample = repeated.order_by(keys).limit(N_EXAMPLES).to_pandas()
         examples = tuple(f"{', '.join(map(repr, row[keys]))} x{row['n']}" for _, row in sample.iterrows())
