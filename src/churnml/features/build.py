@@ -316,7 +316,8 @@ def _bit_count(mask: ir.IntegerValue, n_bits: int) -> ir.IntegerValue:
     """How many of the lowest ``n_bits`` bits of ``mask`` are set (0 for a null mask)."""
     mask = mask.fill_null(0)
     # Integer remainders only: a division would go through float64 and lose the high bits.
-    bits = [((mask % (1 << (i + 1))) >= (1 << i)).cast("int64") for i in range(n_bits)]
+    # ifelse rather than a cast: PostgreSQL casts a boolean to int4 only, never to bigint.
+    bits = [((mask % (1 << (i + 1))) >= (1 << i)).ifelse(1, 0).cast("int64") for i in range(n_bits)]
     return sum(bits[1:], bits[0]) if bits else ibis.literal(0, type="int64")
 
 

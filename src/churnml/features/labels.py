@@ -43,4 +43,5 @@ def attach_label(
     joined = customers.left_join(counts, "customer_id").drop("customer_id_right")
     bought = joined.n_purchases.fill_null(0) > 0
     label = bought if target == "repurchase" else ~bought
-    return joined.mutate(label=label.cast("int8")).drop("n_purchases")
+    # ifelse rather than a cast: PostgreSQL casts a boolean to int4 only.
+    return joined.mutate(label=label.ifelse(1, 0).cast("int8")).drop("n_purchases")
