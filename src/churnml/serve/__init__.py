@@ -1,0 +1,1 @@
+"""Real-time scoring: the event store, the online scorer and the HTTP app."""
