@@ -21,7 +21,16 @@ import pandas as pd
 
 from churnml.features.dates import as_date
 from churnml.features.levels import LevelConfig, add_level_features
-from churnml.features.segments import ANNUAL_REFUND, SegmentConfig, add_segments
+from churnml.features.segments import (
+    ANNUAL_REFUND,
+    SegmentConfig,
+    SegmentNorms,
+    add_segments,
+    float_literal,
+    lifetime_value,
+    segment_norm_aggregates,
+    segment_norms,
+)
 from churnml.features.surveys import is_detractor, is_promoter, latest_answers
 from churnml.io.load import Dataset
 
@@ -266,15 +275,47 @@ def _derive_order_features(
     return t.select("customer_id", "first_seen_ts", "first_purchase_ts", "last_purchase_ts", **derived, **(extra or {}))
 
 
-def usual_gap(table: ir.Table) -> ir.FloatingValue:
+@dataclass(frozen=True)
+class PopulationNorms:
+    """The numbers of the feature table at one cutoff that depend on every customer.
+
+    :func:`build_features` computes them with window functions over the whole table; given them
+    (:func:`population_norms`), it uses them as constants instead, so that the features of one
+    customer computed on their own events equal that customer's row of the whole population's
+    table (the online scorer recomputes a customer this way).
+
+    Attributes
+    ----------
+    interactions_per_month : float, optional
+        The mean interactions per month of every customer (``peer_interactions_per_month``
+        without ``features.peer_column``); None without interactions.
+    interactions_per_month_by_peer : mapping, optional
+        With ``features.peer_column``: the mean of each value of that column (key None for the
+        customers without one). A customer with a value the population lacks is a peer group
+        of their own.
+    usual_gap_days : float, optional
+        The median mean gap between purchases of the customers with two or more (days), the
+        usual gap of those with one (:func:`usual_gap`); None when no customer has two.
+    segments : SegmentNorms
+        The relative tier minimums and the LTV threshold of the value segment.
+    """
+
+    interactions_per_month: float | None = None
+    interactions_per_month_by_peer: Mapping[Any, float | None] | None = None
+    usual_gap_days: float | None = None
+    segments: SegmentNorms = field(default_factory=SegmentNorms)
+
+
+def usual_gap(table: ir.Table, norms: PopulationNorms | None = None) -> ir.FloatingValue:
     """The gap, in days, a customer usually leaves between purchases: their own mean gap with two
     purchases or more; with one, the peers' (the median mean gap of the customers in ``table``
-    with two or more, so ``table`` must be the whole population at one ``as_of``); null without
-    a purchase, or when no customer has two.
+    with two or more, so ``table`` must be the whole population at one ``as_of``, unless
+    ``norms`` gives it); null without a purchase, or when no customer has two.
 
     A customer is *within their usual gap* while ``recency_days <= usual_gap_days``.
     """
-    peers = table.mean_gap_days.quantile(0.5).over(ibis.window())
+    peers = (table.mean_gap_days.quantile(0.5).over(ibis.window()) if norms is None
+             else float_literal(norms.usual_gap_days))
     return ibis.cases(
         (table.frequency >= 2, table.mean_gap_days),
         (table.frequency == 1, peers),
@@ -393,14 +434,44 @@ def to_frame(table: ir.Table) -> pd.DataFrame:
     return table.to_pyarrow().to_pandas()
 
 
-def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig()) -> ir.Table:
+def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig(),
+                   norms: PopulationNorms | None = None) -> ir.Table:
     """The feature table at ``cutoff``: one row per customer with a transaction on or before it.
 
     Columns that need interactions, customers or surveys are absent when those tables are
     absent; the membership-level columns (:data:`churnml.features.levels.LEVEL_FEATURES`) are
     absent when ``config.levels.enabled`` is false.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The events; its ``facts`` (breadth values) are computed on first use and kept.
+    cutoff : str or datetime.date
+    config : FeatureConfig
+    norms : PopulationNorms, optional
+        None: the columns that compare a customer with the others (peer interactions, usual gap,
+        relative tier minimums, value segment) are windows over every customer of ``dataset``.
+        Given (:func:`population_norms` of the whole population at ``cutoff``): those numbers,
+        so that ``dataset`` may hold some customers only (one, for the online scorer) and their
+        rows equal their rows of the whole table; give it the whole data set's ``facts`` too.
     """
     cutoff = as_date(cutoff)
+    table = _own_features(dataset, cutoff, config)
+    has_interactions = dataset.interactions is not None
+    if has_interactions:
+        table = _with_peer_interactions(table, config, norms)
+    table = table.mutate(usual_gap_days=usual_gap(table, norms))
+    table = add_segments(table, config.segments, has_interactions=has_interactions,
+                         norms=None if norms is None else norms.segments)
+    if config.levels.enabled:
+        table = add_level_features(table, dataset.transactions, cutoff, config.levels)
+    table = table.mutate(cutoff=ibis.literal(cutoff, type="date"))
+    return table.drop("first_seen_ts", "first_purchase_ts", "last_purchase_ts", ANNUAL_REFUND).order_by("customer_id")
+
+
+def _own_features(dataset: Dataset, cutoff: dt.date, config: FeatureConfig) -> ir.Table:
+    """The columns of :func:`build_features` that read each customer's own events only (no
+    population norm, no level), with the timestamps and the tier year's refunds."""
     today = epoch_day(cutoff)
     values = dataset_breadth_values(dataset)
     table = order_features(dataset.transactions, cutoff, config, values)
@@ -415,12 +486,61 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
         table = _with_customers(table, dataset.customers, cutoff, today)
     if dataset.surveys is not None:
         table = _with_surveys(table, survey_features(dataset.surveys, cutoff), today)
-    table = table.mutate(usual_gap_days=usual_gap(table))
-    table = add_segments(table, config.segments, has_interactions=dataset.interactions is not None)
-    if config.levels.enabled:
-        table = add_level_features(table, dataset.transactions, cutoff, config.levels)
-    table = table.mutate(cutoff=ibis.literal(cutoff, type="date"))
-    return table.drop("first_seen_ts", "first_purchase_ts", "last_purchase_ts", ANNUAL_REFUND).order_by("customer_id")
+    return table
+
+
+def population_norms(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig(),
+                     features: pd.DataFrame | None = None) -> PopulationNorms:
+    """The numbers :func:`build_features` compares each customer with (:class:`PopulationNorms`),
+    over every customer of ``dataset`` at ``cutoff``.
+
+    The same expressions as its windows, as aggregates of the engine in one query (plus one per
+    peer group): quantiles are order statistics, the same as a window's (DuckDB's
+    ``quantile_cont`` interpolates alike in both). A mean is a sum of floats, whose last bits
+    depend on the order the engine adds them in, which varies between runs; ``features``, the
+    feature table :func:`build_features` gave without norms at ``cutoff``, supplies the peer
+    means its windows produced instead, so that the norms reproduce that very table.
+
+    Returns
+    -------
+    PopulationNorms
+
+    Raises
+    ------
+    ValueError
+        If the tier year (365 days) is not among ``config.windows_days``.
+    """
+    cutoff = as_date(cutoff)
+    table = _own_features(dataset, cutoff, config)
+    table = table.mutate(ltv=lifetime_value(table, config.segments))
+    aggregates = segment_norm_aggregates(table, config.segments)
+    aggregates["usual_gap_days"] = table.mean_gap_days.quantile(0.5)
+    has_interactions = dataset.interactions is not None
+    if has_interactions and not config.peer_column and features is None:
+        aggregates["interactions_per_month"] = table.interactions_per_month.mean()
+    values = table.aggregate(**aggregates).to_pyarrow().to_pylist()[0]
+    overall, by_peer = values.get("interactions_per_month"), None
+    if has_interactions and features is not None:
+        peers = features[[config.peer_column] if config.peer_column else []].assign(
+            mean=features["peer_interactions_per_month"])
+        if config.peer_column:
+            first = peers.groupby(config.peer_column, dropna=False, sort=False)["mean"].first()
+            by_peer = {None if pd.isna(k) else k: v for k, v in first.items()}
+        else:
+            overall = peers["mean"].iloc[0] if len(peers) else None
+    elif has_interactions and config.peer_column:
+        groups = table.group_by(config.peer_column).aggregate(mean=table.interactions_per_month.mean()).to_pyarrow()
+        by_peer = dict(zip(groups.column(config.peer_column).to_pylist(), groups.column("mean").to_pylist()))
+    return PopulationNorms(
+        interactions_per_month=None if config.peer_column else _known(overall),
+        interactions_per_month_by_peer=None if by_peer is None else {k: _known(v) for k, v in by_peer.items()},
+        usual_gap_days=_known(values["usual_gap_days"]),
+        segments=segment_norms(values, config.segments),
+    )
+
+
+def _known(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: FeatureConfig) -> ir.Table:
@@ -443,13 +563,35 @@ def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: Fea
         days_since_interaction=(today - _whole_day(joined.last_interaction_ts)).cast("float64"),
         interaction_trend=trend,
     )
-    peers = ibis.window(group_by=joined[config.peer_column]) if config.peer_column else ibis.window()
-    peer_mean = joined.interactions_per_month.mean().over(peers)
-    joined = joined.mutate(
-        peer_interactions_per_month=peer_mean,
-        low_interaction=joined.interactions_per_month < config.low_interaction_ratio * peer_mean,
-    )
     return joined.drop("first_interaction_ts", "last_interaction_ts")
+
+
+def _with_peer_interactions(table: ir.Table, config: FeatureConfig, norms: PopulationNorms | None) -> ir.Table:
+    """``peer_interactions_per_month`` (the mean of every customer, or of the customer's
+    ``config.peer_column`` group) and ``low_interaction``, placed after ``interaction_trend``.
+
+    Added once the customers' columns are joined, so that the peer column may be one of theirs.
+    """
+    rate = table.interactions_per_month
+    if norms is None:
+        peers = ibis.window(group_by=table[config.peer_column]) if config.peer_column else ibis.window()
+        peer_mean = rate.mean().over(peers)
+    elif config.peer_column:
+        group = table[config.peer_column]
+        means = dict(norms.interactions_per_month_by_peer or {})
+        known = [(group.isnull() if value is None else group == value, float_literal(mean))
+                 for value, mean in means.items()]
+        # A value the population lacks: the customer is the only member of their group.
+        peer_mean = ibis.cases(*known, else_=rate) if known else rate
+    else:
+        peer_mean = float_literal(norms.interactions_per_month)
+    columns = list(table.columns)
+    table = table.mutate(
+        peer_interactions_per_month=peer_mean,
+        low_interaction=rate < config.low_interaction_ratio * peer_mean,
+    )
+    at = columns.index("interaction_trend") + 1
+    return table.select(*columns[:at], "peer_interactions_per_month", "low_interaction", *columns[at:])
 
 
 def _with_surveys(table: ir.Table, answers: ir.Table, today: int) -> ir.Table:

@@ -177,37 +177,110 @@ def annual_repurchases(table: ir.Table) -> ir.IntegerValue:
     return (table.orders_365d - first_in_year.ifelse(1, 0)).clip(lower=0)
 
 
-def tier_minimums(table: ir.Table, config: SegmentConfig) -> dict[str, tuple[ir.NumericValue, ir.NumericValue]]:
-    """Each ranked tier's (annual spend, repurchases) minimums.
+@dataclass(frozen=True)
+class SegmentNorms:
+    """The numbers of :func:`add_segments` that depend on every customer at one ``as_of``.
 
-    ``absolute``: the rules' numbers. ``relative``: the rules' quantiles of the annual spend and
-    repurchases of the customers with a purchase in the tier year, over the whole table (a
-    window over every row: run it on the feature table of one ``as_of``). Without such a
-    customer the relative minimums are null, and no customer meets them.
+    Given to :func:`add_segments`, they replace its window functions over the whole table, so
+    that the segments of one customer computed on their own rows equal their row of the whole
+    table (:func:`segment_norm_aggregates` computes them).
+
+    Attributes
+    ----------
+    tier_minimums : mapping of str to (float or None, float or None), optional
+        ``thresholds=relative``: each ranked tier's (annual spend, repurchases) minimums, None
+        where no customer bought in the tier year; None for ``absolute`` thresholds.
+    ltv_threshold : float, optional
+        The ``value_quantile`` of every customer's LTV (currency); None without a known LTV.
     """
-    if config.thresholds == "absolute":
-        return {tier: (ibis.literal(float(getattr(config, tier).min_annual_spend)),
-                       ibis.literal(float(getattr(config, tier).min_repurchases))) for tier in RANKED_TIERS}
+
+    tier_minimums: Mapping[str, tuple[float | None, float | None]] | None = None
+    ltv_threshold: float | None = None
+
+
+def tier_quantile_inputs(table: ir.Table) -> tuple[ir.FloatingValue, ir.FloatingValue]:
+    """The annual spend and repurchases that relative tier minimums are quantiles of: those of
+    the customers with a purchase in the tier year, null for the others."""
     bought = table.orders_365d > 0
     # Null outside the population: quantiles skip nulls (a FILTER clause would not run on Spark windows).
     spend = bought.ifelse(annual_spend(table), ibis.null("float64"))
     repurchases = bought.ifelse(annual_repurchases(table).cast("float64"), ibis.null("float64"))
+    return spend, repurchases
+
+
+def tier_minimums(table: ir.Table, config: SegmentConfig,
+                  norms: SegmentNorms | None = None) -> dict[str, tuple[ir.NumericValue, ir.NumericValue]]:
+    """Each ranked tier's (annual spend, repurchases) minimums.
+
+    ``absolute``: the rules' numbers. ``relative``: the rules' quantiles of the annual spend and
+    repurchases of the customers with a purchase in the tier year, over the whole table (a
+    window over every row: run it on the feature table of one ``as_of``), or the population's
+    numbers in ``norms``. Without such a customer the relative minimums are null, and no
+    customer meets them.
+    """
+    if config.thresholds == "absolute":
+        return {tier: (ibis.literal(float(getattr(config, tier).min_annual_spend)),
+                       ibis.literal(float(getattr(config, tier).min_repurchases))) for tier in RANKED_TIERS}
+    if norms is not None:
+        if norms.tier_minimums is None:
+            raise ValueError("relative tier minimums need the population's numbers: norms.tier_minimums is None")
+        return {tier: tuple(float_literal(value) for value in norms.tier_minimums[tier]) for tier in RANKED_TIERS}
+    spend, repurchases = tier_quantile_inputs(table)
     everyone = ibis.window()
     return {tier: (spend.quantile(getattr(config, tier).spend_quantile).over(everyone),
                    repurchases.quantile(getattr(config, tier).repurchases_quantile).over(everyone))
             for tier in RANKED_TIERS}
 
 
-def tier_conditions(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> dict[str, ir.BooleanValue]:
+def float_literal(value: float | None) -> ir.FloatingValue:
+    """A population's number as a float64 constant of a query (null when unknown), to the last bit.
+
+    Written as text cast to a double: a number literal in SQL is a DECIMAL on DuckDB, and its
+    conversion to a double is not always the nearest double (1.430561844344688 comes back one
+    bit off), while every engine parses text to the nearest one.
+    """
+    if value is None:
+        return ibis.null("float64")
+    return ibis.literal(repr(float(value))).cast("float64")
+
+
+def segment_norm_aggregates(table: ir.Table, config: SegmentConfig) -> dict[str, ir.Scalar]:
+    """The aggregates over every row of ``table`` that :class:`SegmentNorms` holds, named
+    ``<tier>_spend``, ``<tier>_repurchases`` (relative thresholds) and ``ltv_threshold``: the
+    same quantiles (the engine's, interpolated) as :func:`add_segments`' windows. ``table``
+    needs ``ltv`` besides the tier columns."""
+    aggregates: dict[str, ir.Scalar] = {}
+    if config.thresholds == "relative":
+        spend, repurchases = tier_quantile_inputs(table)
+        for tier in RANKED_TIERS:
+            aggregates[f"{tier}_spend"] = spend.quantile(getattr(config, tier).spend_quantile)
+            aggregates[f"{tier}_repurchases"] = repurchases.quantile(getattr(config, tier).repurchases_quantile)
+    aggregates["ltv_threshold"] = table.ltv.quantile(config.value_quantile)
+    return aggregates
+
+
+def segment_norms(values: Mapping[str, Any], config: SegmentConfig) -> SegmentNorms:
+    """:class:`SegmentNorms` from the values of :func:`segment_norm_aggregates` (NaN or None: unknown)."""
+    def known(value: Any) -> float | None:
+        return None if value is None or pd.isna(value) else float(value)
+
+    minimums = ({tier: (known(values[f"{tier}_spend"]), known(values[f"{tier}_repurchases"])) for tier in RANKED_TIERS}
+                if config.thresholds == "relative" else None)
+    return SegmentNorms(minimums, known(values["ltv_threshold"]))
+
+
+def tier_conditions(table: ir.Table, config: SegmentConfig, has_interactions: bool,
+                    norms: SegmentNorms | None = None) -> dict[str, ir.BooleanValue]:
     """Each tier's rule as a boolean column (null where a comparison is unknown, which no tier meets).
 
     Needs ``spend_365d``, ``orders_365d``, ``frequency``, ``purchase_age_days``,
     ``recency_days`` and, with interactions, ``interactions_per_month`` and
     ``days_since_interaction``. Without an interactions table the interaction conditions (the
     ranked tiers' rate minimums, dormant's "no interaction") cannot be read and are left out.
+    ``norms``: the population's relative minimums (see :func:`tier_minimums`).
     """
     spend, repurchases = annual_spend(table), annual_repurchases(table)
-    minimums = tier_minimums(table, config)
+    minimums = tier_minimums(table, config, norms)
     conditions: dict[str, ir.BooleanValue] = {
         "new": table.purchase_age_days < config.new_days,
         "one_time": table.frequency == 1,
@@ -229,10 +302,11 @@ def tier_conditions(table: ir.Table, config: SegmentConfig, has_interactions: bo
     return conditions
 
 
-def loyalty_tier(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> ir.StringValue:
+def loyalty_tier(table: ir.Table, config: SegmentConfig, has_interactions: bool,
+                 norms: SegmentNorms | None = None) -> ir.StringValue:
     """The first tier of :data:`TIER_PRECEDENCE` whose rule (:func:`tier_conditions`) the
     customer meets; ``occasional`` when they meet none."""
-    conditions = tier_conditions(table, config, has_interactions)
+    conditions = tier_conditions(table, config, has_interactions, norms)
     return ibis.cases(*((conditions[tier].fill_null(False), tier) for tier in TIER_PRECEDENCE[:-1]),
                       else_=TIER_PRECEDENCE[-1])
 
@@ -274,16 +348,22 @@ def value_segment(ltv: ir.FloatingValue, recent_trend: ir.FloatingValue, thresho
     )
 
 
-def add_segments(table: ir.Table, config: SegmentConfig, has_interactions: bool) -> ir.Table:
-    """Add ``tier``, ``purchases_per_year``, ``ltv`` and ``value_segment``."""
+def add_segments(table: ir.Table, config: SegmentConfig, has_interactions: bool,
+                 norms: SegmentNorms | None = None) -> ir.Table:
+    """Add ``tier``, ``purchases_per_year``, ``ltv`` and ``value_segment``.
+
+    The relative tier minimums and the LTV threshold of the value segment are windows over every
+    row (run it on the feature table of one ``as_of``), or the population's numbers in ``norms``.
+    """
     table = table.mutate(
-        tier=loyalty_tier(table, config, has_interactions),
+        tier=loyalty_tier(table, config, has_interactions, norms),
         purchases_per_year=purchases_per_year(table, config),
         ltv=lifetime_value(table, config),
     )
     trend_column = next((c for c in table.columns if c.startswith("orders_trend_") and c.endswith("_365")), None)
     trend = table[trend_column] if trend_column else ibis.literal(1.0)
-    threshold = table.ltv.quantile(config.value_quantile).over(ibis.window())
+    threshold = (table.ltv.quantile(config.value_quantile).over(ibis.window()) if norms is None
+                 else float_literal(norms.ltv_threshold))
     return table.mutate(value_segment=value_segment(table.ltv, trend, threshold))
 
 
