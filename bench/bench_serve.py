@@ -287,10 +287,11 @@ def start_service(directory: Path, models: Path, store: Path, scratch: Path, por
     """``churnml-serve`` on 127.0.0.1:``port`` over a copy of ``store``, its output in ``scratch/service.log``."""
     served = scratch / "store"
     shutil.copytree(store, served)
-    data = ["data=files", *(f"data.{t}.path={directory / f'{t}.parquet'}" for t in TABLES)]
+    # Quoted: the cache's directory names hold "=", which an override cannot hold bare.
+    data = ["data=files", *(f"data.{t}.path='{directory / f'{t}.parquet'}'" for t in TABLES)]
     command = [sys.executable, "-m", "churnml.cli", "serve", f"serve.port={port}", f"serve.token={token}",
-               f"serve.store={served / 'events.duckdb'}", f"score.model_dir={models}", "score.expected_value=false",
-               f"mlflow.tracking_uri=sqlite:///{scratch / 'mlflow.db'}", *data]
+               f"serve.store='{served / 'events.duckdb'}'", f"score.model_dir='{models}'", "score.expected_value=false",
+               f"mlflow.tracking_uri='sqlite:///{scratch / 'mlflow.db'}'", *data]
     log = open(scratch / "service.log", "w")
     return subprocess.Popen(command, cwd=scratch, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
 
