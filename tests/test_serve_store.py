@@ -104,6 +104,27 @@ def test_sequence_numbers_grow_with_every_stored_row_and_not_with_duplicates(sto
     assert store.counts() == {"transactions": 2, "interactions": 1}
 
 
+def test_changed_since_tells_whose_events_came_after_a_version_as_the_sequence_numbers_do(loaded, location):
+    store, _ = loaded
+    v0 = store.version()
+    assert not store.changed_since("A", v0) and not store.changed_since("B", v0)
+    store.append("transactions", purchases(("e1", "A", "2024-07-01", 5.0)))
+    v1 = store.version()
+    assert v1 > v0 and store.changed_since("A", v0) and not store.changed_since("A", v1)
+    assert not store.changed_since("B", v0)
+    # A duplicate changes nobody; a version from before the load asks the store itself.
+    store.append("transactions", purchases(("e1", "B", "2024-07-01", 5.0)))
+    assert not store.changed_since("B", v0)
+    assert store.changed_since("C", 0) == (store.customer_version("C") > 0)
+    for customer in ("A", "B", "C", "nobody"):
+        for version in (v0, v1):
+            assert store.changed_since(customer, version) == (store.customer_version(customer) > version)
+    reopened = EventStore.open(location) if store.engine == "postgres" else None
+    if reopened is not None:
+        assert reopened.changed_since("A", v0) and reopened.version() == v1
+        reopened.close()
+
+
 def test_timestamps_with_an_offset_are_stored_in_utc(store):
     store.append("transactions", purchases(("e1", "A", "2024-01-01T10:00:00+02:00", 1.0)))
     assert stored_rows(store).ts.tolist() == [pd.Timestamp("2024-01-01 08:00:00")]

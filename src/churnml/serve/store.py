@@ -300,6 +300,17 @@ class EventStore:
         self._local = threading.local()
         self._generation = 0
         self._create_meta()
+        # A DuckDB file has one writer, this process: what it stores after opening is known here,
+        # so that the checks every score makes (has this customer changed?) need no query.
+        self._private = self._engine.name == "duckdb"
+        self._memory_lock = threading.Lock()
+        self._remember_opening()
+
+    def _remember_opening(self) -> None:
+        rows = self._engine.query(f"SELECT max(max_seq) FROM {META_TABLE}")
+        with self._memory_lock:
+            self._opened_version = self._known_version = int(rows[0][0] or 0)
+            self._appended: dict[str, int] = {}
 
     @classmethod
     def open(cls, location: str, options: LoadOptions = LoadOptions()) -> "EventStore":
@@ -351,8 +362,21 @@ class EventStore:
 
     def version(self) -> int:
         """The highest ingestion sequence number overall (0: nothing stored)."""
+        if self._private:
+            with self._memory_lock:
+                return self._known_version
         rows = self._engine.query(f"SELECT max(max_seq) FROM {META_TABLE}")
         return int(rows[0][0] or 0)
+
+    def changed_since(self, customer_id: str, version: int) -> bool:
+        """Whether an event of the customer was stored after ``version``
+        (``customer_version(customer_id) > version``), without a query on a DuckDB store for a
+        ``version`` at or after its opening."""
+        if self._private:
+            with self._memory_lock:
+                if version >= self._opened_version:
+                    return self._appended.get(str(customer_id), 0) > version
+        return self.customer_version(customer_id) > version
 
     def counts(self) -> dict[str, int]:
         """Rows per event table (``transactions``, ``interactions``; 0 for a table not held)."""
@@ -490,6 +514,20 @@ class EventStore:
             rows = rows.filter(pa.array(~dropped))
         n_dropped = 0 if dropped is None else int(dropped.sum())
         rows, repeated = _first_of_each_id(rows)
+        result, last_seq = self._insert(table, rows, repeated, n_dropped, label)
+        if self._private and result.stored:
+            # After the commit: a reader told "changed" finds the events in the store.
+            customers = set(rows.column("customer_id").to_pylist())
+            with self._memory_lock:
+                self._known_version = max(self._known_version, last_seq)
+                for customer in customers:
+                    self._appended[customer] = max(self._appended.get(customer, 0), last_seq)
+        return result
+
+    def _insert(self, table: str, rows: pa.Table, repeated: int, n_dropped: int,
+                label: str) -> tuple[AppendResult, int]:
+        """Insert validated rows in one transaction (under the engine's write lock); the result
+        and the highest sequence number given (0: none)."""
         with self._engine.transaction() as cursor:
             meta = {name: max_seq for name, _, _, _, max_seq in self._engine.execute(
                 cursor, f"SELECT name, n, first_ts, last_ts, max_seq FROM {META_TABLE}")}
@@ -498,14 +536,15 @@ class EventStore:
                 self._create_event_table(cursor, table, self._new_table_schema(table), with_indexes=True)
             self._refuse_unknown_columns(table, rows.column_names, label)
             if rows.num_rows == 0:
-                return AppendResult(0, repeated, n_dropped)
+                return AppendResult(0, repeated, n_dropped), 0
             version = max(meta.values(), default=0)
+            last_seq = version + rows.num_rows
             rows = rows.append_column(SEQ, pa.array(np.arange(version + 1, version + 1 + rows.num_rows), pa.int64()))
             stored = self._engine.insert_events(cursor, table, rows)
             if stored:
                 stamps = [ts for _, ts in stored]
                 self._bump_meta(cursor, table, len(stored), min(stamps), max(stamps), max(seq for seq, _ in stored))
-        return AppendResult(len(stored), repeated + rows.num_rows - len(stored), n_dropped)
+        return AppendResult(len(stored), repeated + rows.num_rows - len(stored), n_dropped), last_seq
 
     def _validated(self, table: str, events: pd.DataFrame, label: str) -> tuple[pa.Table, np.ndarray | None]:
         """The typed rows, in the order given, and which rows the cleaning rules drop (None: none).
@@ -662,6 +701,7 @@ class EventStore:
             with self._engine.transaction() as cursor:
                 for name in copied:
                     self._engine.execute(cursor, f"ANALYZE {_quoted(name)}")
+        self._remember_opening()
         self._generation += 1
         return copied
 
