@@ -506,6 +506,8 @@ def own_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig 
 # Ibis backends whose window functions compute quantiles. PostgreSQL's percentile_cont is an
 # ordered-set aggregate, which it refuses as a window: there the norms come first, as aggregates.
 QUANTILE_WINDOW_BACKENDS = frozenset({"duckdb", "pyspark"})
+
+
 def windows_have_quantiles(dataset: Dataset) -> bool:
     """Whether the data set's engine computes quantiles over windows, as :func:`build_features`
     without norms needs (DuckDB and Spark do; PostgreSQL does not)."""
