@@ -435,7 +435,7 @@ def to_frame(table: ir.Table) -> pd.DataFrame:
 
 
 def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig(),
-                   norms: PopulationNorms | None = None) -> ir.Table:
+                   norms: PopulationNorms | None = None, own: ir.Table | None = None) -> ir.Table:
     """The feature table at ``cutoff``: one row per customer with a transaction on or before it.
 
     Columns that need interactions, customers or surveys are absent when those tables are
@@ -454,9 +454,21 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
         Given (:func:`population_norms` of the whole population at ``cutoff``): those numbers,
         so that ``dataset`` may hold some customers only (one, for the online scorer) and their
         rows equal their rows of the whole table; give it the whole data set's ``facts`` too.
+        Required on an engine whose windows compute no quantile (:func:`windows_have_quantiles`).
+    own : ibis.expr.types.Table, optional
+        :func:`own_features` of ``dataset`` at ``cutoff`` computed already (held in a table), to
+        read instead of computing them again (see :func:`population_norms`).
+
+    Raises
+    ------
+    ValueError
+        Without ``norms`` on an engine whose windows compute no quantile (PostgreSQL).
     """
+    if norms is None and not windows_have_quantiles(dataset):
+        raise ValueError(f"the {getattr(dataset.con, 'name', 'unknown')} engine computes no quantile over a window: "
+                         "give build_features the population's norms (population_norms)")
     cutoff = as_date(cutoff)
-    table = _own_features(dataset, cutoff, config)
+    table = own_features(dataset, cutoff, config) if own is None else own
     has_interactions = dataset.interactions is not None
     if has_interactions:
         table = _with_peer_interactions(table, config, norms)
@@ -469,9 +481,11 @@ def build_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfi
     return table.drop("first_seen_ts", "first_purchase_ts", "last_purchase_ts", ANNUAL_REFUND).order_by("customer_id")
 
 
-def _own_features(dataset: Dataset, cutoff: dt.date, config: FeatureConfig) -> ir.Table:
+def own_features(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig()) -> ir.Table:
     """The columns of :func:`build_features` that read each customer's own events only (no
-    population norm, no level), with the timestamps and the tier year's refunds."""
+    population norm, no level), with the timestamps and the tier year's refunds: one row per
+    customer with a transaction on or before ``cutoff``."""
+    cutoff = as_date(cutoff)
     today = epoch_day(cutoff)
     values = dataset_breadth_values(dataset)
     table = order_features(dataset.transactions, cutoff, config, values)
@@ -489,8 +503,19 @@ def _own_features(dataset: Dataset, cutoff: dt.date, config: FeatureConfig) -> i
     return table
 
 
+# Ibis backends whose window functions compute quantiles. PostgreSQL's percentile_cont is an
+# ordered-set aggregate, which it refuses as a window: there the norms come first, as aggregates.
+QUANTILE_WINDOW_BACKENDS = frozenset({"duckdb", "pyspark"})
+
+
+def windows_have_quantiles(dataset: Dataset) -> bool:
+    """Whether the data set's engine computes quantiles over windows, as :func:`build_features`
+    without norms needs (DuckDB and Spark do; PostgreSQL does not)."""
+    return getattr(dataset.con, "name", None) in QUANTILE_WINDOW_BACKENDS
+
+
 def population_norms(dataset: Dataset, cutoff: str | dt.date, config: FeatureConfig = FeatureConfig(),
-                     features: pd.DataFrame | None = None) -> PopulationNorms:
+                     features: pd.DataFrame | None = None, own: ir.Table | None = None) -> PopulationNorms:
     """The numbers :func:`build_features` compares each customer with (:class:`PopulationNorms`),
     over every customer of ``dataset`` at ``cutoff``.
 
@@ -500,6 +525,12 @@ def population_norms(dataset: Dataset, cutoff: str | dt.date, config: FeatureCon
     depend on the order the engine adds them in, which varies between runs; ``features``, the
     feature table :func:`build_features` gave without norms at ``cutoff``, supplies the peer
     means its windows produced instead, so that the norms reproduce that very table.
+
+    The customers' own sums (spend, LTV) have that order too: on an engine without quantile
+    windows, give ``own`` (:func:`own_features` held in a table, as
+    :func:`churnml.features.snapshots.population_features` does) here and to
+    :func:`build_features`, so that a customer whose LTV is the median is compared with the very
+    number the median is.
 
     Returns
     -------
@@ -511,7 +542,7 @@ def population_norms(dataset: Dataset, cutoff: str | dt.date, config: FeatureCon
         If the tier year (365 days) is not among ``config.windows_days``.
     """
     cutoff = as_date(cutoff)
-    table = _own_features(dataset, cutoff, config)
+    table = own_features(dataset, cutoff, config) if own is None else own
     table = table.mutate(ltv=lifetime_value(table, config.segments))
     aggregates = segment_norm_aggregates(table, config.segments)
     aggregates["usual_gap_days"] = table.mean_gap_days.quantile(0.5)

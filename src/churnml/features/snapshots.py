@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import uuid
 from typing import Callable, Iterable
 
 import pandas as pd
 
-from churnml.features.build import FeatureConfig, build_features, to_frame
+from churnml.features.build import (
+    FeatureConfig,
+    PopulationNorms,
+    build_features,
+    own_features,
+    population_norms,
+    to_frame,
+    windows_have_quantiles,
+)
 from churnml.features.labels import attach_label
 from churnml.io.load import Dataset
 
@@ -74,10 +83,39 @@ def snapshot(
     return frame
 
 
-def feature_frame(dataset: Dataset, as_of: dt.date, config: FeatureConfig = FeatureConfig()) -> pd.DataFrame:
+def feature_frame(dataset: Dataset, as_of: dt.date, config: FeatureConfig = FeatureConfig(),
+                  norms: PopulationNorms | None = None) -> pd.DataFrame:
     """The feature table at ``as_of`` as pandas, one row per customer sorted by ``customer_id``,
-    typed and dated (``cutoff``) like a training snapshot, without a label."""
-    return dated_features(to_frame(build_features(dataset, as_of, config)), as_of)
+    typed and dated (``cutoff``) like a training snapshot, without a label; ``norms`` as in
+    :func:`churnml.features.build.build_features`."""
+    return dated_features(to_frame(build_features(dataset, as_of, config, norms)), as_of)
+
+
+def population_features(dataset: Dataset, as_of: dt.date,
+                        config: FeatureConfig = FeatureConfig()) -> tuple[pd.DataFrame, PopulationNorms]:
+    """The whole feature table at ``as_of`` (:func:`feature_frame`) and the population's norms
+    (:func:`churnml.features.build.population_norms`) that reproduce its rows one customer at a time.
+
+    Where the engine's windows compute quantiles (DuckDB, Spark) the table is the windows' and
+    the norms are read from it. Elsewhere (PostgreSQL) the customers' own columns are computed
+    once into a temporary table of the connection, the norms are aggregates over it and the
+    table is built on it with them: a sum of floats in two queries could be added in two orders
+    and differ in its last bit, and the customer whose LTV is the median would then fall on
+    either side of it. The peers' mean of interactions is the engine's aggregate (equal to a
+    window's to the rounding of its sum).
+    """
+    if windows_have_quantiles(dataset):
+        features = feature_frame(dataset, as_of, config)
+        return features, population_norms(dataset, as_of, config, features)
+    con = dataset.con
+    name = f"churnml_own_{uuid.uuid4().hex}"
+    own = con.create_table(name, own_features(dataset, as_of, config), temp=True)
+    try:
+        norms = population_norms(dataset, as_of, config, own=own)
+        frame = dated_features(to_frame(build_features(dataset, as_of, config, norms, own=own)), as_of)
+    finally:
+        con.drop_table(name, force=True)
+    return frame, norms
 
 
 def dated_features(frame: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:

@@ -42,10 +42,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from churnml.features.build import FeatureConfig, PopulationNorms, build_features, population_norms, to_frame
+from churnml.features.build import FeatureConfig, PopulationNorms, build_features, to_frame
 from churnml.features.dates import as_date, resolve_as_of
 from churnml.features.segments import ValueThresholds, value_thresholds
-from churnml.features.snapshots import dated_features, feature_frame
+from churnml.features.snapshots import dated_features, population_features
 from churnml.models.attribution import PriorReference, prior_references
 from churnml.models.btyd import uses_bgnbd_features
 from churnml.models.classifier import ChurnModel, fit_population_priors
@@ -271,8 +271,9 @@ class OnlineScorer:
         version = int(store.version())
         dataset = store.dataset()
         config = self.feature_config
-        features = feature_frame(dataset, as_of, config)
-        norms = population_norms(dataset, as_of, config, features)
+        # DuckDB: the batch's own feature table (its windows), the norms read from it. PostgreSQL
+        # computes no quantile over a window: the norms first, then the table built with them.
+        features, norms = population_features(dataset, as_of, config)
         facts = copy.deepcopy(dataset.facts)
         models = self.models
         priors: dict = {}
