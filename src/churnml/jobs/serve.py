@@ -128,14 +128,14 @@ def run(settings: Mapping[str, Any]) -> None:
     feature_config = FeatureConfig.from_dict(settings["features"])
     scoring_config = ScoringConfig.from_dict(score)
 
+    from churnml.io.sources import load_data, load_options
     from churnml.serve.scorer import OnlineScorer
     from churnml.serve.store import EventStore
 
-    store = EventStore.open(location)
+    # Posted events are cleaned by the rules the files were (data.cleaning).
+    store = EventStore.open(location, options=load_options(settings["data"]))
     try:
         if store.is_empty():
-            from churnml.io.sources import load_data
-
             dataset = load_data(settings["data"])
             loaded = store.load(dataset)
             dataset.con.disconnect()
