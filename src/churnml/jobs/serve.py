@@ -86,6 +86,26 @@ def reload_on_hangup(app: Any) -> None:
         signal.signal(signal.SIGHUP, on_hangup)
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived; uvicorn has shut down gracefully (see :func:`stop_on_terminate`)."""
+
+
+def stop_on_terminate() -> None:
+    """Make SIGTERM (a service manager's stop) end :func:`run` normally, its store closed.
+
+    uvicorn catches SIGTERM, shuts down gracefully, then restores the handler it found and raises
+    the signal again. With the default handler the process would die there, before the store
+    is closed (a DuckDB file keeps its write-ahead log unmerged until the next start). This
+    handler, the one uvicorn restores, raises :class:`_Terminated` instead, which ``run`` ends on.
+    """
+    import signal
+
+    def on_terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_terminate)
+
+
 def run(settings: Mapping[str, Any]) -> None:
     """Serve scores on ``serve.host:serve.port`` until stopped (Ctrl-C or SIGTERM).
 
@@ -152,6 +172,10 @@ def run(settings: Mapping[str, Any]) -> None:
               f"{'POST /admin/reload or ' if config.token else ''}kill -HUP <pid>; stop with Ctrl-C", flush=True)
         # Hydra's logging stays (log_config=None); no access log: one line per score would cost
         # more than the score, and /metrics counts the requests.
-        uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
+        stop_on_terminate()
+        try:
+            uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
+        except _Terminated:
+            log.info("stopped by SIGTERM")
     finally:
         store.close()
