@@ -43,7 +43,8 @@ class FakeStore:
         self.appended.append((table, events))
         self.rows[table] += len(fresh)
         self.customers.update(events["customer_id"])
-        return type("AppendResult", (), {"stored": len(fresh), "duplicates": len(ids) - len(fresh)})()
+        return type("AppendResult", (), {"stored": len(fresh), "duplicates": len(ids) - len(fresh),
+                                             "dropped": 0})()
 
     def counts(self):
         return dict(self.rows)
@@ -164,8 +165,8 @@ def test_posted_events_reach_the_store_and_duplicates_are_counted():
         first = client.post("/events", json=body)
         retry = client.post("/events", json={"transactions": body["transactions"]})
         scored = client.get("/customers/C/score")
-    assert first.json() == {"stored": 3, "duplicates": 0}
-    assert retry.json() == {"stored": 0, "duplicates": 2}
+    assert first.json() == {"stored": 3, "duplicates": 0, "dropped": 0}
+    assert retry.json() == {"stored": 0, "duplicates": 2, "dropped": 0}
     assert scored.status_code == 200  # the new customer is known once the post was answered
     table, frame = store.appended[0]
     assert table == "transactions" and list(frame.columns) == ["customer_id", "ts", "amount", "event_id"]
@@ -201,7 +202,7 @@ def test_too_large_a_body_or_too_many_events_is_a_413():
             yield b"]}"
 
         assert_error(client.post("/events", content=chunks()), 413, "serve.max_request_bytes=300")
-        assert client.post("/events", json={"transactions": [event] * 2}).json() == {"stored": 2, "duplicates": 0}
+        assert client.post("/events", json={"transactions": [event] * 2}).json() == {"stored": 2, "duplicates": 0, "dropped": 0}
     assert len(store.appended) == 1
 
 

@@ -87,7 +87,10 @@ def served(frames, models):
     return scorer, store
 
 
-def assert_is_batch_row(result: dict, row: pd.Series) -> None:
+MODELS = {"churn": {"name": "churnml-churn", "version": "3"}, "repurchase": {"name": "churnml-repurchase", "version": "2"}}
+
+
+def assert_is_batch_row(result: dict, row: pd.Series, models: dict = MODELS) -> None:
     assert result["customer_id"] == row["customer_id"]
     assert result["as_of"] == pd.Timestamp(row["as_of"]).date().isoformat()
     for column in ("churn_probability", "repurchase_probability"):
@@ -101,8 +104,7 @@ def assert_is_batch_row(result: dict, row: pd.Series) -> None:
     assert [(r["reason"], r["feature"]) for r in result["reasons"]] == expected
     np.testing.assert_allclose([r["contribution"] for r in result["reasons"]],
                                [row[f"reason_{k}_contribution"] for k in range(1, len(expected) + 1)], atol=1e-9)
-    assert result["models"] == {"churn": {"name": "churnml-churn", "version": "3"},
-                                "repurchase": {"name": "churnml-repurchase", "version": "2"}}
+    assert result["models"] == models
 
 
 def sample(batch: pd.DataFrame, n: int = 30) -> list[str]:

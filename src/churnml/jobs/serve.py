@@ -86,6 +86,26 @@ def reload_on_hangup(app: Any) -> None:
         signal.signal(signal.SIGHUP, on_hangup)
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived; uvicorn has shut down gracefully (see :func:`stop_on_terminate`)."""
+
+
+def stop_on_terminate() -> None:
+    """Make SIGTERM (a service manager's stop) end :func:`run` normally, its store closed.
+
+    uvicorn catches SIGTERM, shuts down gracefully, then restores the handler it found and raises
+    the signal again. With the default handler the process would die there, before the store
+    is closed (a DuckDB file keeps its write-ahead log unmerged until the next start). This
+    handler, the one uvicorn restores, raises :class:`_Terminated` instead, which ``run`` ends on.
+    """
+    import signal
+
+    def on_terminate(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_terminate)
+
+
 def run(settings: Mapping[str, Any]) -> None:
     """Serve scores on ``serve.host:serve.port`` until stopped (Ctrl-C or SIGTERM).
 
@@ -128,14 +148,14 @@ def run(settings: Mapping[str, Any]) -> None:
     feature_config = FeatureConfig.from_dict(settings["features"])
     scoring_config = ScoringConfig.from_dict(score)
 
+    from churnml.io.sources import load_data, load_options
     from churnml.serve.scorer import OnlineScorer
     from churnml.serve.store import EventStore
 
-    store = EventStore.open(location)
+    # Posted events are cleaned by the rules the files were (data.cleaning).
+    store = EventStore.open(location, options=load_options(settings["data"]))
     try:
         if store.is_empty():
-            from churnml.io.sources import load_data
-
             dataset = load_data(settings["data"])
             loaded = store.load(dataset)
             dataset.con.disconnect()
@@ -152,6 +172,10 @@ def run(settings: Mapping[str, Any]) -> None:
               f"{'POST /admin/reload or ' if config.token else ''}kill -HUP <pid>; stop with Ctrl-C", flush=True)
         # Hydra's logging stays (log_config=None); no access log: one line per score would cost
         # more than the score, and /metrics counts the requests.
-        uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
+        stop_on_terminate()
+        try:
+            uvicorn.run(app, host=config.host, port=config.port, log_config=None, access_log=False)
+        except _Terminated:
+            log.info("stopped by SIGTERM")
     finally:
         store.close()

@@ -167,7 +167,7 @@ class _Metrics:
         self.models = Gauge("churnml_model_info", "The models in service (1), by target, registered name and version",
                             ["target", "name", "version"], registry=self.registry)
         self.events = Gauge("churnml_events_stored", "Events in the store, by table", ["table"], registry=self.registry)
-        self.appended = Counter("churnml_events_posted", "Events posted, by table and outcome (stored, duplicate)",
+        self.appended = Counter("churnml_events_posted", "Events posted, by table and outcome (stored, duplicate, dropped)",
                                 ["table", "outcome"], registry=self.registry)
         self.reloads = Counter("churnml_model_reloads", "Model reloads, by outcome (done, failed)", ["outcome"],
                                registry=self.registry)
@@ -226,8 +226,8 @@ def create_app(scorer: Any, store: Any, settings: ServeConfig,
       unknown customer, 400 for a date that is not a date, 422 for a date outside the data.
     - ``POST /events``: ``{"transactions": [...], "interactions": [...]}`` (either or both, events
       in contract column names, an optional ``event_id`` each); answered ``{"stored": n,
-      "duplicates": m}`` once the store committed them; 422 for events that break the contract,
-      413 for too large a body or too many events.
+      "duplicates": m, "dropped": k}`` (dropped: by the cleaning rules) once the store committed
+      them; 422 for events that break the contract, 413 for too large a body or too many events.
     - ``GET /health``: ``{"status": "ok", "models": {...}, "events": {...}}``, without the token.
     - ``GET /metrics``: Prometheus text: requests by endpoint and status, latency histogram by
       endpoint, models in service, events stored and posted, reloads.
@@ -312,11 +312,15 @@ def create_app(scorer: Any, store: Any, settings: ServeConfig,
             results = await run_in_threadpool(append_all, store, tables)
         except DataValidationError as error:
             raise RequestRefused(422, str(error)) from None
+        answer = {"stored": 0, "duplicates": 0, "dropped": 0}
         for table, result in results.items():
-            metrics.appended.labels(table, "stored").inc(result.stored)
-            metrics.appended.labels(table, "duplicate").inc(result.duplicates)
-        return JSONResponse({"stored": sum(r.stored for r in results.values()),
-                             "duplicates": sum(r.duplicates for r in results.values())})
+            # Dropped: by the cleaning rules (data.cleaning), which a client would otherwise not
+            # tell from stored, its post being acknowledged all the same.
+            counts = {"stored": result.stored, "duplicates": result.duplicates, "dropped": result.dropped}
+            for key, n in counts.items():
+                answer[key] += n
+                metrics.appended.labels(table, {"duplicates": "duplicate"}.get(key, key)).inc(n)
+        return JSONResponse(answer)
 
     @app.get("/health")
     def health() -> Response:
