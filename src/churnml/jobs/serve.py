@@ -163,6 +163,12 @@ def run(settings: Mapping[str, Any]) -> None:
             print(f"event store {location} loaded from the data set '{settings['data']['name']}': {listed}")
         scorer = OnlineScorer(models, identities, feature_config, scoring_config,
                               uplift=uplift[:2] if uplift else None)
+        # The population state of the default as_of before listening: models that do not fit the
+        # store's data stop the stage here, in one line, rather than every request; and the
+        # first scores are as fast as the next.
+        as_of = scorer.resolve(store, None)
+        print(f"building the population state at {as_of} (the batch's features and scores)", flush=True)
+        scorer.state(store, as_of)
         app = create_app(scorer, store, config, reload=lambda current: current.reloaded(*champions(uris, score)))
         reload_on_hangup(app)
         models_used = " and ".join(f"{identity.name} v{identity.version}" for identity in identities.values())
