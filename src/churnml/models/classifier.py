@@ -5,7 +5,7 @@ on a later time slice than the one it was fitted on, that knows its features and
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -60,6 +60,22 @@ def category_codes(values: pd.Series, categories: Any) -> np.ndarray:
         return np.full(len(values), -1, dtype=np.intp)
     lookup = pd.Index(categories, dtype=object).get_indexer(pd.Index(distinct).astype("string").astype(object))
     return np.where(row_codes >= 0, lookup[row_codes], -1)
+
+
+def typed_features(X: pd.DataFrame, names: Sequence[str], categories: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """The columns ``names`` of ``X`` as a fitted model reads them: a column of ``categories`` as
+    a pandas categorical of the categories learnt at fit (a value not among them is missing),
+    any other as float64 (a value that is not a number is missing). Shape ``(len(X), len(names))``,
+    index kept."""
+    columns = {}
+    for name in names:
+        values = X[name]
+        if name in categories:
+            known = pd.Index(categories[name])
+            columns[name] = pd.Categorical.from_codes(category_codes(values, known), categories=known)
+        else:
+            columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
+    return pd.DataFrame(columns, index=X.index)
 
 
 def _is_text(dtype: Any) -> bool:
@@ -374,15 +390,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return self._prepare(X)
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
-        columns = {}
-        for name in self.feature_names_in_:
-            values = X[name]
-            if name in self.categories_:
-                known = pd.Index(self.categories_[name])
-                columns[name] = pd.Categorical.from_codes(category_codes(values, known), categories=known)
-            else:
-                columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
-        prepared = pd.DataFrame(columns, index=X.index)
+        prepared = typed_features(X, self.feature_names_in_, self.categories_)
         if self.preprocessing == "scaled":
             for name in self.categories_:
                 prepared[name] = prepared[name].astype(object).where(prepared[name].notna(), "missing")

@@ -28,7 +28,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from churnml.errors import UserValueError
-from churnml.models.classifier import FeatureMismatchError, category_codes
+from churnml.models.classifier import FeatureMismatchError, typed_features
 from churnml.models.persistence import ModelFormatError, _json_default
 
 FORMAT = "churnml.uplift"
@@ -88,15 +88,7 @@ class _MetaLearner(BaseEstimator):
         if missing:
             raise FeatureMismatchError(f"the feature table lacks {', '.join(missing[:5])}, which the uplift model "
                                        "was trained on: build the same features as for training")
-        columns = {}
-        for name in self.feature_names_in_:
-            values = X[name]
-            if name in self.categories_:
-                known = pd.Index(self.categories_[name])
-                columns[name] = pd.Categorical.from_codes(category_codes(values, known), categories=known)
-            else:
-                columns[name] = pd.to_numeric(values, errors="coerce").astype("float64")
-        return pd.DataFrame(columns, index=X.index)
+        return typed_features(X, self.feature_names_in_, self.categories_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "boosters_"):
