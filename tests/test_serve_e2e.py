@@ -249,10 +249,12 @@ def server(shop, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(shop["root"] / "models", models)
     # Orders of nothing (free samples) kept, as the user's cleaning rules say, for posted events too.
-    running = Server([*overrides(shop, models), f"serve.store={tmp_path / 'events.duckdb'}",
+    # In a directory that does not exist yet, as the default serve/events.duckdb of a fresh checkout.
+    store = tmp_path / "serve" / "events.duckdb"
+    running = Server([*overrides(shop, models), f"serve.store={store}",
                       "data.cleaning.drop_zero_amount=false"], tmp_path, free_port())
     running.models = models
-    running.store = tmp_path / "events.duckdb"
+    running.store = store
     yield running
     running.stop()
 

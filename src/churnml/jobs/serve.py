@@ -10,6 +10,7 @@ from the same place (a champion alias that moved) and swaps them in between requ
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Mapping
 
 from churnml.errors import UserError, UserValueError
@@ -153,6 +154,9 @@ def run(settings: Mapping[str, Any]) -> None:
     from churnml.serve.store import EventStore
 
     # Posted events are cleaned by the rules the files were (data.cleaning).
+    if not is_store_url(location):
+        # As every stage makes the directories of its output (the default is serve/events.duckdb).
+        Path(location).expanduser().parent.mkdir(parents=True, exist_ok=True)
     store = EventStore.open(location, options=load_options(settings["data"]))
     try:
         if store.is_empty():
