@@ -78,4 +78,4 @@ bench: $(STAMP) ## Run the benchmarks under bench/ (ratios against a reference r
 	$(BIN)/python bench/run.py $(ARGS)
 
 clean: ## Remove generated data, outputs and the virtualenv
-	rm -rf $(VENV) data outputs multirun scores reports
+	rm -rf $(VENV) data outputs multirun scores reports serve
