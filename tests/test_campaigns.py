@@ -59,6 +59,13 @@ def test_an_unknown_campaign_or_no_closed_window_is_one_line_naming_the_fix(camp
         campaigns_to_evaluate(campaign_table(treatments(), window_days=30), as_of, campaign)
 
 
+def test_a_window_the_data_cannot_close_asks_for_a_shorter_window_not_a_later_date():
+    # The data end on 2024-03-20: spring's last assignment (2024-03-02) closes 18 days later at most.
+    with pytest.raises(UserValueError, match=r"last date in the data \(2024-03-20\): give experiment.window_days=18 or less"):
+        campaigns_to_evaluate(campaign_table(treatments(), window_days=30), dt.date(2024, 3, 20),
+                              last_date=dt.date(2024, 3, 20))
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("window_days", 0, "experiment.window_days=0"),
     ("confidence_level", 1.0, "experiment.confidence_level=1.0: give a number between 0 and 1"),

@@ -66,7 +66,7 @@ def test_on_the_demo_shop_the_planted_lift_is_inside_the_interval_cuped_narrows_
     assert page.count('src="data:image/png;base64,') == 3 and "Sample-ratio check" in page
     assert (tmp_path / "models" / "churnml-uplift" / "deployment.json").exists()
     run = runs.iloc[0]
-    assert run["tags.churnml.stage"] == "experiment"
+    assert run["tags.churnml.stage"] == "experiment" and run["tags.churnml.output"] == str(output)
     assert run["metrics.uplift.uplift.qini_coefficient"] == pytest.approx(targeting["uplift"])
     printed = capsys.readouterr().out
     assert "retention_2025_09 (CUPED): repurchase rate" in printed and "Qini coefficient" in printed

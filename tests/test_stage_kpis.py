@@ -43,6 +43,7 @@ def test_the_stage_writes_the_tables_and_the_dashboard_and_tracks_them(tmp_path)
     assert page.count('src="data:image/png;base64,') >= 4 and "Program targets" in page
     run = runs.iloc[0]
     assert run["tags.churnml.stage"] == "kpis" and "metrics.current.all.all.churn_rate" in runs.columns
+    assert run["tags.churnml.output"] == str(output)
 
 
 def test_an_output_directory_that_is_a_file_is_refused_before_the_work(tmp_path):

@@ -665,7 +665,8 @@ def log_kpis(
         metrics[f"target.{row.target}.met"] = float(row.met)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({"churnml.stage": "kpis", "churnml.as_of": str(settings.get("as_of")),
-                         "churnml.output": str(output_dir),
+                         # Where the tables end up (output_dir may be the directory they are staged in).
+                         "churnml.output": str((settings.get("kpis") or {}).get("output_dir") or output_dir),
                          "churnml.targets_met": f"{int(progress['met'].sum())}/{len(progress)}"})
         mlflow.log_dict(dict(settings), "config.json")
         if fingerprint is not None:
@@ -712,7 +713,8 @@ def log_experiment(
             metrics[f"uplift.{row.targeting}.qini_coefficient"] = float(row.qini_coefficient)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({"churnml.stage": "experiment", "churnml.as_of": str(settings.get("as_of")),
-                         "churnml.output": str(output_dir),
+                         # Where the tables end up (output_dir may be the directory they are staged in).
+                         "churnml.output": str((settings.get("experiment") or {}).get("output_dir") or output_dir),
                          "churnml.srm_mismatches": str(int(srm["mismatch"].sum()))})
         mlflow.log_dict(dict(settings), "config.json")
         if fingerprint is not None:

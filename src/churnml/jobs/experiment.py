@@ -75,7 +75,7 @@ def run(settings: Mapping[str, Any]) -> Path:
     output = Path(given_output or default_output_dir(data_name, as_of))
 
     campaigns, notes = campaigns_to_evaluate(campaign_table(dataset.treatments, config.window_days), as_of,
-                                             config.campaign)
+                                             config.campaign, last_date=dataset.last_date)
     outcomes = experiments.assignment_outcomes(
         dataset.transactions, dataset.treatments.filter(dataset.treatments.campaign.isin(list(campaigns["campaign"]))),
         window_days=config.window_days, pre_days=config.pre_days, surveys=dataset.surveys)

@@ -135,7 +135,8 @@ def campaign_table(treatments: Any, window_days: int) -> pd.DataFrame:
     return table
 
 
-def campaigns_to_evaluate(table: pd.DataFrame, as_of: dt.date, campaign: str | None = None) -> tuple[pd.DataFrame, list[str]]:
+def campaigns_to_evaluate(table: pd.DataFrame, as_of: dt.date, campaign: str | None = None,
+                          last_date: dt.date | None = None) -> tuple[pd.DataFrame, list[str]]:
     """The campaigns of :func:`campaign_table` whose outcome windows have closed by ``as_of``,
     and a note for each one left out.
 
@@ -143,8 +144,8 @@ def campaigns_to_evaluate(table: pd.DataFrame, as_of: dt.date, campaign: str | N
     ------
     churnml.errors.UserValueError
         For a ``campaign`` the table does not hold (listing those it does), one whose window is
-        still open at ``as_of`` (naming the first date it can be evaluated), or when no campaign
-        can be evaluated.
+        still open at ``as_of`` (naming the first date it can be evaluated, or, when that is after
+        ``last_date``, the longest window the data can close), or when no campaign can be evaluated.
     """
     if table.empty:
         raise UserValueError("the treatments table holds no assignments: give data.treatments.path a file with rows")
@@ -159,6 +160,10 @@ def campaigns_to_evaluate(table: pd.DataFrame, as_of: dt.date, campaign: str | N
              for row in table[~closed].itertuples(index=False)]
     if not closed.any():
         first = table["complete_on"].min()
+        if last_date is not None and first > last_date:
+            longest = max((last_date - table["last_day"].min()).days, 0)
+            raise UserValueError(f"no campaign's outcome window has closed by the last date in the data ({last_date}): "
+                                 f"give experiment.window_days={longest} or less")
         raise UserValueError(f"no campaign's outcome window has closed by as_of={as_of}: give as_of={first} or later, "
                              "or a shorter experiment.window_days")
     return table[closed].reset_index(drop=True), notes
