@@ -46,6 +46,9 @@ class FrameStore:
     def customer_version(self, customer_id: str) -> int:
         return self.versions.get(customer_id, 0)
 
+    def changed_since(self, customer_id: str, version: int) -> bool:
+        return self.customer_version(customer_id) > version
+
     def version(self) -> int:
         return self._version
 

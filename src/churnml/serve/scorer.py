@@ -167,7 +167,8 @@ class OnlineScorer:
         Parameters
         ----------
         store : churnml.serve.store.EventStore
-            Read through ``dataset()``, ``customer_dataset()``, ``customer_version()`` and ``version()``.
+            Read through ``dataset()``, ``customer_dataset()``, ``changed_since()``,
+            ``customer_version()`` and ``version()``.
         customer_id : str
         as_of : datetime.date or str, optional
             ``YYYY-MM-DD``; None: the day of the newest transaction in the store.
@@ -196,11 +197,8 @@ class OnlineScorer:
         state = self.state(store, day)
         customer_id = str(customer_id)
         position = state.positions.get(customer_id)
-        # The store's own answer where it has one (a DuckDB store knows, without a query, whom
-        # it changed since opening): this check runs on every request.
-        changed = (store.changed_since(customer_id, state.version) if hasattr(store, "changed_since")
-                   else int(store.customer_version(customer_id)) > state.version)
-        if not changed:
+        # Runs on every request: a DuckDB store answers it without a query.
+        if not store.changed_since(customer_id, state.version):
             if position is None:
                 raise UnknownCustomer(f"customer {customer_id} has no transaction on or before {day}")
             return self.row(state.columns, position)
