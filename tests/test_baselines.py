@@ -310,6 +310,51 @@ def test_bgnbd_probability_by_hand():
     np.testing.assert_allclose(churn, [one_timer, repeat_buyer], rtol=1e-12)
 
 
+def _bgnbd(r: float, alpha: float, a: float, b: float) -> BetaGeoFitter:
+    model = BetaGeoFitter()
+    model.params_ = pd.Series({"r": r, "alpha": alpha, "a": a, "b": b})
+    return model
+
+
+def test_bgnbd_expected_purchases_are_lifetimes_where_its_closed_form_is_finite():
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 25, 400).astype(float)
+    T = rng.uniform(0.5, 70.0, 400)
+    inputs = pd.DataFrame({"x": x, "t_x": T * rng.uniform(0, 1, 400) * (x > 0), "T": T})
+    for params in [(0.24, 4.4, 0.79, 2.43), (0.5, 10.0, 1.5, 3.0), (0.27, 4.3, 0.21, 0.46)]:
+        model = _bgnbd(*params)
+        theirs = np.asarray(model.conditional_expected_number_of_purchases_up_to_time(
+            13.0, inputs["x"], inputs["t_x"], inputs["T"]), dtype=float)
+        finite = np.isfinite(theirs)
+        assert finite.sum() > 300
+        alive = btyd.bgnbd_probability_alive(model, inputs)
+        by_quadrature = alive * btyd.bgnbd_expected_purchases_by_quadrature(*params, x, T, 13.0)
+        np.testing.assert_allclose(by_quadrature[finite], theirs[finite], rtol=1e-9)
+        np.testing.assert_allclose(expected_purchases(model, inputs, 91)[finite], theirs[finite], rtol=1e-12)
+
+
+def test_bgnbd_expected_purchases_stay_finite_where_the_hypergeometric_term_breaks():
+    # a + b < 1: for customers without repeat purchases lifetimes' 2F1 has c = a + b - 1 < 0 and
+    # gives NaN (CDNOW a month after its customers' first purchases fits such parameters).
+    r, alpha, a, b = 0.273, 4.31, 0.209, 0.461
+    model = _bgnbd(r, alpha, a, b)
+    inputs = pd.DataFrame({"x": [0.0, 0.0, 0.0], "t_x": [0.0, 0.0, 0.0], "T": [1.0, 4.0, 9.0]})
+    assert np.isnan(np.asarray(model.conditional_expected_number_of_purchases_up_to_time(
+        26.0, inputs["x"], inputs["t_x"], inputs["T"]), dtype=float)).any()
+    expected = expected_purchases(model, inputs, 182)
+    # The definition, integrated numerically: E_p[(1 - ((alpha+T)/(alpha+T+p t))^r) / p], p ~ Beta(a, b).
+    from scipy import integrate, stats
+
+    def by_definition(age: float) -> float:
+        def integrand(p: float) -> float:
+            return -np.expm1(-r * np.log1p(p * 26.0 / (alpha + age))) / p * stats.beta.pdf(p, a, b)
+        return integrate.quad(integrand, 0, 1, limit=200)[0]
+
+    np.testing.assert_allclose(expected, [by_definition(age) for age in (1.0, 4.0, 9.0)], rtol=1e-6)
+    # Alive for sure (no repeat purchase in BG/NBD): the older customer's rate posterior is lower.
+    assert expected[0] > expected[1] > expected[2] > 0
+
+
 def test_bgnbd_likelihood_and_gradient_are_those_of_lifetimes(holdout_fit):
     from autograd import value_and_grad
 

@@ -44,6 +44,9 @@ PNBD_PARAMETERS = ("r", "alpha", "s", "beta")
 # Pareto/NBD log-parameters (times scaled so that the largest age is 1) beyond this are not tried.
 PNBD_LOG_PARAMETER_BOUND = 4.0
 PNBD_MAX_ITERATIONS = 100
+# Gauss-Jacobi nodes of BG/NBD's expected purchases by quadrature: agrees with the closed form to
+# about 1e-11 (relative) where that one is finite.
+QUADRATURE_NODES = 40
 
 
 class BGNBDFitError(RuntimeError):
@@ -426,7 +429,9 @@ def expected_purchases(
     """Expected number of purchases in the ``horizon_days`` after the cutoff, given each history.
 
     For BG/NBD, lifetimes' ``conditional_expected_number_of_purchases_up_to_time`` (model fitted
-    in weeks). For Pareto/NBD the same formula as lifetimes' (Schmittlein, Morrison and Colombo,
+    in weeks), and where its Gaussian hypergeometric term is not finite (``a + b + x < 1``, as for
+    customers without repeat purchases when ``a + b < 1``), the same expectation by quadrature
+    (:func:`bgnbd_expected_purchases_by_quadrature`). For Pareto/NBD the same formula as lifetimes' (Schmittlein, Morrison and Colombo,
     1987), ``P(alive) (r + x)(beta + T) / ((alpha + T)(s - 1)) [1 - ((beta + T) / (beta + T + t))^(s - 1)]``,
     with :func:`pnbd_probability_alive`, which stays finite where lifetimes' overflows.
 
@@ -457,7 +462,46 @@ def expected_purchases(
     else:
         with _quiet_lifetimes():
             expected = np.asarray(model.conditional_expected_number_of_purchases_up_to_time(t, x, t_x, T), dtype=float)
+        broken = ~np.isfinite(expected)
+        if broken.any():
+            r, alpha, a, b = (float(model.params_[k]) for k in BGNBD_PARAMETERS)
+            alive = bgnbd_probability_alive(model, inputs)[broken]
+            expected[broken] = alive * bgnbd_expected_purchases_by_quadrature(
+                r, alpha, a, b, x[broken], T[broken], t)
     return np.where(np.isfinite(expected), np.maximum(expected, 0.0), np.nan)
+
+
+def bgnbd_expected_purchases_by_quadrature(
+    r: float, alpha: float, a: float, b: float, x: np.ndarray, T: np.ndarray, horizon_weeks: float,
+    nodes: int = QUADRATURE_NODES,
+) -> np.ndarray:
+    """BG/NBD's expected purchases in the next ``horizon_weeks`` of a customer alive at ``T``,
+    shape ``(n_rows,)``; times in weeks.
+
+    Alive at ``T`` after ``x`` repeat purchases, the purchase rate ``lambda`` follows
+    ``Gamma(r + x, alpha + T)`` and the dropout probability ``p`` ``Beta(a, b + x)``,
+    independently; an alive customer makes ``(1 - exp(-lambda p t)) / p`` purchases in ``t`` on
+    average (Fader, Hardie and Lee, 2005). Integrating ``lambda`` out gives
+    ``E = E_p[(1 - ((alpha + T) / (alpha + T + p t))^(r + x)) / p]``, computed by Gauss-Jacobi
+    quadrature (SciPy's ``roots_jacobi``) with the beta density as the weight, one set of nodes per
+    distinct ``x``. It equals the closed form's hypergeometric expression (eq. 10 of the paper,
+    divided by P(alive)) wherever that one is finite, and stays finite where it is not.
+    """
+    from scipy.special import roots_jacobi
+
+    x, T = np.asarray(x, dtype=float), np.asarray(T, dtype=float)
+    expected = np.empty(len(x))
+    for repeats in np.unique(x):
+        rows = x == repeats
+        # Weight (1 - u)^(b + x - 1) (1 + u)^(a - 1) on [-1, 1] is the Beta(a, b + x) density of p = (1 + u) / 2.
+        u, weights = roots_jacobi(nodes, b + repeats - 1.0, a - 1.0)
+        dropout = (1.0 + u) / 2.0
+        ratio = horizon_weeks / (alpha + T[rows])
+        total = np.zeros(int(rows.sum()))
+        for p, weight in zip(dropout, weights):
+            total += weight * -np.expm1(-(r + repeats) * np.log1p(ratio * p)) / p
+        expected[rows] = total / weights.sum()
+    return expected
 
 
 def bgnbd_features(features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
