@@ -60,16 +60,20 @@ postgresql: ## Install the PostgreSQL server the tests start a throwaway cluster
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
 
+# Tests run in one process per core (at most 4), a test file's tests in the same process, so
+# that module fixtures (a trained model, a Spark session) are built once per file.
+PYTEST_PARALLEL ?= -n auto --maxprocesses=4 --dist loadfile
+
 test: $(STAMP) postgresql ## Run ruff and every test, slow ones included
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(ARGS)
 
 test-spark: $(STAMP) ## Run the Spark parity tests (a local Spark session, Java 17)
 	$(BIN)/python -m pytest -m spark $(ARGS)
 
 test-fast: $(STAMP) ## Run ruff and the tests not marked slow
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow" $(ARGS)
 
 lint: $(STAMP) ## Check the code with ruff (pyflakes, import order, docstrings)
 	$(BIN)/ruff check src tests bench
