@@ -485,7 +485,8 @@ def bgnbd_expected_purchases_by_quadrature(
     ``E = E_p[(1 - ((alpha + T) / (alpha + T + p t))^(r + x)) / p]``, computed by Gauss-Jacobi
     quadrature (SciPy's ``roots_jacobi``) with the beta density as the weight, one set of nodes per
     distinct ``x``. It equals the closed form's hypergeometric expression (eq. 10 of the paper,
-    divided by P(alive)) wherever that one is finite, and stays finite where it is not.
+    divided by P(alive)) wherever that one is finite, and stays finite where it is not, up to
+    about a thousand repeat purchases (beyond, the quadrature weights overflow: NaN).
     """
     from scipy.special import roots_jacobi
 
@@ -494,13 +495,15 @@ def bgnbd_expected_purchases_by_quadrature(
     for repeats in np.unique(x):
         rows = x == repeats
         # Weight (1 - u)^(b + x - 1) (1 + u)^(a - 1) on [-1, 1] is the Beta(a, b + x) density of p = (1 + u) / 2.
-        u, weights = roots_jacobi(nodes, b + repeats - 1.0, a - 1.0)
+        with np.errstate(all="ignore"):
+            u, weights = roots_jacobi(nodes, b + repeats - 1.0, a - 1.0)
         dropout = (1.0 + u) / 2.0
         ratio = horizon_weeks / (alpha + T[rows])
         total = np.zeros(int(rows.sum()))
         for p, weight in zip(dropout, weights):
             total += weight * -np.expm1(-(r + repeats) * np.log1p(ratio * p)) / p
-        expected[rows] = total / weights.sum()
+        with np.errstate(all="ignore"):
+            expected[rows] = total / weights.sum()
     return expected
 
 
