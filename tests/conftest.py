@@ -23,6 +23,13 @@ def ts(*values: str) -> pd.Series:
     return pd.to_datetime(pd.Series(values), format="ISO8601")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow or Spark tests first, each file's tests in their order: `make test` hands
+    whole files to one process per core, and a heavy file reached last would run alone."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("spark")}
+    items.sort(key=lambda item: item.path not in heavy)
+
+
 @pytest.fixture
 def tiny_transactions() -> pd.DataFrame:
     """Four customers whose features are easy to compute by hand (cutoff 2024-06-30).
