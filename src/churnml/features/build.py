@@ -95,7 +95,9 @@ def _days(ts: ir.TimestampValue) -> ir.FloatingValue:
     return micros / MICROSECONDS_PER_SECOND / SECONDS_PER_DAY
 
 
-def _whole_day(ts: ir.TimestampValue) -> ir.IntegerValue:
+def whole_day(ts: ir.TimestampValue) -> ir.IntegerValue:
+    """The day of a timestamp as whole days since 1970-01-01 (an integer expression, UTC), the
+    same on every engine Ibis compiles to."""
     return _days(ts).floor()
 
 
@@ -232,8 +234,8 @@ def _derive_order_features(
     span_days = _days(t.last_purchase_ts) - _days(t.first_purchase_ts)
     mean_gap = (n >= 2).ifelse(span_days / (n - 1).cast("float64"), ibis.null("float64"))
     gap_var = t.gap_sum_sq / t.gap_count.nullif(0) - mean_gap * mean_gap
-    recency = today - _whole_day(t.last_purchase_ts)
-    tenure = today - _whole_day(t.first_seen_ts)
+    recency = today - whole_day(t.last_purchase_ts)
+    tenure = today - whole_day(t.first_seen_ts)
     monetary = t.monetary_total.fill_null(zero)
     aov = monetary / n.nullif(0)
     recent_aov = t._recent_spend / t._recent_orders.nullif(0)
@@ -246,8 +248,8 @@ def _derive_order_features(
         "monetary_total": monetary,
         "avg_order_value": aov,
         "max_order_value": t.max_order_value,
-        "purchase_span_days": (_whole_day(t.last_purchase_ts) - _whole_day(t.first_purchase_ts)).cast("float64"),
-        "purchase_age_days": (today - _whole_day(t.first_purchase_ts)).cast("float64"),
+        "purchase_span_days": (whole_day(t.last_purchase_ts) - whole_day(t.first_purchase_ts)).cast("float64"),
+        "purchase_age_days": (today - whole_day(t.first_purchase_ts)).cast("float64"),
         "mean_gap_days": mean_gap,
         "gap_std_days": (t.gap_count >= 2).ifelse(gap_var.clip(lower=0).sqrt(), ibis.null("float64")),
         "last_gap_days": t.last_gap_days,
@@ -580,7 +582,7 @@ def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: Fea
     counts = [c for c in inter.columns if c.endswith("d") and c != "customer_id" and not c.endswith("_ts")]
     joined = joined.mutate(**{c: joined[c].fill_null(0) for c in counts + ["n_interactions"]})
     first_event = ibis.least(joined.first_seen_ts, joined.first_interaction_ts.fill_null(joined.first_seen_ts))
-    age_days = today - _whole_day(first_event) + 1
+    age_days = today - whole_day(first_event) + 1
     # float64 first: on Spark, integer days / the decimal literal 30.4375 would be rounded decimal.
     rate = joined[f"interactions_{window}d"] / (ibis.least(window, age_days).cast("float64") / DAYS_PER_MONTH)
     shortest = min(config.windows_days)
@@ -591,7 +593,7 @@ def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: Fea
     )
     joined = joined.mutate(
         interactions_per_month=rate,
-        days_since_interaction=(today - _whole_day(joined.last_interaction_ts)).cast("float64"),
+        days_since_interaction=(today - whole_day(joined.last_interaction_ts)).cast("float64"),
         interaction_trend=trend,
     )
     return joined.drop("first_interaction_ts", "last_interaction_ts")
@@ -632,7 +634,7 @@ def _with_surveys(table: ir.Table, answers: ir.Table, today: int) -> ir.Table:
     joined = table.left_join(answers, "customer_id").drop("customer_id_right")
     joined = joined.mutate(
         n_survey_answers=joined.n_survey_answers.fill_null(0),
-        days_since_survey=(today - _whole_day(joined.last_survey_ts)).cast("float64"),
+        days_since_survey=(today - whole_day(joined.last_survey_ts)).cast("float64"),
         last_nps=joined.last_nps.cast("float64"),
         last_csat=joined.last_csat.cast("float64"),
         last_ces=joined.last_ces.cast("float64"),
@@ -647,6 +649,6 @@ def _with_customers(table: ir.Table, customers: ir.Table, cutoff: dt.date, today
     if "signup_ts" in customers.columns:
         # A signup after the cutoff is unknown at the cutoff.
         known = joined.signup_ts < day_start(cutoff + dt.timedelta(days=1))
-        since = (today - _whole_day(joined.signup_ts)).cast("float64")
+        since = (today - whole_day(joined.signup_ts)).cast("float64")
         joined = joined.mutate(days_since_signup=known.ifelse(since, ibis.null("float64"))).drop("signup_ts")
     return joined

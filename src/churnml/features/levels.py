@@ -232,12 +232,12 @@ def level_orders(transactions: ir.Table, as_of: str | dt.date) -> ir.Table:
         ``net`` (float64, purchases less refunds of the order); ``purchase`` (bool: the order
         has a positive line).
     """
-    from churnml.features.build import _whole_day, events_until, roll_up_orders
+    from churnml.features.build import events_until, roll_up_orders, whole_day
 
     orders = roll_up_orders(events_until(transactions, as_date(as_of)))
     return orders.select(
         "customer_id",
-        day=_whole_day(orders.ts).cast("int64"),
+        day=whole_day(orders.ts).cast("int64"),
         net=(orders.gross - orders.refund).cast("float64"),
         purchase=orders.gross > 0,
     )

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from churnml.errors import UserValueError
-from churnml.features.build import _whole_day, events_until, orders_until
+from churnml.features.build import events_until, orders_until, whole_day
 from churnml.features.dates import as_date
 from churnml.loyalty.surveys import effort_score, net_promoter_score, satisfaction_score
 
@@ -256,7 +256,7 @@ def dated_orders(transactions: ir.Table, as_of: dt.date) -> ir.Table:
     ``month`` (:func:`month_index`), ``gross`` and ``refund`` (currency of ``amount``)."""
     orders = orders_until(transactions, as_of)
     return orders.select("customer_id", "ts", "gross", "refund",
-                         day=_whole_day(orders.ts).cast("int64"), month=_month_of(orders.ts))
+                         day=whole_day(orders.ts).cast("int64"), month=_month_of(orders.ts))
 
 
 def activity_spells(orders: ir.Table, active_days: int) -> tuple[ir.Table, ir.Table]:

@@ -59,7 +59,7 @@ import tea_tasting as tt
 from tea_tasting.aggr import Aggregates
 
 from churnml.errors import UserValueError
-from churnml.features.build import _whole_day, to_frame
+from churnml.features.build import to_frame, whole_day
 from churnml.features.surveys import SURVEY_KINDS
 
 CONTROL = "control"
@@ -166,7 +166,7 @@ def assignment_outcomes(
     cost = assigned.cost.cast("float64") if "cost" in assigned.columns else ibis.null("float64")
     assigned = assigned.select(
         "customer_id", "campaign", group=assigned.group.strip().lower(), ts=assigned.ts, cost=cost,
-        _day=_whole_day(assigned.ts).cast("int64"),
+        _day=whole_day(assigned.ts).cast("int64"),
     )
     line_columns = {"customer_id": lines.customer_id, "ts": lines.ts, "amount": lines.amount.cast("float64")}
     if "order_id" in lines.columns:
@@ -212,7 +212,7 @@ def _in_days(events: ir.Table, assigned: ir.Table, first: int, last: int) -> ir.
     (0 = the assignment day, negative = before it)."""
     anchors = assigned.select(*KEYS, "_day")
     joined = anchors.join(events, "customer_id")
-    day = _whole_day(joined.ts).cast("int64") - joined._day
+    day = whole_day(joined.ts).cast("int64") - joined._day
     return joined.filter((day >= first) & (day <= last)).drop("_day")
 
 
