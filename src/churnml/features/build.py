@@ -27,6 +27,7 @@ from churnml.features.segments import (
     SegmentNorms,
     add_segments,
     float_literal,
+    known_number,
     lifetime_value,
     segment_norm_aggregates,
     segment_norms,
@@ -565,15 +566,11 @@ def population_norms(dataset: Dataset, cutoff: str | dt.date, config: FeatureCon
         groups = table.group_by(config.peer_column).aggregate(mean=table.interactions_per_month.mean()).to_pyarrow()
         by_peer = dict(zip(groups.column(config.peer_column).to_pylist(), groups.column("mean").to_pylist()))
     return PopulationNorms(
-        interactions_per_month=None if config.peer_column else _known(overall),
-        interactions_per_month_by_peer=None if by_peer is None else {k: _known(v) for k, v in by_peer.items()},
-        usual_gap_days=_known(values["usual_gap_days"]),
+        interactions_per_month=None if config.peer_column else known_number(overall),
+        interactions_per_month_by_peer=None if by_peer is None else {k: known_number(v) for k, v in by_peer.items()},
+        usual_gap_days=known_number(values["usual_gap_days"]),
         segments=segment_norms(values, config.segments),
     )
-
-
-def _known(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)
 
 
 def _with_interactions(table: ir.Table, inter: ir.Table, today: int, config: FeatureConfig) -> ir.Table:

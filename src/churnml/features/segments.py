@@ -259,14 +259,17 @@ def segment_norm_aggregates(table: ir.Table, config: SegmentConfig) -> dict[str,
     return aggregates
 
 
+def known_number(value: Any) -> float | None:
+    """An aggregate's value as a float, None where it is unknown (None or NaN)."""
+    return None if value is None or pd.isna(value) else float(value)
+
+
 def segment_norms(values: Mapping[str, Any], config: SegmentConfig) -> SegmentNorms:
     """:class:`SegmentNorms` from the values of :func:`segment_norm_aggregates` (NaN or None: unknown)."""
-    def known(value: Any) -> float | None:
-        return None if value is None or pd.isna(value) else float(value)
-
-    minimums = ({tier: (known(values[f"{tier}_spend"]), known(values[f"{tier}_repurchases"])) for tier in RANKED_TIERS}
+    minimums = ({tier: (known_number(values[f"{tier}_spend"]), known_number(values[f"{tier}_repurchases"]))
+                 for tier in RANKED_TIERS}
                 if config.thresholds == "relative" else None)
-    return SegmentNorms(minimums, known(values["ltv_threshold"]))
+    return SegmentNorms(minimums, known_number(values["ltv_threshold"]))
 
 
 def tier_conditions(table: ir.Table, config: SegmentConfig, has_interactions: bool,
