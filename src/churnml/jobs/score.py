@@ -72,12 +72,9 @@ def score_with_duckdb(dataset: Any, as_of: Any, feature_config: Any, models: Map
     features = feature_frame(dataset, as_of, feature_config)
     # The features are in memory now: the engine's buffers (GBs for a million customers) can go.
     dataset.con.disconnect()
-    # One BG/NBD fit on the scored population serves both models' priors.
-    if any(getattr(m, "prior", None) for m in models.values()):
-        from churnml.models.classifier import fit_population_priors
+    from churnml.models.classifier import with_shared_population_prior
 
-        priors = fit_population_priors(features)
-        models = {target: model.with_population_prior(features, priors) for target, model in models.items()}
+    models, _ = with_shared_population_prior(models, features)
     inputs = model_inputs(features, models)
     scores = score_customers(inputs, models, as_of, config, context, identities)
     psi = {target: drift.psi(profile, inputs[target], score=scores[f"{target}_probability"].to_numpy())

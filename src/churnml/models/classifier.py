@@ -470,6 +470,17 @@ class BoostingProgress:
         self.bar.close()
 
 
+def with_shared_population_prior(models: Mapping[str, "ChurnModel"],
+                                  population: pd.DataFrame) -> tuple[dict[str, "ChurnModel"], dict[str | None, Any]]:
+    """The models, each with its prior fitted on ``population`` (:meth:`ChurnModel.with_population_prior`)
+    from one BG/NBD fit per cutoff that they share (BG/NBD does not depend on the target), and that
+    fit (:func:`fit_population_priors`); the models as given and ``{}`` when none has a prior."""
+    if not any(getattr(model, "prior", None) for model in models.values()):
+        return dict(models), {}
+    priors = fit_population_priors(population)
+    return {target: model.with_population_prior(population, priors) for target, model in models.items()}, priors
+
+
 def fit_population_priors(population: pd.DataFrame) -> dict[str | None, Any]:
     """BG/NBD fitted on each cutoff's customers (None where it cannot be), keyed by cutoff."""
     return {_cutoff_key(cutoff): _fit_prior(population.iloc[rows], cutoff)

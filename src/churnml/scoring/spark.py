@@ -54,7 +54,7 @@ from churnml.models.btyd import (
     fitted_bgnbd_features,
     uses_bgnbd_features,
 )
-from churnml.models.classifier import ChurnModel, fit_population_priors
+from churnml.models.classifier import ChurnModel, with_shared_population_prior
 from churnml.models.contributions import model_scores, with_tree_tables
 from churnml.scoring.policy import ReasonCut, ScoringConfig, reason_cut
 from churnml.scoring.reasons import ReasonContext, peer_norms, quotes_peers, stable_norm
@@ -345,11 +345,8 @@ def with_population_fit(features: Any, setup: ScoringSetup) -> ScoringSetup:
     if not (has_prior or has_bgnbd_features):
         return setup
     population = bgnbd_population(features, setup.as_of)
-    priors = fit_population_priors(population) if has_prior else {}
-    references = None
-    if has_prior:
-        models = {target: model.with_population_prior(population, priors) for target, model in models.items()}
-        references = prior_references(population)
+    models, priors = with_shared_population_prior(models, population)
+    references = prior_references(population) if has_prior else None
     bgnbd_model = population_bgnbd(population, priors) if has_bgnbd_features else None
     return replace(setup, models=models, bgnbd_model=bgnbd_model, references=references)
 

@@ -48,7 +48,7 @@ from churnml.features.segments import ValueThresholds, value_thresholds
 from churnml.features.snapshots import dated_features, population_features
 from churnml.models.attribution import PriorReference, prior_references
 from churnml.models.btyd import uses_bgnbd_features
-from churnml.models.classifier import ChurnModel, fit_population_priors
+from churnml.models.classifier import ChurnModel, with_shared_population_prior
 from churnml.scoring.policy import ReasonCut, ScoringConfig, reason_cut
 from churnml.scoring.reasons import ReasonContext, peer_norms
 from churnml.scoring.table import LEVEL_COLUMNS, ModelIdentity, model_inputs, score_customers
@@ -273,12 +273,8 @@ class OnlineScorer:
         # computes no quantile over a window: the norms first, then the table built with them.
         features, norms = population_features(dataset, as_of, config)
         facts = copy.deepcopy(dataset.facts)
-        models = self.models
-        priors: dict = {}
         # As the batch: one BG/NBD fit on the scored population serves both models' priors.
-        if any(getattr(m, "prior", None) for m in models.values()):
-            priors = fit_population_priors(features)
-            models = {target: model.with_population_prior(features, priors) for target, model in models.items()}
+        models, priors = with_shared_population_prior(self.models, features)
         inputs = model_inputs(features, models)
         churn_model = models["churn"]
         context = ReasonContext.from_features(config, int(churn_model.horizon_days))
