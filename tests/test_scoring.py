@@ -6,6 +6,7 @@ import datetime as dt
 import math
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from churnml.features.build import FeatureConfig
 from churnml.features.levels import LevelConfig
 from churnml.features.segments import TIERS, VALUE_SEGMENTS
 from churnml.features.snapshots import snapshot_table
+from churnml.io.sources import load_data
 from churnml.jobs.score import model_uris
 from churnml.models import attribution
 from churnml.models import contributions as tree_contributions
@@ -26,6 +28,7 @@ from churnml.models.classifier import BIAS, PRIOR, ChurnModel, FeatureMismatchEr
 from churnml.models.training import fit_model
 from churnml.scoring import policy, reasons, table
 from churnml.scoring import summary as score_summary
+from churnml.simulate import write_shop
 
 CHURN_CUTOFFS = [dt.date(2024, 5, 31), dt.date(2024, 6, 30), dt.date(2024, 7, 31), dt.date(2024, 8, 31)]
 REPURCHASE_CUTOFFS = [dt.date(2024, 9, 30), dt.date(2024, 10, 31), dt.date(2024, 11, 30)]
@@ -67,6 +70,16 @@ def train_small_models(dataset) -> tuple[dict[str, ChurnModel], pd.DataFrame]:
     repurchase, _ = train_small_model(dataset, "repurchase", 30, REPURCHASE_CUTOFFS, prior=None)
     latest = churn_table[churn_table["cutoff"] == churn_table["cutoff"].max()].reset_index(drop=True)
     return {"churn": churn, "repurchase": repurchase}, latest
+
+
+def small_models_on_files(tables: dict[str, pd.DataFrame], directory: Path) -> tuple[dict[str, Path], dict[str, ChurnModel]]:
+    """``tables`` written as Parquet files under ``directory`` (:func:`churnml.simulate.write_shop`),
+    and :func:`train_small_models` trained on those files as a stage loads them: the paths by
+    table, and the models by target."""
+    paths = write_shop(tables, directory)
+    files = {"kind": "files", **{name: {"path": str(path)} for name, path in paths.items()}}
+    models, _ = train_small_models(load_data(files, materialize=True))
+    return paths, models
 
 
 @pytest.fixture(scope="module")

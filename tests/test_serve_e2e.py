@@ -36,10 +36,9 @@ from churnml.scoring.policy import ScoringConfig
 from churnml.serve.app import ServeConfig, create_app
 from churnml.serve.scorer import OnlineScorer
 from churnml.serve.store import EventStore
-from churnml.simulate import write_shop
 from test_cli_errors import ENTRY_POINTS, SOURCE
 from test_config import compose_resolved
-from test_scoring import REFUND_ONLY, SINGLE_PURCHASE, train_small_models, with_edge_customers
+from test_scoring import REFUND_ONLY, SINGLE_PURCHASE, small_models_on_files, with_edge_customers
 from test_serve_scorer import assert_is_batch_row, sample
 from test_stage_score import save_exported
 
@@ -60,9 +59,7 @@ def shop(small_shop, tmp_path_factory) -> dict:
     """The small shop's files, its models exported as version 7, and the frames written."""
     root = tmp_path_factory.mktemp("serve_e2e")
     tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
-    paths = write_shop(tables, root / "data")
-    files = {"kind": "files", **{name: {"path": str(path)} for name, path in paths.items()}}
-    models, _ = train_small_models(load_data(files, materialize=True))
+    paths, models = small_models_on_files(tables, root / "data")
     for target, model in models.items():
         save_exported(model, root / "models", f"churnml-{target}", "7")
     return {"root": root, "paths": paths, "models": models, "transactions": tables["transactions"]}

@@ -19,12 +19,11 @@ import pytest
 from churnml.features.build import build_features
 from churnml.io.contract import DataValidationError
 from churnml.io.load import Dataset, LoadOptions, TableSource, connect, load_dataset
-from churnml.io.sources import load_data
 from churnml.jobs.features import run as run_features
 from churnml.jobs.score import run as run_score
 from churnml.simulate import write_shop
 from test_config import compose_resolved
-from test_scoring import train_small_models, with_edge_customers
+from test_scoring import small_models_on_files, with_edge_customers
 from test_stage_score import save_exported
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -37,7 +36,7 @@ RELATIVE_TOLERANCE = 1e-9
 @pytest.fixture(scope="module")
 def shop_directory(tmp_path_factory) -> Path:
     """The demo shop written as Parquet files."""
-    from churnml.simulate import simulate_shop, write_shop
+    from churnml.simulate import simulate_shop
 
     directory = tmp_path_factory.mktemp("shop")
     write_shop(simulate_shop(n_customers=2000, start="2023-01-01", end="2024-12-31", seed=3), directory)
@@ -276,9 +275,7 @@ def scored(spark, small_shop, tmp_path_factory) -> dict:
     and drift profiles, so every population-wide step is exercised."""
     root = tmp_path_factory.mktemp("spark_scoring")
     tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
-    paths = write_shop(tables, root / "data")
-    models, _ = train_small_models(load_data({"kind": "files", **{n: {"path": str(p)} for n, p in paths.items()}},
-                                             materialize=True))
+    paths, models = small_models_on_files(tables, root / "data")
     for target, model in models.items():
         save_exported(model, root / "models", f"churnml-{target}", "5")
     tracking_uri = f"sqlite:///{root}/mlflow.db"

@@ -143,18 +143,14 @@ def test_the_populations_cut_gives_each_piece_the_rows_the_whole_table_gives():
 def test_spark_gives_reasons_to_the_customers_duckdb_does(small_shop, tmp_path):
     """The stage on both engines with the same models and score.reasons_for=top_fraction, then
     actionable: the same customers get the same reasons."""
-    from churnml.io.sources import load_data
     from churnml.io.spark import connect_spark, stop_spark
     from churnml.jobs.score import run as run_score
-    from churnml.simulate import write_shop
     from test_config import compose_resolved
-    from test_scoring import REASON_COLUMNS, train_small_models, with_edge_customers
+    from test_scoring import REASON_COLUMNS, small_models_on_files, with_edge_customers
     from test_stage_score import save_exported
 
     tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
-    paths = write_shop(tables, tmp_path / "data")
-    models, _ = train_small_models(load_data({"kind": "files", **{n: {"path": str(p)} for n, p in paths.items()}},
-                                             materialize=True))
+    paths, models = small_models_on_files(tables, tmp_path / "data")
     for target, model in models.items():
         save_exported(model, tmp_path / "models", f"churnml-{target}", "1")
     common = ["data=files", *(f"data.{name}.path={path}" for name, path in paths.items()),

@@ -13,13 +13,12 @@ import pandas as pd
 import pytest
 
 from churnml.errors import UserError
-from churnml.io.sources import load_data
 from churnml.jobs.experiment import REPORT_NAME
 from churnml.jobs.experiment import run as run_experiment
 from churnml.jobs.score import run as run_score
-from churnml.simulate import simulate_shop, write_shop
+from churnml.simulate import simulate_shop
 from test_config import compose_resolved
-from test_scoring import train_small_models
+from test_scoring import small_models_on_files
 from test_stage_score import save_exported
 
 pytestmark = pytest.mark.slow
@@ -76,9 +75,7 @@ def test_on_the_demo_shop_the_planted_lift_is_inside_the_interval_cuped_narrows_
 def shop(small_shop, tmp_path_factory) -> dict:
     """The small shop as files, with churn and repurchase models exported beside its uplift model."""
     root = tmp_path_factory.mktemp("experiment_stage")
-    paths = write_shop(small_shop, root / "data")
-    files = {"kind": "files", **{name: {"path": str(path)} for name, path in paths.items()}}
-    models, _ = train_small_models(load_data(files, materialize=True))
+    paths, models = small_models_on_files(small_shop, root / "data")
     for target, model in models.items():
         save_exported(model, root / "models", f"churnml-{target}", "3")
     return {"root": root, **paths}

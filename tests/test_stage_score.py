@@ -15,7 +15,6 @@ import pytest
 from mlflow import MlflowClient
 
 from churnml import tracking
-from churnml.io.sources import load_data
 from churnml.jobs.score import run as run_score
 from churnml.jobs.train import run as run_train
 from churnml.models.classifier import FeatureMismatchError
@@ -23,7 +22,7 @@ from churnml.scoring import table
 from churnml.simulate import write_shop
 from test_config import compose_resolved
 from test_outputs import is_number
-from test_scoring import train_small_models, with_edge_customers
+from test_scoring import small_models_on_files, with_edge_customers
 
 # Every test here runs the whole stage (models on disk, an MLflow store); test_scoring.py covers
 # the same behaviour function by function, fast.
@@ -50,9 +49,7 @@ def shop(small_shop, tmp_path_factory) -> dict[str, Path]:
     """The small shop written as Parquet files, two exported models, and an MLflow store."""
     root = tmp_path_factory.mktemp("score_stage")
     tables = {**small_shop, "transactions": with_edge_customers(small_shop["transactions"])}
-    paths = write_shop(tables, root / "data")
-    files = {"kind": "files", **{name: {"path": str(path)} for name, path in paths.items()}}
-    models, _ = train_small_models(load_data(files, materialize=True))
+    paths, models = small_models_on_files(tables, root / "data")
     for target, model in models.items():
         # Training keeps a reference profile with the model (training.fit_model).
         assert "columns" in model.reference_profile_
