@@ -235,3 +235,59 @@ def test_levels_from_one_history_are_the_level_features_of_each_day():
     assert from_history.migrations.keys() == day_by_day.migrations.keys() == {"tier", "level"}
     for name in from_history.migrations:
         pd.testing.assert_frame_equal(from_history.migrations[name], day_by_day.migrations[name])
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    from churnml.simulate import simulate_shop
+
+    lines = simulate_shop(n_customers=400, start="2023-01-01", end="2024-12-31", seed=11)["transactions"]
+    return frame_dataset(lines)
+
+
+def spells_order_by_order(orders: pd.DataFrame, active_days: int) -> pd.DataFrame:
+    """The spells of the module's definition, walked purchase by purchase."""
+    rows = []
+    purchases = orders[orders["gross"] > 0].sort_values(["customer_id", "day"], kind="stable")
+    for customer, own in purchases.groupby("customer_id"):
+        start, previous = None, None
+        for purchase in own.itertuples():
+            if previous is not None and purchase.day - previous.day >= active_days:
+                rows.append((customer, start, previous.ts + pd.Timedelta(days=active_days)))
+                start = None
+            start = purchase.month if start is None else start
+            previous = purchase
+        rows.append((customer, start, previous.ts + pd.Timedelta(days=active_days)))
+    spells = pd.DataFrame(rows, columns=["customer_id", "start_month", "lapse"])
+    spells["lapse_month"] = spells["lapse"].dt.year * 12 + spells["lapse"].dt.month - 1
+    return spells.drop(columns="lapse")
+
+
+@pytest.mark.parametrize("active_days", [31, 90, 180])
+def test_spells_found_among_months_are_the_spells_of_the_orders(simulated, active_days):
+    as_of = dt.date(2024, 12, 31)
+    orders = kpis.dated_orders(simulated.transactions, as_of).to_pyarrow().to_pandas()
+    activity = kpis.customer_activity(simulated.transactions, as_of, active_days)
+    got = activity.spells.to_pyarrow().to_pandas().sort_values(["customer_id", "start_month"], ignore_index=True)
+    expected = spells_order_by_order(orders, active_days)
+    assert len(expected) > orders["customer_id"].nunique()  # some customers come back after a lapse
+    pd.testing.assert_frame_equal(got[expected.columns], expected, check_dtype=False)
+    # A repurchase is a month with a purchase that starts no spell.
+    months = activity.months.to_pyarrow().to_pandas()
+    starts = set(zip(expected["customer_id"], expected["start_month"]))
+    bought = months[months["orders"] > 0]
+    assert (bought["repurchase"] == [(c, m) not in starts for c, m in zip(bought["customer_id"], bought["month"])]).all()
+    assert not months.loc[months["orders"] == 0, "repurchase"].any()
+
+
+def test_the_kpis_of_some_months_are_those_months_of_every_month(simulated):
+    activity = kpis.customer_activity(simulated.transactions, dt.date(2024, 12, 31), 90)
+    ids = activity.months.select("customer_id").distinct().to_pyarrow().to_pandas()["customer_id"]
+    groups = ibis.memtable(pd.DataFrame({"customer_id": ids[::3], "group": "third"}))
+    first, last = kpis.month_index(dt.date(2024, 3, 1)), kpis.month_index(dt.date(2024, 8, 1))
+    for by in (None, groups):
+        every = kpis.monthly_kpis(activity, by)
+        some = kpis.monthly_kpis(activity, by, months=(first, last))
+        inside = every[(every["month"] >= "2024-03-01") & (every["month"] <= "2024-08-01")].reset_index(drop=True)
+        assert some["active_start"].sum() > 0 and set(some["group"]) == set(every["group"])
+        pd.testing.assert_frame_equal(some, inside)

@@ -22,11 +22,14 @@ from churnml.features.levels import (
     LEVEL_FEATURES,
     LevelConfig,
     LevelRule,
+    _sorted_orders,
     features_from_orders,
     history_from_orders,
+    level_feature_table,
+    level_orders,
     points_value,
 )
-from churnml.loyalty.levels import level_history, levels_at
+from churnml.loyalty.levels import level_history, level_history_of_orders, level_orders_of, levels_at
 from conftest import frame_dataset
 
 DAY0 = dt.date(2024, 1, 1)
@@ -259,6 +262,41 @@ def test_the_features_of_a_date_are_those_of_the_history_at_that_date():
         now = levels_at(history_from_orders(frame, day(as_of), RULES), day(as_of)).set_index("customer_id")["level"]
         features = features_from_orders(frame, day(as_of), RULES).set_index("customer_id")["membership_level"]
         assert now.sort_index().to_dict() == features.sort_index().to_dict()
+
+
+def test_the_engine_sorts_the_orders_and_computes_what_the_frame_functions_compute():
+    from churnml.features.build import orders_until
+    from churnml.simulate import simulate_shop
+
+    shop = simulate_shop(n_customers=300, start="2023-06-01", end="2024-06-30", seed=3)["transactions"]
+    # Ids whose order as text is not their order as numbers or by case: upper before lower, and
+    # letters beyond ASCII last.
+    odd = {"C0000001": "10", "C0000002": "9", "C0000003": "a", "C0000004": "Z", "C0000005": "é"}
+    shop["customer_id"] = shop["customer_id"].replace(odd)
+    lines = pd.concat([shop, LINES.assign(quantity=1, category="toys", channel="web")], ignore_index=True)
+    transactions = frame_dataset(lines).transactions
+    as_of = "2024-03-31"
+    frame = to_frame(level_orders(transactions, as_of))
+    expected = history_from_orders(frame, as_of, RULES)
+    assert set(odd.values()) <= set(expected["customer_id"]) and expected["customer_id"].is_monotonic_increasing
+    got = to_frame(level_history(transactions, as_of, RULES)).astype({"customer_id": object, "level": object,
+                                                                        "reason": object})
+    pd.testing.assert_frame_equal(got, expected)
+    # The same from orders rolled up elsewhere (as the KPIs do), and the features.
+    rolled = level_history_of_orders(level_orders_of(orders_until(transactions, day(10_000))), as_of, RULES)
+    pd.testing.assert_frame_equal(to_frame(rolled).astype(got.dtypes.to_dict()), got)
+    features = to_frame(level_feature_table(transactions, as_of, RULES)).astype({"customer_id": object,
+                                                                                  "membership_level": object})
+    pd.testing.assert_frame_equal(features, features_from_orders(frame, as_of, RULES))
+
+
+def test_rows_the_engine_collated_otherwise_take_the_general_path():
+    import pyarrow as pa
+
+    rows = pa.table({"customer_id": ["b", "a"], "day": [1, 2], "net": [10.0, 20.0], "purchase": [True, True]})
+    assert _sorted_orders(rows) is None
+    grouped = _sorted_orders(rows.take([1, 0]))
+    assert grouped.customer_ids.to_pylist() == ["a", "b"] and grouped.starts.tolist() == [0, 1, 2]
 
 
 def test_levels_at_reads_pandas_and_ibis_histories_alike():

@@ -232,9 +232,16 @@ def level_orders(transactions: ir.Table, as_of: str | dt.date) -> ir.Table:
         ``net`` (float64, purchases less refunds of the order); ``purchase`` (bool: the order
         has a positive line).
     """
-    from churnml.features.build import events_until, roll_up_orders, whole_day
+    from churnml.features.build import events_until, roll_up_orders
 
-    orders = roll_up_orders(events_until(transactions, as_date(as_of)))
+    return level_orders_of(roll_up_orders(events_until(transactions, as_date(as_of))))
+
+
+def level_orders_of(orders: ir.Table) -> ir.Table:
+    """:func:`level_orders` of orders already rolled up from their lines
+    (:func:`churnml.features.build.roll_up_orders`: ``customer_id``, ``ts``, ``gross``, ``refund``)."""
+    from churnml.features.build import whole_day
+
     return orders.select(
         "customer_id",
         day=whole_day(orders.ts).cast("int64"),
@@ -419,40 +426,36 @@ def _level_kernel() -> Callable[..., tuple]:
 
 
 @dataclass(frozen=True)
-class _Walk:
-    """Every customer walked through the levels up to ``as_of``.
+class _CustomerOrders:
+    """Orders grouped by customer in flat arrays: customer ``c``'s orders, by day, are at the
+    positions ``order[starts[c]:starts[c + 1]]`` of ``days`` (days since 1970-01-01), ``micros``
+    (net value in millionths of the currency unit) and ``purchase``; ``customer_ids`` every id,
+    ascending as text (an Arrow array, or a numpy array of ``str``)."""
 
-    ``customer_ids`` every id of the orders, ascending (text); ``present`` the positions in it of
-    the customers with an order on or before ``as_of``, ascending; ``history`` int64 rows of
-    (position in ``customer_ids``, rank, valid_from day, valid_to day or ``_NO_DAY``, reason
-    code); ``features`` one array per present customer for each of ``membership_level_rank``,
-    ``days_at_level`` and the columns after it.
-    """
-
-    customer_ids: np.ndarray
-    present: np.ndarray
-    history: np.ndarray
-    features: dict[str, np.ndarray]
+    customer_ids: Any
+    starts: np.ndarray
+    order: np.ndarray
+    days: np.ndarray
+    micros: np.ndarray
+    purchase: np.ndarray
 
 
-def _walk(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> _Walk | None:
-    """Orders on or before ``as_of_day`` summed by customer and day, then run through the kernel;
-    None without such orders."""
+def _micros(net: np.ndarray) -> np.ndarray:
+    # Millionths of the currency unit as integers: sums in any order are exact, so a threshold
+    # met exactly is met and every engine's rows give the same levels.
+    return np.rint(net * 10**VALUE_DECIMALS).astype(np.int64)
+
+
+def _grouped_orders(orders: pd.DataFrame) -> _CustomerOrders:
+    """:class:`_CustomerOrders` of a frame of :func:`level_orders` in any row order."""
     days = orders["day"].to_numpy(dtype=np.int64)
-    if not (days <= as_of_day).any():
-        return None
     # Ids as text, compared as written (equal texts are one customer whatever their type was):
     # encoded by value, then only the distinct values are made text and sorted.
     codes, values = pd.factorize(orders["customer_id"], use_na_sentinel=False)
     text_codes, customer_ids = pd.factorize(pd.Index(values).astype(str), sort=True)
     codes = text_codes[codes]
-    # Millionths of the currency unit as integers: sums in any order are exact, so a threshold
-    # met exactly is met and every engine's rows give the same levels.
-    micros = np.rint(orders["net"].to_numpy(dtype=float) * 10**VALUE_DECIMALS).astype(np.int64)
-    purchase = orders["purchase"].to_numpy(dtype=bool)
-    # By customer and day (the order within a day changes none of the day's sums); customer c's
-    # orders are then the block starts[c]:starts[c + 1].
-    first_day, span = days.min(), days.max() - days.min() + 1
+    # By customer and day (the order within a day changes none of the day's sums).
+    first_day, span = (days.min(), days.max() - days.min() + 1) if len(days) else (0, 1)
     if span * len(customer_ids) < 2**62:
         key = codes * span
         key += days
@@ -463,9 +466,60 @@ def _walk(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> _Walk | 
         order = np.lexsort((days, codes))
     starts = np.zeros(len(customer_ids) + 1, dtype=np.int64)
     np.cumsum(np.bincount(codes, minlength=len(customer_ids)), out=starts[1:])
+    return _CustomerOrders(np.asarray(customer_ids, dtype=object), starts, order, days,
+                           _micros(orders["net"].to_numpy(dtype=float)), orders["purchase"].to_numpy(dtype=bool))
+
+
+def _sorted_orders(orders: Any) -> _CustomerOrders | None:
+    """:class:`_CustomerOrders` of an Arrow table of :func:`level_orders` that the engine sorted
+    by ``customer_id`` (text) and ``day``: no encoding or sorting left to do. None when its ids
+    are not ascending as Python compares text (an engine collating otherwise)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = orders.column("customer_id").combine_chunks().cast(pa.string())
+    n = len(ids)
+    changes = np.ones(n, dtype=bool)
+    if n > 1:
+        changes[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    firsts = np.flatnonzero(changes)
+    customer_ids = ids.take(pa.array(firsts))
+    if len(customer_ids) > 1 and not pc.all(pc.less(customer_ids.slice(0, len(customer_ids) - 1),
+                                                     customer_ids.slice(1))).as_py():
+        return None
+    starts = np.append(firsts, n).astype(np.int64)
+    net = orders.column("net").to_numpy().astype(float, copy=False)
+    return _CustomerOrders(customer_ids, starts, np.arange(n, dtype=np.int64),
+                           orders.column("day").to_numpy().astype(np.int64, copy=False), _micros(net),
+                           orders.column("purchase").to_numpy().astype(bool, copy=False))
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """Every customer walked through the levels up to ``as_of``.
+
+    ``customer_ids`` every id of the orders, ascending (text: Arrow or numpy); ``present`` the
+    positions in it of the customers with an order on or before ``as_of``, ascending;
+    ``history`` int64 rows of (position in ``customer_ids``, rank, valid_from day, valid_to day
+    or ``_NO_DAY``, reason code); ``features`` one array per present customer for each of
+    ``membership_level_rank``, ``days_at_level`` and the columns after it.
+    """
+
+    customer_ids: Any
+    present: np.ndarray
+    history: np.ndarray
+    features: dict[str, np.ndarray]
+
+
+def _walk(orders: _CustomerOrders, as_of_day: int, config: LevelConfig) -> _Walk | None:
+    """Every customer's orders on or before ``as_of_day`` summed by day and run through the
+    kernel; None without such orders."""
+    if not (orders.days <= as_of_day).any():
+        return None
     rules = [rule for _, rule in config.ranked_rules()]
     history, present, *columns = _level_kernel()(
-        days, micros, purchase, order, starts, np.int64(as_of_day), float(config.points_per_unit),
+        orders.days, orders.micros, orders.purchase, orders.order, orders.starts, np.int64(as_of_day),
+        float(config.points_per_unit),
         np.array([rule.min_spend for rule in rules], dtype=np.float64),
         np.array([rule.min_repurchases for rule in rules], dtype=np.int64),
         np.array([rule.extension_repurchases for rule in rules], dtype=np.int64),
@@ -474,7 +528,7 @@ def _walk(orders: pd.DataFrame, as_of_day: int, config: LevelConfig) -> _Walk | 
         np.int64(config.points_validity_days))
     names = ("membership_level_rank", "days_at_level", "next_level_spend_gap", "next_level_repurchase_gap",
              "days_to_level_expiry", "downgrade_at_risk", "points_balance")
-    return _Walk(np.asarray(customer_ids, dtype=object), present, history, dict(zip(names, columns)))
+    return _Walk(orders.customer_ids, present, history, dict(zip(names, columns)))
 
 
 EPOCH = dt.date(1970, 1, 1)
@@ -502,13 +556,17 @@ def history_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Leve
         ``valid_from``; for the latest row the scheduled expiry, which may be after ``as_of``;
         missing for the base level, which never expires), ``reason`` (:data:`REASONS`).
     """
-    walk = _walk(orders, _day(as_of), config)
+    return _history_frame(_walk(_grouped_orders(orders), _day(as_of), config), config)
+
+
+def _history_frame(walk: _Walk | None, config: LevelConfig) -> pd.DataFrame:
     if walk is None:
         return pd.DataFrame({column: pd.Series(dtype=object) for column in HISTORY_COLUMNS})
+    ids = np.asarray(walk.customer_ids, dtype=object)
     rows = walk.history
     # Object columns as given: pandas would otherwise infer its string type and copy every text.
     return pd.DataFrame({column: pd.Series(values, dtype=object, copy=False) for column, values in (
-        ("customer_id", walk.customer_ids[rows[:, _CUSTOMER]]),
+        ("customer_id", ids[rows[:, _CUSTOMER]]),
         ("level", np.array(config.levels, dtype=object)[rows[:, _RANK]]),
         ("valid_from", _dates(rows[:, _FROM])),
         ("valid_to", _dates(rows[:, _TO])),
@@ -535,14 +593,18 @@ def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Lev
           will count at its expiry do not yet renew or extend it;
         - ``points_balance``: points earned and not expired (:func:`points_value` for their worth).
     """
-    walk = _walk(orders, _day(as_of), config)
+    return _features_frame(_walk(_grouped_orders(orders), _day(as_of), config), config)
+
+
+def _features_frame(walk: _Walk | None, config: LevelConfig) -> pd.DataFrame:
     dtypes = {"customer_id": object, "membership_level": object, "membership_level_rank": np.int64,
               "days_at_level": float, "next_level_spend_gap": float, "next_level_repurchase_gap": float,
               "days_to_level_expiry": float, "downgrade_at_risk": bool, "points_balance": float}
     if walk is None:
         return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in dtypes.items()})
     ranks = walk.features["membership_level_rank"]
-    frame = pd.DataFrame({"customer_id": pd.Series(walk.customer_ids[walk.present], dtype=object, copy=False),
+    ids = np.asarray(walk.customer_ids, dtype=object)
+    frame = pd.DataFrame({"customer_id": pd.Series(ids[walk.present], dtype=object, copy=False),
                           "membership_level": pd.Series(np.array(config.levels, dtype=object)[ranks], dtype=object,
                                                         copy=False), **walk.features})
     return frame.astype(dtypes)
@@ -581,8 +643,8 @@ def _bucket_pass(kind: str, as_of: dt.date, config: LevelConfig, orders: pd.Data
     return frame.astype({"customer_id": str}) if len(frame) else frame
 
 
-def _on_spark(transactions: ir.Table, as_of: dt.date, config: LevelConfig, kind: str) -> ir.Table:
-    """The history or the features computed by Spark's executors, as an Ibis view."""
+def _on_spark(orders: ir.Table, as_of: dt.date, config: LevelConfig, kind: str) -> ir.Table:
+    """The history or the features of :func:`level_orders` computed by Spark's executors, as an Ibis view."""
     from functools import partial
 
     from ibis.util import gen_name
@@ -590,8 +652,8 @@ def _on_spark(transactions: ir.Table, as_of: dt.date, config: LevelConfig, kind:
 
     from churnml.io.spark import spark_frame
 
-    con = transactions.get_backend()
-    orders = spark_frame(con, level_orders(transactions, as_of))
+    con = orders.get_backend()
+    orders = spark_frame(con, orders)
     buckets = int(orders.sparkSession.conf.get("spark.sql.shuffle.partitions", "200"))
     # Buckets of customers, not one group each: a pandas call per customer would cost more than its levels.
     grouped = orders.withColumn("_bucket", F.pmod(F.hash("customer_id"), F.lit(buckets))).groupBy("_bucket")
@@ -608,13 +670,20 @@ def level_feature_table(transactions: ir.Table, as_of: str | dt.date, config: Le
     On DuckDB the orders come to pandas and the features go back as an in-memory table; on Spark
     the executors compute them (``applyInPandas``) and the result is a lazy view.
     """
-    from churnml.features.build import to_frame
-
     as_of = as_date(as_of)
     if _is_spark(transactions):
-        return _on_spark(transactions, as_of, config, "features")
-    frame = features_from_orders(to_frame(level_orders(transactions, as_of)), as_of, config)
+        return _on_spark(level_orders(transactions, as_of), as_of, config, "features")
+    frame = _features_frame(_walk(_engine_orders(level_orders(transactions, as_of)), _day(as_of), config), config)
     return ibis.memtable(frame, schema=_features_ibis_schema())
+
+
+def _engine_orders(orders: ir.Table) -> _CustomerOrders:
+    """A table of :func:`level_orders` brought from its engine (not Spark) to the state machine,
+    sorted there by customer and day."""
+    from churnml.features.build import to_frame
+
+    grouped = _sorted_orders(orders.order_by("customer_id", "day").to_pyarrow())
+    return grouped if grouped is not None else _grouped_orders(to_frame(orders))
 
 
 def _features_ibis_schema() -> ibis.Schema:
@@ -642,14 +711,39 @@ def level_history(transactions: ir.Table, as_of: str | dt.date, config: LevelCon
     ibis.expr.types.Table
         :data:`HISTORY_COLUMNS`; ``.to_pandas()`` for a frame.
     """
-    from churnml.features.build import to_frame
+    return level_history_of_orders(level_orders(transactions, as_of), as_of, config)
 
+
+def level_history_of_orders(orders: ir.Table, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> ir.Table:
+    """:func:`level_history` from a table of :func:`level_orders` (or :func:`level_orders_of`) on
+    its engine, for a caller that has rolled the lines up already; orders after ``as_of`` are
+    not read."""
     as_of = as_date(as_of)
-    if _is_spark(transactions):
-        return _on_spark(transactions, as_of, config, "history")
-    frame = history_from_orders(to_frame(level_orders(transactions, as_of)), as_of, config)
-    return ibis.memtable(frame, schema=ibis.schema({"customer_id": "string", "level": "string", "valid_from": "date",
-                                                    "valid_to": "date", "reason": "string"}))
+    if _is_spark(orders):
+        return _on_spark(orders, as_of, config, "history")
+    return ibis.memtable(_history_arrow(_walk(_engine_orders(orders), _day(as_of), config), config))
+
+
+def _history_arrow(walk: _Walk | None, config: LevelConfig) -> Any:
+    """The rows of :func:`history_from_orders` as an Arrow table, built without a Python object per value."""
+    import pyarrow as pa
+
+    rows = walk.history if walk is not None else np.empty((0, 5), dtype=np.int64)
+    ids = walk.customer_ids if walk is not None else pa.array([], pa.string())
+    if not isinstance(ids, pa.Array):
+        ids = pa.array(ids, pa.string())
+
+    def dates(days: np.ndarray) -> pa.Array:
+        missing = days == _NO_DAY
+        return pa.array(np.where(missing, 0, days).astype(np.int32), pa.date32(), mask=missing)
+
+    return pa.table({
+        "customer_id": ids.take(pa.array(rows[:, _CUSTOMER])),
+        "level": pa.array(config.levels, pa.string()).take(pa.array(rows[:, _RANK])),
+        "valid_from": dates(rows[:, _FROM]),
+        "valid_to": dates(rows[:, _TO]),
+        "reason": pa.array(REASONS, pa.string()).take(pa.array(rows[:, _REASON])),
+    })
 
 
 def add_level_features(table: ir.Table, transactions: ir.Table, as_of: dt.date, config: LevelConfig) -> ir.Table:

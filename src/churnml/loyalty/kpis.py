@@ -259,45 +259,15 @@ def dated_orders(transactions: ir.Table, as_of: dt.date) -> ir.Table:
                          day=whole_day(orders.ts).cast("int64"), month=_month_of(orders.ts))
 
 
-def activity_spells(orders: ir.Table, active_days: int) -> tuple[ir.Table, ir.Table]:
-    """Orders marked with the spell of activity their purchase belongs to, and the spells.
-
-    A spell starts with a purchase at least ``active_days`` after the customer's previous one
-    (or their first) and lapses ``active_days`` after its last purchase. Purchases of one month
-    belong to one spell: two spells are at least ``active_days`` (31 or more) apart.
-
-    Returns
-    -------
-    orders : ibis Table
-        ``orders`` with ``purchase`` (bool) and ``spell_month`` (the month of the first purchase
-        of the purchase's spell; null for an order of refunds only).
-    spells : ibis Table
-        One row per spell: ``customer_id``, ``start_month``, ``lapse_month`` (the month the spell
-        lapses in, which may be after the data end).
-    """
-    orders = orders.mutate(purchase=orders.gross > 0)
-    by_customer = ibis.window(group_by=[orders.customer_id, orders.purchase], order_by=orders.day)
-    gap = orders.day - orders.day.lag().over(by_customer)
-    orders = orders.mutate(starts=(gap.isnull() | (gap >= active_days)).cast("int64"))
-    running = ibis.window(group_by=[orders.customer_id, orders.purchase], order_by=orders.day, rows=(None, 0))
-    orders = orders.mutate(spell=orders.starts.sum().over(running))
-    spell_window = ibis.window(group_by=[orders.customer_id, orders.purchase, orders.spell])
-    orders = orders.mutate(spell_month=orders.purchase.ifelse(orders.month.min().over(spell_window), ibis.null("int64")))
-    purchases = orders.filter(orders.purchase)
-    spells = purchases.group_by(["customer_id", "spell"]).aggregate(
-        start_month=purchases.month.min(), last_ts=purchases.ts.max())
-    lapse = spells.last_ts + ibis.interval(days=active_days)
-    spells = spells.select("customer_id", "start_month", lapse_month=_month_of(lapse))
-    return orders.drop("starts", "spell"), spells
-
-
 @dataclass(frozen=True)
 class Activity:
     """What the monthly KPIs count, per customer and month, computed once (:func:`customer_activity`).
 
     ``months``: ``customer_id``, ``month``, ``orders`` (purchase orders), ``revenue`` (net),
     ``repurchase`` (bought in a month after their spell's first), ``first`` (the month of their
-    first purchase ever); ``spells``: see :func:`activity_spells`; ``last`` the last whole month.
+    first purchase ever); ``spells``: one row per spell of activity, ``customer_id``,
+    ``start_month`` and ``lapse_month`` (the month the spell lapses in, which may be after the
+    data end); ``last`` the last whole month.
     """
 
     months: ir.Table
@@ -306,16 +276,48 @@ class Activity:
 
 
 def customer_activity(transactions: ir.Table, as_of: dt.date, active_days: int, cache: bool = True) -> Activity:
-    """The :class:`Activity` of the orders on or before ``as_of``; ``cache`` keeps its tables in
-    the engine (every KPI then reads them, not the transaction lines)."""
-    orders, spells = activity_spells(dated_orders(transactions, as_of), active_days)
+    """The :class:`Activity` of the orders on or before ``as_of`` (:func:`activity_of_orders`)."""
+    return activity_of_orders(dated_orders(transactions, as_of), as_of, active_days, cache)
+
+
+def activity_of_orders(orders: ir.Table, as_of: dt.date, active_days: int, cache: bool = True) -> Activity:
+    """The :class:`Activity` of :func:`dated_orders` at ``as_of``; ``cache`` keeps its tables in
+    the engine (every KPI then reads them, not the orders).
+
+    A spell of activity starts with a purchase at least ``active_days`` after the customer's
+    previous one (or their first) and lapses ``active_days`` after its last purchase. Purchases
+    of one month belong to one spell (``active_days`` is 31 or more, and two days of a month are
+    at most 30 apart), so spells are found among the customer's months with a purchase, each
+    compared with the one before and the one after: a month starts a spell when its first
+    purchase comes ``active_days`` or more after the previous month's last, and ends one when the
+    next month's first purchase comes that long after its own last (or never).
+    """
+    purchase = orders.gross > 0
     months = orders.group_by(["customer_id", "month"]).aggregate(
-        orders=orders.count(where=orders.purchase),
+        orders=orders.count(where=purchase),
         revenue=(orders.gross - orders.refund).sum(),
-        repurchase=(orders.purchase & (orders.month > orders.spell_month)).any(),
+        first_day=orders.day.min(where=purchase),
+        last_day=orders.day.max(where=purchase),
+        last_ts=orders.ts.max(where=purchase),
     )
-    first_purchase = ibis.cases((months.orders > 0, months.month)).min().over(ibis.window(group_by=months.customer_id))
-    months = months.mutate(first=(months.month == first_purchase).fill_null(False))
+    bought = months.filter(months.orders > 0)
+    neighbours = ibis.window(group_by=bought.customer_id, order_by=bought.month)
+    previous, following = bought.last_day.lag().over(neighbours), bought.first_day.lead().over(neighbours)
+    bought = bought.mutate(starts=previous.isnull() | (bought.first_day - previous >= active_days),
+                           ends=following.isnull() | (following - bought.last_day >= active_days),
+                           first=previous.isnull())
+    # A spell's start and end months, in order: the end of a start that does not end its spell
+    # is the next of these rows.
+    edges = bought.filter(bought.starts | bought.ends)
+    last_ts = edges.ends.ifelse(edges.last_ts, edges.last_ts.lead().over(
+        ibis.window(group_by=edges.customer_id, order_by=edges.month)))
+    # Computed before the starts are kept: a window sees the rows left by the filter before it.
+    edges = edges.mutate(lapse_month=_month_of(last_ts + ibis.interval(days=active_days)))
+    spells = edges.filter(edges.starts).select("customer_id", "lapse_month", start_month=edges.month)
+    months = bought.select("customer_id", "month", "orders", "revenue", repurchase=~bought.starts,
+                           first=bought.first).union(
+        months.filter(months.orders == 0).select("customer_id", "month", "orders", "revenue",
+                                                 repurchase=ibis.literal(False), first=ibis.literal(False)))
     if cache:
         months, spells = months.cache(), spells.cache()
     return Activity(months, spells, last_whole_month(as_of))
@@ -359,9 +361,13 @@ def monthly_kpis(activity: Activity, groups: ir.Table | None = None, months: tup
         (shares of ``active_start``; NaN without a base) and ``aov`` (revenue per order; NaN
         without orders).
     """
-    spells = _grouped(activity.spells, groups)
-    table = _grouped(activity.months, groups)
-    last = activity.last
+    spells, table, last = activity.spells, activity.months, activity.last
+    if months is not None:
+        # Only these months are reported: a spell that lapsed before them adds to no base of
+        # theirs (its +1 and -1 both come before), and other months' orders count in none.
+        spells = spells.filter(spells.lapse_month >= months[0])
+        table = table.filter((table.month >= months[0]) & (table.month <= months[1]))
+    spells, table = _grouped(spells, groups), _grouped(table, groups)
     # The base of month m counts spells with start_month < m <= lapse_month: +1 the month after a
     # spell starts, -1 the month after it lapses, summed over the months so far. Churn is a lapse.
     events = ibis.union(
@@ -742,11 +748,13 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
     if migration_from >= migration_to:
         raise UserValueError(f"kpis.migration_from={migration_from} is not before the current period's end "
                              f"({migration_to}): give an earlier day")
+    # The orders rolled up once: the activity and the level history both read them.
+    orders = dated_orders(dataset.transactions, as_of).cache()
     history = None
     if levels_on is None and feature_config.levels.enabled:
-        from churnml.loyalty.levels import level_history, levels_at
+        from churnml.loyalty.levels import level_history_of_orders, level_orders_of, levels_at
 
-        history = level_history(dataset.transactions, as_of, feature_config.levels)
+        history = level_history_of_orders(level_orders_of(orders), as_of, feature_config.levels)
 
         def levels_on(day: dt.date) -> pd.DataFrame:
             now = levels_at(history, day)
@@ -756,7 +764,7 @@ def program_kpis(dataset: Any, as_of: dt.date, config: KpiConfig, feature_config
     states: dict[dt.date, pd.DataFrame] = {}
     for day in sorted({baseline.classified_on, baseline.end, current.classified_on, current.end, migration_from}):
         states[day] = customer_states(dataset, day, feature_config, levels_on(day) if levels_on else None)
-    activity = customer_activity(dataset.transactions, as_of, config.active_days)
+    activity = activity_of_orders(orders, as_of, config.active_days)
     responses = survey_frame(surveys if surveys is not None else dataset.surveys, as_of)
     if responses is None:
         notes.append("no surveys table: NPS, CSAT and CES are left out")

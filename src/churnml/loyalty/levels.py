@@ -21,12 +21,14 @@ from churnml.features.levels import (
     LevelRule,
     history_from_orders,
     level_history,
+    level_history_of_orders,
+    level_orders_of,
     levels_at,
     points_value,
 )
 
 __all__ = ["HISTORY_COLUMNS", "REASONS", "LevelConfig", "LevelRule", "history_from_orders", "level_history",
-           "level_mix", "levels_at", "points_value"]
+           "level_history_of_orders", "level_mix", "level_orders_of", "levels_at", "points_value"]
 
 
 def level_mix(history: pd.DataFrame | ir.Table, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> pd.DataFrame:
