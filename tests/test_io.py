@@ -434,3 +434,16 @@ def test_treatments_come_from_the_config_and_the_demo(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(sources["treatments"].path), older["treatments"])
     dataset = load_dataset(**sources, con=connect())
     assert dataset.treatments.count().execute() == len(older["treatments"]) > 0
+
+
+def test_a_file_without_amount_counts_each_line_as_a_purchase_of_one(tmp_path, caplog):
+    path = write_csv(tmp_path, "customer_id,ts\nA,2024-01-01\nA,2024-02-01\nB,2024-01-15\n")
+    with caplog.at_level("WARNING", logger="churnml.io.load"):
+        dataset = load_csv(path)
+    frame = dataset.transactions.to_pandas()
+    assert list(frame.columns) == ["customer_id", "ts", "amount"] and frame["amount"].tolist() == [1.0, 1.0, 1.0]
+    assert dataset.reports["transactions"].filled == {"amount": 1.0}
+    assert dataset.reports["transactions"].as_dict()["filled"] == {"amount": 1.0}
+    assert "has no amount: every row counts as amount 1" in caplog.text
+    # A file that has amounts keeps them, and says it filled nothing.
+    assert load_csv(write_csv(tmp_path, GOOD_CSV, name="good.csv")).reports["transactions"].filled == {}

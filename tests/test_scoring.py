@@ -137,6 +137,28 @@ def test_single_purchase_and_refund_only_customers_get_sensible_rows(scores, inp
     assert rows.loc[REFUND_ONLY, "churn_probability"] >= rows.loc[SINGLE_PURCHASE, "churn_probability"]
 
 
+def test_a_date_only_file_trains_and_scores_every_customer_on_timing(small_shop, tmp_path):
+    from churnml.simulate import date_only
+
+    days = date_only(small_shop["transactions"])
+    paths, models = small_models_on_files({"transactions": days}, tmp_path)
+    dataset = load_data({"kind": "files", "transactions": {"path": str(paths["transactions"])}})
+    assert list(pd.read_parquet(paths["transactions"]).columns) == ["customer_id", "ts"]
+    features = snapshots.feature_frame(dataset, dataset.last_date)
+    inputs = table.model_inputs(features, models)
+    scores = table.score_customers(inputs, models, dataset.last_date)
+    assert len(scores) == days["customer_id"].nunique()
+    assert scores[["churn_probability", "repurchase_probability"]].notna().all().all()
+    assert scores["reason_1"].notna().all()
+    # Spend counts days with a purchase: a customer's net spend is their number of purchase days.
+    counts = days.groupby("customer_id").size()
+    assert (features["net_spend"].to_numpy() == counts.reindex(features["customer_id"]).to_numpy()).all()
+    # The model ranks by timing: those who bought lately are the less likely to churn.
+    by_customer = scores.set_index("customer_id")["churn_probability"].reindex(features["customer_id"]).to_numpy()
+    lately = features["recency_days"].to_numpy() <= features["recency_days"].quantile(0.25)
+    assert by_customer[lately].mean() < by_customer[~lately].mean() - 0.2
+
+
 # --- reasons ------------------------------------------------------------------------------------
 
 

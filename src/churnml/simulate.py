@@ -354,6 +354,26 @@ def simulate_shop(
     return tables
 
 
+def date_only(transactions: pd.DataFrame) -> pd.DataFrame:
+    """The shop's transactions as a file of who bought on which day, without values: one row per
+    customer and day with a purchase (refunds, times of day and every other column dropped), as
+    a till's visit log or a loyalty card's date-only extract gives them.
+
+    Parameters
+    ----------
+    transactions : pandas.DataFrame
+        ``customer_id``, ``ts`` and ``amount`` (:func:`simulate_shop`'s transactions).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``customer_id`` and ``ts`` (midnight of the day), in time order.
+    """
+    bought = transactions[transactions["amount"] > 0]
+    days = pd.DataFrame({"customer_id": bought["customer_id"], "ts": bought["ts"].dt.normalize()})
+    return days.drop_duplicates().sort_values(["ts", "customer_id"], kind="stable", ignore_index=True)
+
+
 def write_shop(
     tables: dict[str, pd.DataFrame],
     directory: str | os.PathLike,

@@ -62,6 +62,10 @@ class TableSpec:
         The scale a number column's values must be on, by the value of a text column.
     non_negative
         Number columns whose values must be 0 or more (a contact's cost).
+    filled
+        Optional number columns that every row gets when the table lacks them, with the value
+        it gets (a transactions file without ``amount``: each line a purchase of 1). Where the
+        table has one, it must not be empty, as a required column.
     """
 
     name: str
@@ -72,6 +76,7 @@ class TableSpec:
     allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
     scales: AnswerScales | None = None
     non_negative: tuple[str, ...] = ()
+    filled: dict[str, float] = field(default_factory=dict)
 
     @property
     def optional(self) -> tuple[str, ...]:
@@ -90,7 +95,10 @@ TRANSACTIONS = TableSpec(
         "category": "string",
         "channel": "string",
     },
-    required=("customer_id", "ts", "amount"),
+    required=("customer_id", "ts"),
+    # A file of who bought when, without values (a till's visits, a date-only extract): every
+    # line is a purchase of one unit, so spend counts lines and the models read timing alone.
+    filled={"amount": 1.0},
 )
 
 INTERACTIONS = TableSpec(
@@ -201,6 +209,7 @@ class TableReport:
     last_ts: object = None
     columns: tuple[str, ...] = ()
     fingerprint: str = ""
+    filled: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """The report as plain values, for tracking."""
@@ -213,4 +222,5 @@ class TableReport:
             "last_ts": str(self.last_ts) if self.last_ts is not None else None,
             "columns": list(self.columns),
             "fingerprint": self.fingerprint,
+            "filled": dict(self.filled),
         }

@@ -222,11 +222,16 @@ def _load_table(
         raise DataValidationError(problems)
 
     cleaned = both.select(list(typed_exprs))
+    filled = {column: value for column, value in spec.filled.items() if column not in cleaned.columns}
+    if filled:
+        cleaned = cleaned.mutate(**{column: ibis.literal(value, "float64") for column, value in filled.items()})
+        log.warning("%s has no %s: every row counts as %s", label, " or ".join(filled),
+                    ", ".join(f"{column} {value:g}" for column, value in filled.items()))
     dropped: dict[str, int] = {}
     if options.drop_missing_customer_id and checks.get("null_customer_id"):
         cleaned = cleaned.filter(cleaned.customer_id.notnull())
         dropped["missing_customer_id"] = checks["null_customer_id"]
-    if "amount" in cleaned.columns and options.drop_zero_amount and checks["zero_amount"]:
+    if options.drop_zero_amount and checks.get("zero_amount"):
         cleaned = cleaned.filter(cleaned.amount != 0)
         dropped["zero_amount"] = checks["zero_amount"]
     if options.drop_exact_duplicates:
@@ -246,6 +251,7 @@ def _load_table(
         first_ts=checks.get("min_ts"),
         last_ts=checks.get("max_ts"),
         columns=tuple(stored.columns),
+        filled=filled,
     )
     return stored, report, aware
 
@@ -543,7 +549,8 @@ def _run_checks(both: ir.Table, spec: TableSpec, future_limit: dt.datetime) -> d
     aggs: dict[str, ir.Scalar] = {"n_rows": both.count()}
     for col in (c for c in spec.kinds if c in both.columns):
         raw, typed, kind = both[RAW_PREFIX + col], both[col], spec.kinds[col]
-        if col in spec.required:
+        # A column filled where it is absent must be whole where it is present.
+        if col in spec.required or col in spec.filled:
             aggs[f"null_{col}"] = _missing(raw).sum()
         if kind in ("number", "timestamp"):
             aggs[f"bad_{col}"] = _unparsed(raw, typed).sum()

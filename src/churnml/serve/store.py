@@ -555,6 +555,14 @@ class EventStore:
         id is refused whatever ``drop_missing_customer_id`` says: an event without a customer
         cannot be scored.
         """
+        missing = [column for column in SPECS[table].filled if column not in events.columns]
+        if missing:
+            # A file without amounts is read as purchases of 1; an event of a shop that has them
+            # would be read so as well, and spend would mix values with counts.
+            raise DataValidationError([Problem(
+                label, column, f"required column is missing from posted {table} (a shop whose files have no "
+                               f"{column} posts {SPECS[table].filled[column]:g}, as its files are read)")
+                for column in missing])
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = connect()
