@@ -103,6 +103,16 @@ def test_a_period_pools_its_months(activity):
     assert row["aov"] == pytest.approx(30.0)
 
 
+def test_clv_is_the_mean_ltv_overall_by_tier_and_by_level():
+    states = pd.DataFrame({"customer_id": ["A", "B", "C", "D"], "tier": ["core", "core", "basic", "basic"],
+                           "ltv": [300.0, 100.0, 40.0, None], "membership_level": ["gold", "normal", "normal", "normal"]})
+    # D has history but no LTV yet: it counts as 0, so a tier's CLV is over all of its customers.
+    assert kpis.clv_by(states).to_dict() == {"all": pytest.approx(110.0)}
+    assert kpis.clv_by(states, "tier").to_dict() == {"basic": 20.0, "core": 200.0}
+    assert kpis.clv_by(states, "membership_level").to_dict() == {"gold": 300.0, "normal": pytest.approx(140 / 3)}
+    assert kpis.clv_by(states.iloc[:0]).empty
+
+
 def test_cohort_retention(activity):
     cohorts = kpis.cohort_retention(activity)
     table = cohorts.set_index(["cohort", "months_since"])

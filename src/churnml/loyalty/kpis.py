@@ -370,11 +370,13 @@ def monthly_kpis(activity: Activity, groups: ir.Table | None = None, months: tup
     spells, table = _grouped(spells, groups), _grouped(table, groups)
     # The base of month m counts spells with start_month < m <= lapse_month: +1 the month after a
     # spell starts, -1 the month after it lapses, summed over the months so far. Churn is a lapse.
-    events = ibis.union(
-        spells.select("group", month=spells.start_month + 1, delta=ibis.literal(1, "int64"), churned=ibis.literal(0, "int64")),
-        spells.select("group", month=spells.lapse_month + 1, delta=ibis.literal(-1, "int64"), churned=ibis.literal(0, "int64")),
-        spells.select("group", month=spells.lapse_month, delta=ibis.literal(0, "int64"), churned=ibis.literal(1, "int64")),
-    )
+    # Months as int64 in every part: Spark's cached tables hold them as int32.
+    events = ibis.union(*(
+        spells.select("group", month=month.cast("int64"), delta=ibis.literal(delta, "int64"),
+                      churned=ibis.literal(churned, "int64"))
+        for month, delta, churned in ((spells.start_month + 1, 1, 0), (spells.lapse_month + 1, -1, 0),
+                                      (spells.lapse_month, 0, 1))
+    ))
     events = events.filter(events.month <= last + 1)
     events = events.group_by(["group", "month"]).aggregate(
         delta=events.delta.sum(), churned=events.churned.sum())
