@@ -442,6 +442,12 @@ def test_a_file_without_amount_counts_each_line_as_a_purchase_of_one(tmp_path, c
         dataset = load_csv(path)
     frame = dataset.transactions.to_pandas()
     assert list(frame.columns) == ["customer_id", "ts", "amount"] and frame["amount"].tolist() == [1.0, 1.0, 1.0]
+    # Floats, as amounts read from a file are, also to the engine running the SQL: a decimal
+    # would make every sum of spend a decimal in the tables it writes.
+    import ibis
+
+    described = dataset.con.con.execute(f"DESCRIBE {ibis.to_sql(dataset.transactions)}").fetchall()
+    assert dict((name, kind) for name, kind, *_ in described)["amount"] == "DOUBLE"
     assert dataset.reports["transactions"].filled == {"amount": 1.0}
     assert dataset.reports["transactions"].as_dict()["filled"] == {"amount": 1.0}
     assert "has no amount: every row counts as amount 1" in caplog.text

@@ -67,6 +67,15 @@ def test_interest_tags_are_the_top_categories_by_net_spend_share():
     assert summary.loc["books"].tolist() == [2, 2] and summary.loc["toys"].tolist() == [2, 0]
 
 
+def test_a_share_of_exactly_the_minimum_is_tagged_whatever_the_floats_say():
+    # 0.3 of 1.5 is 0.19999999999999998 in floats: still a fifth of the spend.
+    frame = pd.DataFrame({"customer_id": ["W", "W"], "ts": pd.to_datetime(["2024-05-01", "2024-05-02"]),
+                          "amount": [0.3, 1.2], "category": ["home", "toys"]})
+    assert 0.3 / (0.3 + 1.2) < 0.2
+    tags = run(migration.interest_tags(frame_dataset(frame).transactions, dt.date(2024, 6, 30), min_share=0.2))
+    assert sorted(tags.category) == ["home", "toys"]
+
+
 def test_no_category_no_interest_tags():
     frame = pd.DataFrame({"customer_id": ["A"], "ts": pd.to_datetime(["2024-01-01"]), "amount": [1.0]})
     assert migration.interest_tags(frame_dataset(frame).transactions, dt.date(2024, 1, 1)) is None

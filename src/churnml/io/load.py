@@ -224,7 +224,10 @@ def _load_table(
     cleaned = both.select(list(typed_exprs))
     filled = {column: value for column, value in spec.filled.items() if column not in cleaned.columns}
     if filled:
-        cleaned = cleaned.mutate(**{column: ibis.literal(value, "float64") for column, value in filled.items()})
+        # Cast from text: Ibis writes a float literal as 1.0, which DuckDB reads as a DECIMAL, and
+        # every sum of spend in a query written by the engine would stay a decimal.
+        cleaned = cleaned.mutate(**{column: ibis.literal(repr(float(value))).cast("float64")
+                                    for column, value in filled.items()})
         log.warning("%s has no %s: every row counts as %s", label, " or ".join(filled),
                     ", ".join(f"{column} {value:g}" for column, value in filled.items()))
     dropped: dict[str, int] = {}

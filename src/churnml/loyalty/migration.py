@@ -16,6 +16,8 @@ from churnml.features.build import events_until, window_start
 # (a level table without them) on the second.
 NEW = "new"
 NONE = "none"
+# Interest shares are compared with the minimum to this many decimals.
+SHARE_DIGITS = 9
 
 
 def transition_matrix(before: ir.Table, after: ir.Table, column: str) -> ir.Table:
@@ -92,7 +94,9 @@ def interest_tags(transactions: ir.Table, as_of: dt.date, window_days: int = 365
     ranked = ibis.window(group_by=spend.customer_id, order_by=[ibis.desc(spend.spend), spend.category])
     spend = spend.mutate(share=spend.spend / spend.spend.sum().over(per_customer),
                          rank=(ibis.row_number().over(ranked) + 1).cast("int64"))
-    tags = spend.filter((spend.rank <= top) & (spend.share >= min_share))
+    # Compared to a billionth: a share of exactly min_share is a sum of floats whose last bit
+    # depends on the order the engine adds in (0.2 came out as 0.19999999999999998 on one).
+    tags = spend.filter((spend.rank <= top) & (spend.share.round(SHARE_DIGITS) >= min_share))
     return tags.select("customer_id", "rank", category=tags.category.cast("string"), spend=tags.spend.cast("float64"),
                        share=tags.share)
 
