@@ -539,12 +539,6 @@ def _day(date: str | dt.date) -> int:
     return (as_date(date) - EPOCH).days
 
 
-def _dates(days: np.ndarray) -> np.ndarray:
-    """``datetime.date`` objects of days from 1970-01-01 (None for ``_NO_DAY``)."""
-    dates = np.datetime64("1970-01-01", "D") + days.astype("timedelta64[D]")
-    return np.where(days == _NO_DAY, np.datetime64("NaT", "D"), dates).astype(object)
-
-
 def history_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> pd.DataFrame:
     """The level history at ``as_of`` from a frame of :func:`level_orders` (orders after ``as_of`` are ignored).
 
@@ -560,18 +554,8 @@ def history_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: Leve
 
 
 def _history_frame(walk: _Walk | None, config: LevelConfig) -> pd.DataFrame:
-    if walk is None:
-        return pd.DataFrame({column: pd.Series(dtype=object) for column in HISTORY_COLUMNS})
-    ids = np.asarray(walk.customer_ids, dtype=object)
-    rows = walk.history
-    # Object columns as given: pandas would otherwise infer its string type and copy every text.
-    return pd.DataFrame({column: pd.Series(values, dtype=object, copy=False) for column, values in (
-        ("customer_id", ids[rows[:, _CUSTOMER]]),
-        ("level", np.array(config.levels, dtype=object)[rows[:, _RANK]]),
-        ("valid_from", _dates(rows[:, _FROM])),
-        ("valid_to", _dates(rows[:, _TO])),
-        ("reason", np.array(REASONS, dtype=object)[rows[:, _REASON]]),
-    )})
+    # Object columns (text and datetime.date, None for no expiry), as the frame functions give them.
+    return _history_arrow(walk, config).to_pandas(date_as_object=True).astype(object)
 
 
 def features_from_orders(orders: pd.DataFrame, as_of: str | dt.date, config: LevelConfig = LevelConfig()) -> pd.DataFrame:
@@ -680,10 +664,9 @@ def level_feature_table(transactions: ir.Table, as_of: str | dt.date, config: Le
 def _engine_orders(orders: ir.Table) -> _CustomerOrders:
     """A table of :func:`level_orders` brought from its engine (not Spark) to the state machine,
     sorted there by customer and day."""
-    from churnml.features.build import to_frame
-
-    grouped = _sorted_orders(orders.order_by("customer_id", "day").to_pyarrow())
-    return grouped if grouped is not None else _grouped_orders(to_frame(orders))
+    fetched = orders.order_by("customer_id", "day").to_pyarrow()
+    grouped = _sorted_orders(fetched)
+    return grouped if grouped is not None else _grouped_orders(fetched.to_pandas())
 
 
 def _features_ibis_schema() -> ibis.Schema:

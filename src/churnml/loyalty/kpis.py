@@ -313,7 +313,7 @@ def activity_of_orders(orders: ir.Table, as_of: dt.date, active_days: int, cache
         ibis.window(group_by=edges.customer_id, order_by=edges.month)))
     # Computed before the starts are kept: a window sees the rows left by the filter before it.
     edges = edges.mutate(lapse_month=_month_of(last_ts + ibis.interval(days=active_days)))
-    spells = edges.filter(edges.starts).select("customer_id", "lapse_month", start_month=edges.month)
+    spells = edges.filter(edges.starts).select("customer_id", start_month=edges.month, lapse_month=edges.lapse_month)
     months = bought.select("customer_id", "month", "orders", "revenue", repurchase=~bought.starts,
                            first=bought.first).union(
         months.filter(months.orders == 0).select("customer_id", "month", "orders", "revenue",
