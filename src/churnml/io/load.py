@@ -12,7 +12,7 @@ import glob
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -182,6 +182,7 @@ def load_dataset(
 
 def load_table(
     name: str, source: TableSource, options: LoadOptions = LoadOptions(), con: Any = None, materialize: bool = False,
+    fill: bool = True,
 ) -> tuple[ir.Table, TableReport]:
     """Read, validate and clean one contract table, by the rules :func:`load_dataset` applies to
     each of its tables (an event store validates posted interactions without transactions).
@@ -190,6 +191,10 @@ def load_table(
     ----------
     name
         Contract table name (``transactions``, ``interactions`` ...).
+    fill
+        Give the rows of a table without one of the spec's ``filled`` columns its value (as
+        files are read); False: such a column is required (posted events carry their amount,
+        so that they never mix counts with the values of the store's files).
 
     Raises
     ------
@@ -199,7 +204,10 @@ def load_table(
     con = con if con is not None else connect()
     now = options.now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     future_limit = now + dt.timedelta(days=options.max_future_days)
-    table, report, _ = _load_table(con, SPECS[name], source, options, future_limit, materialize)
+    spec = SPECS[name]
+    if not fill:
+        spec = replace(spec, required=(*spec.required, *spec.filled), filled={})
+    table, report, _ = _load_table(con, spec, source, options, future_limit, materialize)
     return table, report
 
 

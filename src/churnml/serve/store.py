@@ -549,20 +549,13 @@ class EventStore:
     def _validated(self, table: str, events: pd.DataFrame, label: str) -> tuple[pa.Table, np.ndarray | None]:
         """The typed rows, in the order given, and which rows the cleaning rules drop (None: none).
 
-        Validation is :func:`churnml.io.load.load_table`'s, on an in-memory DuckDB of this
-        thread, with every dropping rule off so that its rows stay aligned with the events; the
-        store's own dropping rule for events (a zero amount) is applied here. A missing customer
+        Validation is :func:`churnml.io.load.load_table`'s (a transaction carries its amount), on
+        an in-memory DuckDB of this thread, with every dropping rule off so that its rows stay
+        aligned with the events; the store's own dropping rule for events (a zero amount) is
+        applied here. A missing customer
         id is refused whatever ``drop_missing_customer_id`` says: an event without a customer
         cannot be scored.
         """
-        missing = [column for column in SPECS[table].filled if column not in events.columns]
-        if missing:
-            # A file without amounts is read as purchases of 1; an event of a shop that has them
-            # would be read so as well, and spend would mix values with counts.
-            raise DataValidationError([Problem(
-                label, column, f"required column is missing from posted {table} (a shop whose files have no "
-                               f"{column} posts {SPECS[table].filled[column]:g}, as its files are read)")
-                for column in missing])
         scratch = getattr(self._local, "scratch", None)
         if scratch is None:
             scratch = connect()
@@ -573,7 +566,7 @@ class EventStore:
                           drop_exact_duplicates=False)
         frame = _text_if_mixed(events.reset_index(drop=True))
         with _VALIDATION_LOCK:
-            typed, _ = load_table(table, TableSource(frame=frame, label="events"), options, scratch)
+            typed, _ = load_table(table, TableSource(frame=frame, label="events"), options, scratch, fill=False)
             rows = typed.to_pyarrow()
             scratch.drop_table(f"churnml_{table}", force=True)
         if rows.num_rows != len(events):
