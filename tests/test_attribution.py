@@ -1,4 +1,4 @@
-"""The BG/NBD prior split over recency, frequency and age: exact Shapley shares on hand-made
+"""The BTYD prior split over recency, frequency and age: exact Shapley shares on hand-made
 customers of a hand-set BG/NBD."""
 
 from __future__ import annotations

@@ -508,6 +508,26 @@ def test_a_large_table_starts_its_pnbd_fit_from_a_sample(monkeypatch, holdout_fi
     np.testing.assert_allclose(warm, cold, rtol=1e-3)
 
 
+def test_a_pnbd_fit_on_a_sample_reads_only_an_evenly_spaced_sample(holdout_fit):
+    inputs, _, _ = holdout_fit
+    sampled = fit_pnbd(inputs, sample_customers=len(inputs) // 3)
+    step = -(-len(inputs) // (len(inputs) // 3))
+    np.testing.assert_allclose(sampled.params_, fit_pnbd(inputs.iloc[::step]).params_, rtol=1e-12)
+    assert not np.allclose(sampled.params_, fit_pnbd(inputs).params_, rtol=1e-3)
+    np.testing.assert_allclose(fit_pnbd(inputs, sample_customers=len(inputs)).params_, fit_pnbd(inputs).params_)
+
+
+def test_bfgs_stopping_on_precision_loss_counts_as_converged_only_at_a_finite_point():
+    from types import SimpleNamespace
+
+    def stop(success=False, status=2, fun=-1.0, x=(0.1, 0.2, 0.3, 0.4)):
+        return btyd._stopped_at_optimum(SimpleNamespace(success=success, status=status, fun=fun, x=np.array(x)))
+
+    assert stop(success=True, status=0) and stop()
+    assert not stop(fun=np.inf) and not stop(x=(0.1, np.nan, 0.3, 0.4))
+    assert not stop(status=1) and not stop(status=3)
+
+
 @pytest.mark.parametrize("shapes", [(0.6, 12.0, 0.35, 6.0), (3.5, 20.0, 0.35, 60.0), (1.0, 5.0, 2.0, 5.0)])
 def test_gamma_share_is_the_mean_share_of_the_first_rate(shapes):
     from scipy import integrate, stats
@@ -612,10 +632,10 @@ def test_fit_pnbd_retries_with_a_penalizer_then_raises(monkeypatch, holdout_fit)
     inputs, _, _ = holdout_fit
     original = btyd.fit_pnbd_parameters
 
-    def fail_without_penalizer(x, t_x, T, penalizer=0.0):
+    def fail_without_penalizer(x, t_x, T, penalizer=0.0, **options):
         if penalizer == 0:
             raise ValueError("overflow in hyp2f1")
-        return original(x, t_x, T, penalizer)
+        return original(x, t_x, T, penalizer, **options)
 
     monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail_without_penalizer)
     assert fit_pnbd(inputs).penalizer_coef == 0.001
@@ -624,7 +644,7 @@ def test_fit_pnbd_retries_with_a_penalizer_then_raises(monkeypatch, holdout_fit)
         fit_pnbd(inputs)
 
 
-def _fail_pnbd(x, t_x, T, penalizer=0.0):
+def _fail_pnbd(x, t_x, T, penalizer=0.0, **options):
     raise ConvergenceError("The model did not converge.")
 
 
@@ -695,9 +715,9 @@ def test_count_baselines_are_calibrated_on_the_latest_training_snapshot(snapshot
     fitted_rows = []
     original = btyd.fit_pnbd_parameters
 
-    def counted(x, t_x, T, penalizer=0.0):
+    def counted(x, t_x, T, penalizer=0.0, **options):
         fitted_rows.append(len(x))
-        return original(x, t_x, T, penalizer)
+        return original(x, t_x, T, penalizer, **options)
 
     monkeypatch.setattr(btyd, "fit_pnbd_parameters", counted)
     labels = np.concatenate([churn_train[: len(older)], churn_train])
@@ -729,10 +749,10 @@ def test_baselines_leave_a_count_out_when_no_training_snapshot_fits(monkeypatch,
     (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
     original = btyd.fit_pnbd_parameters
 
-    def fail_on_the_training_rows(x, t_x, T, penalizer=0.0):
+    def fail_on_the_training_rows(x, t_x, T, penalizer=0.0, **options):
         if len(x) == len(train) and np.max(T) < (TRAIN_CUTOFF + 1) / 7:
             raise ConvergenceError("The model did not converge.")
-        return original(x, t_x, T, penalizer)
+        return original(x, t_x, T, penalizer, **options)
 
     monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail_on_the_training_rows)
     with caplog.at_level(logging.WARNING, logger="churnml.models.baselines"):

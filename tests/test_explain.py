@@ -123,10 +123,10 @@ def test_a_boosting_prior_is_one_more_additive_column(planted):
     model = RecencyPrior(estimator, prior="bgnbd", calibration="sigmoid", early_stopping_rounds=0)
     model.fit(frame.iloc[:600], label[:600], calibration_set=(frame.iloc[600:], label[600:]))
     explanation = explain.shap_explanation(model, frame)
-    assert explanation.feature_names == [*model.feature_names_in_, "bgnbd_prior"]
+    assert explanation.feature_names == [*model.feature_names_in_, "btyd_prior"]
     np.testing.assert_allclose(explanation.base_values + explanation.values.sum(axis=1), model.raw_score(frame),
                                atol=1e-8)
-    prior = explanation[:, "bgnbd_prior"].values
+    prior = explanation[:, "btyd_prior"].values
     assert prior.mean() == pytest.approx(0.0, abs=1e-12)
     slope = 0.02 * model.prior_weights_[1]
     assert slope > 0

@@ -8,14 +8,19 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from churnml.models import btyd
 from churnml.models.classifier import (
     BGNBD_LOG_ODDS,
     BIAS,
+    MIN_EXPECTED_PURCHASES,
+    PNBD_LOG_COUNT,
     PRIOR,
+    PRIOR_PNBD_CUSTOMERS,
     ChurnModel,
     FeatureMismatchError,
     category_codes,
     feature_columns,
+    fit_population_priors,
     fit_prior_weights,
 )
 
@@ -134,7 +139,7 @@ def bgnbd_like(n: int, cutoff: str, seed: int) -> tuple[pd.DataFrame, np.ndarray
     return frame, y
 
 
-def test_bgnbd_prior_is_a_contribution_and_part_of_the_raw_score():
+def test_btyd_prior_is_a_contribution_and_part_of_the_raw_score():
     fit_X, fit_y = bgnbd_like(3000, "2024-01-01", 1)
     cal_X, cal_y = bgnbd_like(1500, "2024-04-01", 2)
     test_X, test_y = bgnbd_like(1500, "2024-07-01", 3)
@@ -175,6 +180,51 @@ def test_prior_weights_recover_a_known_blend_and_fall_back_to_bgnbd():
     np.testing.assert_allclose(fit_prior_weights(terms, y), planted, atol=0.08)
     np.testing.assert_array_equal(fit_prior_weights(terms, np.zeros(20_000)), BGNBD_LOG_ODDS)
     np.testing.assert_array_equal(fit_prior_weights(terms[:60], y[:60]), BGNBD_LOG_ODDS)
+
+
+def test_the_pnbd_prior_is_pareto_nbd_log_expected_purchases_calibrated_to_the_labels():
+    fit_X, fit_y = bgnbd_like(3000, "2024-01-01", 1)
+    cal_X, cal_y = bgnbd_like(1500, "2024-04-01", 2)
+    model = ChurnModel(small_lightgbm(), prior="pnbd", target="repurchase", horizon_days=90)
+    model.fit(fit_X, fit_y, calibration_set=(cal_X, cal_y))
+    inputs = btyd.bgnbd_inputs(cal_X)
+    pnbd = btyd.fit_pnbd(inputs, sample_customers=PRIOR_PNBD_CUSTOMERS)
+    log_count = np.log(np.maximum(btyd.expected_purchases(pnbd, inputs, 90), MIN_EXPECTED_PURCHASES))
+    terms = model.prior_terms(cal_X)
+    np.testing.assert_allclose(terms[:, 0], log_count, rtol=1e-9)
+    weights = model.prior_weights_
+    assert weights.shape == (2,) and weights[1] > 0
+    np.testing.assert_allclose(model.prior_log_odds(cal_X), weights[0] + weights[1] * log_count, rtol=1e-9)
+    blended = 1 / (1 + np.exp(-model.prior_log_odds(fit_X)))
+    assert blended.mean() == pytest.approx(fit_y.mean(), abs=0.01)
+    # Fits shared through the population give the same prior.
+    shared = model.with_population_prior(cal_X, fit_population_priors(cal_X, pnbd=True))
+    np.testing.assert_allclose(shared.prior_log_odds(cal_X), model.prior_log_odds(cal_X), rtol=1e-12)
+
+
+def test_the_pnbd_prior_reads_bgnbd_expected_purchases_where_pareto_nbd_cannot_fit(monkeypatch, caplog):
+    fit_X, fit_y = bgnbd_like(2000, "2024-01-01", 1)
+
+    def fail(*args, **kwargs):
+        raise btyd.ParetoNBDFitError("the optimiser did not converge")
+
+    monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail)
+    model = ChurnModel(small_lightgbm(), prior="pnbd", calibration="none", target="repurchase", horizon_days=90)
+    with caplog.at_level("WARNING", logger="churnml.models.classifier"):
+        model.fit(fit_X, fit_y)
+    assert "Pareto/NBD prior unavailable at cutoff 2024-01-01" in caplog.text
+    inputs = btyd.bgnbd_inputs(fit_X)
+    expected = btyd.expected_purchases(btyd.fit_bgnbd(inputs), inputs, 90)
+    np.testing.assert_allclose(model.prior_terms(fit_X)[:, 0], np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES)))
+    assert np.isfinite(model.predict_proba(fit_X)).all()
+
+
+def test_pnbd_prior_weights_fall_back_to_the_log_count():
+    terms = np.random.default_rng(0).normal(size=(60, 1))
+    np.testing.assert_array_equal(fit_prior_weights(terms, np.ones(60), "pnbd"), PNBD_LOG_COUNT)
+    model = ChurnModel(small_lightgbm(), prior="pnbd")
+    model.prior_fallback_ = -1.0
+    np.testing.assert_allclose(model._blended(np.array([[np.log(0.2)], [np.nan]])), [np.log(0.2), -1.0])
 
 
 def test_fitting_shows_the_boosting_rounds_and_the_calibration_loss(capsys):

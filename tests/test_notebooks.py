@@ -155,7 +155,7 @@ def test_both_notebooks_run_headless_and_their_reports_reach_the_champion_run(tr
         assert page.count('src="data:image/png;base64,') >= 4, f"{path.name} lacks its plots"
         assert "Traceback" not in page
     explain_page = paths[0].read_text()
-    assert "bgnbd_prior" in explain_page or "recency_days" in explain_page
+    assert "btyd_prior" in explain_page or "recency_days" in explain_page
 
     previous_uri = mlflow.get_tracking_uri()
     try:

@@ -151,17 +151,17 @@ def test_phrases_quote_the_configured_windows():
             == "0.04 purchases expected in the next 30 days")
 
 
-def test_the_unattributed_prior_is_phrased_as_bgnbd_churn_probability():
+def test_the_unattributed_prior_is_phrased_as_the_btyd_churn_probability():
     rows = pd.DataFrame({PRIOR: [np.log(0.88 / 0.12), 0.0]})
     assert reasons.describe(PRIOR, rows).tolist() == [
-        "buying pattern (BG/NBD) gives a 88% chance of no purchase in the next 90 days",
-        "buying pattern (BG/NBD) gives a 50% chance of no purchase in the next 90 days"]
+        "buying pattern (buy-till-you-die model) gives a 88% chance of no purchase in the next 90 days",
+        "buying pattern (buy-till-you-die model) gives a 50% chance of no purchase in the next 90 days"]
     assert reasons.eligible(PRIOR, rows).all() and reasons.eligible(PRIOR, rows, direction=DOWN).all()
 
 
 def test_reasons_that_name_a_model_are_told_apart():
     features = pd.Series([PRIOR, "recency_days", "bgnbd_p_alive", None, "custom_score"])
-    phrases = pd.Series(["buying pattern (BG/NBD) gives a 88% chance of no purchase in the next 90 days",
+    phrases = pd.Series(["buying pattern (buy-till-you-die model) gives a 88% chance of no purchase in the next 90 days",
                          "no purchase for 124 days, usually every 30", "38% estimated chance of still being active",
                          None, "custom_score = 0.3 from P(alive)"])
     assert reasons.names_a_model(features, phrases).tolist() == [True, False, True, False, True]

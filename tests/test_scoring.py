@@ -64,7 +64,7 @@ def train_small_model(dataset, target: str, horizon_days: int, cutoffs: list[dt.
 
 
 def train_small_models(dataset) -> tuple[dict[str, ChurnModel], pd.DataFrame]:
-    """Churn (90 days, boosted from a BG/NBD prior) and repurchase (30 days, from the base rate)
+    """Churn (90 days, boosted from a BTYD prior) and repurchase (30 days, from the base rate)
     models, both with BG/NBD features, and the churn model's latest snapshot."""
     churn, churn_table = train_small_model(dataset, "churn", 90, CHURN_CUTOFFS, prior="bgnbd")
     repurchase, _ = train_small_model(dataset, "repurchase", 30, REPURCHASE_CUTOFFS, prior=None)
@@ -177,7 +177,7 @@ def test_contributions_sum_to_the_raw_score(models, inputs):
 
 def attributed(model: ChurnModel, frame: pd.DataFrame) -> pd.DataFrame:
     """The model's own contributions (pred_contrib) with the prior split over recency, frequency
-    and age, the BG/NBD prior fitted once on ``frame``."""
+    and age, the BTYD prior fitted once on ``frame``."""
     fixed = model.with_population_prior(frame) if model.prior else model
     return tree_contributions.attributed_contributions(fixed, frame, fixed.contributions(frame))
 
@@ -252,7 +252,7 @@ def test_the_priors_contribution_goes_to_recency_frequency_and_age(models, input
     # With the BG/NBD outputs (expected purchases computed once for the prior and the features),
     # they are the features' own values.
     both = list(attribution.DERIVED_FEATURES)
-    outputs = fitted_bgnbd_features(fitted, frame, int(fixed.horizon_days))[both].to_numpy()
+    outputs = fitted_bgnbd_features(fitted.bgnbd, frame, int(fixed.horizon_days))[both].to_numpy()
     np.testing.assert_allclose(attribution.model_prior(fixed, fitted, both)(*own),
                                np.column_stack([prior, outputs]), rtol=1e-12, atol=1e-9)
     behaviours = ["recency_days", "frequency", "purchase_age_days"]
@@ -342,7 +342,7 @@ def test_top_contributions_by_column_choose_as_by_row(n):
 
 @pytest.mark.parametrize("infer_string", [True, False])
 def test_text_taken_by_code_is_the_text_converted_value_by_value(infer_string):
-    labels = ["recency_days", "tier", "bgnbd_prior"]
+    labels = ["recency_days", "tier", "btyd_prior"]
     codes = np.array([2, -1, 0, 0, 1, -1])
     values = np.array([labels[c] if c >= 0 else None for c in codes], dtype=object)
     with pd.option_context("future.infer_string", infer_string):

@@ -17,6 +17,7 @@ from churnml.models.classifier import ChurnModel
 from churnml.models.training import (
     TrainingPlan,
     cv_fold_cutoffs,
+    snapshot_priors,
     split_by_cutoff,
     split_for_calibration,
     train_and_evaluate,
@@ -269,7 +270,7 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     with caplog.at_level("WARNING"):
         objective = run_train(settings)
     # Warnings speak of the user's data: logging the model's 5-row input example fits no prior.
-    assert "too few to fit the BG/NBD prior" not in caplog.text
+    assert "too few to fit the BTYD prior" not in caplog.text
     assert math.isfinite(objective)
     client = MlflowClient(tracking_uri=settings["mlflow"]["tracking_uri"])
     champion = client.get_model_version_by_alias("churnml-churn", "champion")
@@ -339,3 +340,41 @@ def test_train_stage_tracks_registers_and_moves_the_champion_only_when_as_good(t
     decision = client.get_run(client.get_model_version("churnml-churn", "3").run_id).data.tags["churnml.champion_decision"]
     assert "trained on labels inside this holdout's window" in decision
     mlflow.set_tracking_uri("")
+
+
+def test_training_fits_the_prior_once_per_cutoff_and_keeps_no_fit(shop_dataset, monkeypatch):
+    import churnml.models.classifier as classifier
+
+    fitted_cutoffs = []
+    original = classifier._fit_prior
+
+    def counted(part, cutoff, pnbd=False):
+        fitted_cutoffs.append(pd.Timestamp(cutoff))
+        return original(part, cutoff, pnbd)
+
+    monkeypatch.setattr(classifier, "_fit_prior", counted)
+    plan = dataclasses.replace(PLAN, max_snapshots=5)
+    result = train_and_evaluate(shop_dataset, quick_model(prior="pnbd"), plan, progress=False)
+    cutoffs = [*map(pd.Timestamp, result.train_cutoffs), pd.Timestamp(result.holdout_cutoff)]
+    # The model, its calibration, the CV folds and the refit share one fit of each cutoff.
+    assert sorted(fitted_cutoffs) == sorted(cutoffs)
+    for model in (result.model, result.refit_model):
+        assert not hasattr(model, "population_priors_") and len(model.prior_weights_) == 2
+    fitted_cutoffs.clear()
+    # Fitted again on the holdout's customers, the prior gives the holdout's figures.
+    np.testing.assert_allclose(result.model.predict_proba(result.holdout_table)[:, 1], result.probabilities["model"])
+    assert fitted_cutoffs == [pd.Timestamp(result.holdout_cutoff)]
+
+
+def test_the_holdout_cannot_change_the_prior_of_a_training_cutoff(outcome):
+    train, holdout = outcome.train_table, outcome.holdout_table
+    latest = train[train["cutoff"] == train["cutoff"].max()]
+    template = quick_model(prior="pnbd")
+    alone = snapshot_priors(template, latest)
+    with_holdout = snapshot_priors(template, latest, holdout)
+    (key,) = alone
+    assert set(with_holdout) == {key, str(outcome.holdout_cutoff)}
+    for model in ("bgnbd", "pnbd"):
+        np.testing.assert_array_equal(getattr(with_holdout[key], model).params_, getattr(alone[key], model).params_)
+    assert not np.allclose(with_holdout[str(outcome.holdout_cutoff)].pnbd.params_, alone[key].pnbd.params_)
+    assert snapshot_priors(quick_model(), latest) is None

@@ -248,7 +248,7 @@ class ModelSettings:
     preprocessing: str = _MODEL_DEFAULTS["preprocessing"]  # native | scaled
     calibration: str = _MODEL_DEFAULTS["calibration"]  # sigmoid | isotonic | none
     early_stopping_rounds: int = _MODEL_DEFAULTS["early_stopping_rounds"]
-    prior: Optional[str] = _MODEL_DEFAULTS["prior"]  # bgnbd | None
+    prior: Optional[str] = _MODEL_DEFAULTS["prior"]  # pnbd | bgnbd | None
     learning_rate: Optional[float] = None
     num_leaves: Optional[int] = None
     min_child_samples: Optional[int] = None

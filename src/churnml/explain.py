@@ -8,7 +8,7 @@ How the values are computed depends on the estimator:
 
 - LightGBM (``preprocessing="native"``): ``shap.TreeExplainer`` on the fitted booster and the exact
   matrix it sees (tree-path-dependent SHAP, identical to LightGBM's ``pred_contrib``). A model
-  that boosts from a BG/NBD prior gets one more column, ``bgnbd_prior``: each row's prior log-odds
+  that boosts from a BTYD prior gets one more column, ``btyd_prior``: each row's prior log-odds
   minus their mean over the explained rows (the mean goes into the base value);
 - linear pipelines (``preprocessing="scaled"``): the model's exact contributions, coefficient x
   standardised value, summed back to the input feature (one-hot and missing-indicator columns);
@@ -176,12 +176,12 @@ def shap_explanation(model: ChurnModel, features: pd.DataFrame, background_size:
     shap.Explanation
         ``values`` (rows x features), ``base_values`` (one per row), ``data`` (the numeric input
         from :func:`numeric_matrix`), ``display_data`` (category names) and ``feature_names``
-        (the model's features, then ``bgnbd_prior`` for a model boosted from BG/NBD). For every
+        (the model's features, then ``btyd_prior`` for a model boosted from BG/NBD). For every
         row, ``base_values + values.sum()`` equals ``model.raw_score(features)``.
 
     Notes
     -----
-    A BG/NBD prior is fitted on the rows given, as in scoring: explain the whole customer base
+    A BTYD prior is fitted on the rows given, as in scoring: explain the whole customer base
     (or use :func:`explain_customers`) rather than a sample, or the prior is that of the sample.
     """
     import shap
@@ -259,7 +259,7 @@ def explain_customers(model: ChurnModel, features: pd.DataFrame, sample_size: in
     """Probabilities and SHAP values for a random sample of the customers in ``features``.
 
     With the exact methods (tree, linear) every customer is scored and explained before the
-    sample is drawn, so that whatever is fitted on the whole table (a BG/NBD prior) is what
+    sample is drawn, so that whatever is fitted on the whole table (a BTYD prior) is what
     scoring sees; the costly permutation method explains the sample only.
 
     Parameters

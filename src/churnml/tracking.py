@@ -189,17 +189,17 @@ def log_training(
 
 @contextmanager
 def _without_example_prior_warnings() -> Iterator[None]:
-    """Drop the classifier's BG/NBD prior warnings while MLflow logs a model.
+    """Drop the classifier's BTYD prior warnings while MLflow logs a model.
 
     MLflow checks the input example by predicting its 5 rows alone, without a ``cutoff``: a
-    model boosted from a prior fits BG/NBD on those 5 customers and warns that they are too few.
+    model boosted from a prior fits it on those 5 customers and warns that they are too few.
     The warning would be about the example, not the user's data; the signature is made from the
     scores of the whole holdout.
     """
     classifier_log = logging.getLogger("churnml.models.classifier")
 
     def keep(record: logging.LogRecord) -> bool:
-        return "BG/NBD prior" not in record.getMessage()
+        return not any(prior in record.getMessage() for prior in ("BTYD prior", "BG/NBD prior", "Pareto/NBD prior"))
 
     classifier_log.addFilter(keep)
     try:

@@ -1,4 +1,4 @@
-"""The BG/NBD prior's contribution, attributed to the behaviours behind it.
+"""The BTYD prior's contribution, attributed to the behaviours behind it.
 
 A model boosted from BG/NBD (``ChurnModel(prior="bgnbd")``) starts every customer's raw score
 at its prior (:meth:`ChurnModel.prior_log_odds`: a blend of BG/NBD's log-odds and log expected
@@ -215,9 +215,10 @@ PriorOf = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = None, cutoff: Any = None) -> PriorOf:
-    """The model's own prior (:meth:`ChurnModel.prior_log_odds`: BG/NBD's terms by
+    """The model's own prior (:meth:`ChurnModel.prior_log_odds`: the BTYD terms by
     :func:`churnml.models.classifier.prior_terms_of_inputs`, blended with the model's weights)
-    with the BG/NBD fit ``fitted``, for customers given by their BG/NBD inputs, ``(rows,)``; with
+    with the fits ``fitted`` (a :class:`churnml.models.classifier.PriorFit`), for customers given
+    by their BG/NBD inputs, ``(rows,)``; with
     ``derived`` (a list, maybe empty), ``(rows, 1 + len(derived))``: the prior, then those BG/NBD
     outputs (the columns of :func:`churnml.models.btyd.fitted_bgnbd_features` at the model's
     horizon). The expected purchases, the costly part (a hypergeometric function per customer),
@@ -226,15 +227,20 @@ def model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = 
     """
     horizon, target = int(model.horizon_days), model.target
     prior_horizon = model.prior_horizon_days(cutoff)
+    # A Pareto/NBD prior reads BG/NBD's expected purchases only where Pareto/NBD was not fitted.
+    reads_pnbd = model.prior == "pnbd" and fitted.pnbd is not None
 
     def prior_of(x: np.ndarray, t_x: np.ndarray, age: np.ndarray) -> np.ndarray:
         inputs = pd.DataFrame({"x": x, "t_x": t_x, "T": age})
-        expected = expected_purchases(fitted, inputs, horizon)
-        prior_expected = expected if prior_horizon == horizon else expected_purchases(fitted, inputs, prior_horizon)
-        prior = model._blended(prior_terms_of_inputs(fitted, inputs, prior_horizon, target, prior_expected))
+        wanted = "bgnbd_expected_purchases" in (derived or ())
+        expected = expected_purchases(fitted.bgnbd, inputs, horizon) if wanted or not reads_pnbd else None
+        prior_expected = (None if reads_pnbd else expected if prior_horizon == horizon
+                          else expected_purchases(fitted.bgnbd, inputs, prior_horizon))
+        prior = model._blended(prior_terms_of_inputs(fitted, inputs, prior_horizon, target, prior_expected,
+                                                     prior=model.prior))
         if derived is None:
             return prior
-        outputs = {"bgnbd_p_alive": lambda: bgnbd_probability_alive(fitted, inputs),
+        outputs = {"bgnbd_p_alive": lambda: bgnbd_probability_alive(fitted.bgnbd, inputs),
                    "bgnbd_expected_purchases": lambda: expected}
         return np.column_stack([prior, *(np.asarray(outputs[name](), dtype=float) for name in derived)])
 
@@ -299,7 +305,7 @@ def attribute_prior(model: ChurnModel, inputs: pd.DataFrame, prior: np.ndarray,
     Parameters
     ----------
     model : ChurnModel
-        A model with ``prior="bgnbd"`` whose BG/NBD fit is fixed (``with_population_prior``):
+        A model with a BTYD prior whose fits are fixed (``with_population_prior``):
         the shares must come from the fit that gave ``prior``.
     inputs : pandas.DataFrame
         ``(rows, columns)``: the rows, with the BG/NBD source columns, the BG/NBD outputs among
@@ -337,7 +343,7 @@ def attribute_prior(model: ChurnModel, inputs: pd.DataFrame, prior: np.ndarray,
         if fitted is None or key not in references:
             continue
         part = inputs.iloc[rows]
-        from_fit = [names[p] for p in derived if _from_fit(fitted, part, names[p], int(model.horizon_days))]
+        from_fit = [names[p] for p in derived if _from_fit(fitted.bgnbd, part, names[p], int(model.horizon_days))]
         own = np.column_stack([prior[rows], *(part[n].to_numpy(dtype=float) for n in from_fit)])
         inputs_part = bgnbd_inputs(part)
         part_shares, reference_values = bgnbd_shares(model_prior(model, fitted, from_fit, cutoff), inputs_part, own,
@@ -376,7 +382,7 @@ def _from_fit(fitted: Any, part: pd.DataFrame, name: str, horizon_days: int) -> 
 
 
 def with_fixed_prior(model: ChurnModel, population: pd.DataFrame) -> ChurnModel:
-    """The model, or a copy whose BG/NBD prior is fitted once on ``population`` (as
+    """The model, or a copy whose BTYD prior is fitted once on ``population`` (as
     ``prior_log_odds`` would fit it on those rows), so that the prior and its shares come from
     one fit."""
     if not getattr(model, "prior", None) or getattr(model, "population_priors_", None) is not None:

@@ -600,7 +600,7 @@ def pnbd_negative_log_likelihood(
 
 def fit_pnbd_parameters(
     x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float = 0.0,
-    warm_start_customers: int | None = PNBD_WARM_START_CUSTOMERS,
+    warm_start_customers: int | None = PNBD_WARM_START_CUSTOMERS, sample_customers: int | None = None,
 ) -> np.ndarray:
     """``r, alpha, s, beta`` that minimise :func:`pnbd_negative_log_likelihood`.
 
@@ -613,7 +613,15 @@ def fit_pnbd_parameters(
     sample's optimum and curvature, so a million customers cost a few evaluations on the whole
     table; when the sample does not converge the fit fails without trying the whole table, so
     that a penalizer that cannot work costs a sample's fit. None fits on every customer from the
-    start. At most :data:`PNBD_MAX_ITERATIONS` BFGS iterations per fit.
+    start. At most :data:`PNBD_MAX_ITERATIONS` BFGS iterations per fit. With ``sample_customers``,
+    a table of more than that many customers is fitted on an evenly spaced sample of about that
+    many alone: the four population parameters for a prior, at a cost that does not grow with
+    the table.
+
+    BFGS ending on "precision loss" counts as converged: on the likelihood's flat ridge (nearly
+    the same dropout rate for everyone, ``s`` and ``beta`` growing together) the line search
+    stalls where the value no longer moves; on the demo shop such a stop was within 2e-4 nats
+    per customer of Nelder-Mead's optimum.
 
     Raises
     ------
@@ -622,6 +630,10 @@ def fit_pnbd_parameters(
     """
     from scipy.optimize import minimize
 
+    if sample_customers and len(x) > sample_customers:
+        rows = slice(None, None, -(-len(x) // sample_customers))
+        x, t_x, T = x[rows], t_x[rows], T[rows]
+        warm_start_customers = None
     scale = 1.0 / float(np.max(T))
 
     def minimised(rows: slice, start: np.ndarray, inverse_hessian: np.ndarray | None = None):
@@ -637,19 +649,29 @@ def fit_pnbd_parameters(
         sample = minimised(slice(None, None, len(x) // warm_start_customers), cold_start)
         curvature = (sample.hess_inv + sample.hess_inv.T) / 2
         # A sample that does not converge says the whole table will not either: fail fast.
-        if not (sample.success and np.all(np.linalg.eigvalsh(curvature) > 0)):
+        if not (_stopped_at_optimum(sample) and np.all(np.linalg.eigvalsh(curvature) > 0)):
             raise ParetoNBDFitError(f"the optimiser did not converge on a sample: {sample.message}")
         result = minimised(slice(None), sample.x, curvature)
     else:
         result = minimised(slice(None), cold_start)
-    if not result.success:
+    if not _stopped_at_optimum(result):
         raise ParetoNBDFitError(f"the optimiser did not converge: {result.message}")
     params = np.exp(result.x)
     params[[1, 3]] /= scale
     return params
 
 
-def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZERS) -> "lifetimes.ParetoNBDFitter":
+# scipy's BFGS status when the line search could not lower the objective any further.
+_PRECISION_LOSS = 2
+
+
+def _stopped_at_optimum(result: Any) -> bool:
+    return bool(result.success or (result.status == _PRECISION_LOSS and np.isfinite(result.fun)
+                                   and np.all(np.isfinite(result.x))))
+
+
+def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZERS,
+             sample_customers: int | None = None) -> "lifetimes.ParetoNBDFitter":
     """Fit Pareto/NBD on the BG/NBD inputs, retrying with stronger penalizers when the optimiser fails.
 
     Parameters
@@ -660,6 +682,9 @@ def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZ
     penalizers : sequence of float
         L2 penalizer coefficients tried in order; the first fit that converges with finite
         positive parameters is returned.
+    sample_customers : int, optional
+        Fit on an evenly spaced sample of about this many customers when there are more
+        (:func:`fit_pnbd_parameters`); None fits on every customer.
 
     Returns
     -------
@@ -674,7 +699,10 @@ def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZ
     """
     from lifetimes import ParetoNBDFitter
 
-    return _fit_with_penalizers("Pareto/NBD", fit_pnbd_parameters, ParetoNBDFitter, PNBD_PARAMETERS,
+    def fit_parameters(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float) -> np.ndarray:
+        return fit_pnbd_parameters(x, t_x, T, penalizer, sample_customers=sample_customers)
+
+    return _fit_with_penalizers("Pareto/NBD", fit_parameters, ParetoNBDFitter, PNBD_PARAMETERS,
                                 ParetoNBDFitError, inputs, penalizers)
 
 

@@ -5,6 +5,7 @@ on a later time slice than the one it was fitted on, that knows its features and
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,11 +22,18 @@ log = logging.getLogger(__name__)
 NON_FEATURES = frozenset({"customer_id", "cutoff", "label", "peer_interactions_per_month", "usual_gap_days"})
 PREPROCESSING = ("native", "scaled")
 CALIBRATION = ("isotonic", "sigmoid", "none")
-PRIORS = (None, "bgnbd")
+PRIORS = (None, "bgnbd", "pnbd")
 BIAS = "bias"
-PRIOR = "bgnbd_prior"
+PRIOR = "btyd_prior"
 # Prior weights (intercept, log-odds of the target, log expected purchases) that give BG/NBD's own log-odds.
 BGNBD_LOG_ODDS = np.array([0.0, 1.0, 0.0])
+# Prior weights (intercept, log expected purchases) of the Pareto/NBD prior where the training rows
+# cannot fit them: the log of a small expected count is about the log-odds of a purchase.
+PNBD_LOG_COUNT = np.array([0.0, 1.0])
+# Pareto/NBD's population parameters for the prior are fitted on an evenly spaced sample of at most
+# this many of a cutoff's customers: four parameters need no more, and its likelihood costs
+# two hypergeometric functions per customer.
+PRIOR_PNBD_CUSTOMERS = 5_000
 # Expected purchases below this count as this many in the prior's log count (a dead customer's
 # expectation would otherwise weigh by how many zeros follow the decimal point).
 MIN_EXPECTED_PURCHASES = 1e-3
@@ -101,13 +109,19 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         For LightGBM: stop adding trees when the calibration slice's log loss has not improved
         for this many rounds (0 turns it off).
     prior
-        ``bgnbd``: LightGBM boosts from a buy-till-you-die prior (an initial score in log-odds),
-        so trees learn corrections to it and the prediction falls back to it where the training
-        snapshots say little (long horizons, short histories). BG/NBD is fitted per cutoff on
-        the rows of that cutoff (history up to it only); the prior is a logistic regression of
-        the training labels on two of its outputs, the log-odds of the target and the log of
-        the expected purchases in the horizon (:func:`prior_terms`): each BTYD score alone
-        ranks worse than the two together, and the regression calibrates them to the target.
+        LightGBM boosts from a buy-till-you-die prior (an initial score in log-odds), so trees
+        learn corrections to it and the prediction falls back to it where the training
+        snapshots say little (long horizons, short histories). The BTYD models are fitted per
+        cutoff on the rows of that cutoff (history up to it only), and the prior is a logistic
+        regression of the training labels on their outputs (:func:`prior_terms`), which
+        calibrates them to the target.
+        ``pnbd``: on the log of Pareto/NBD's expected purchases in the horizon (Schmittlein,
+        Morrison and Colombo, 1987), BG/NBD's where Pareto/NBD cannot be fitted. Pareto/NBD
+        lets a customer drop out before a repeat purchase, which BG/NBD does not; a
+        customer's expected purchases rank customers of any age on one scale, where the
+        probability's log-odds, weighed on young snapshots, carried over badly to older ones.
+        ``bgnbd``: on two BG/NBD outputs, the log-odds of the target and the log of the
+        expected purchases in the horizon.
         ``None``: boost from the base rate.
     target, horizon_days
         What the model predicts; kept with the model for scoring and reports.
@@ -123,8 +137,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     prior_fallback_ : float
         Log-odds of the training base rate, the prior where BG/NBD cannot be fitted.
     prior_weights_ : numpy.ndarray
-        Intercept and weights of the prior's two BG/NBD terms (:func:`prior_terms`), fitted on
-        the training rows; ``(0, 1, 0)`` is BG/NBD's own log-odds.
+        Intercept and weights of the prior's terms (:func:`prior_terms`), fitted on the
+        training rows; for ``bgnbd``, ``(0, 1, 0)`` is BG/NBD's own log-odds.
     prior_mean_ : float
         Mean prior of the training rows; contributions show the prior relative to it.
     classes_ : ndarray
@@ -176,7 +190,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got '{self.prior}'")
         if self.prior and not (is_lightgbm(self.estimator) and self.preprocessing == "native"):
-            raise ValueError("prior='bgnbd' needs a LightGBM estimator with native preprocessing")
+            raise ValueError(f"prior='{self.prior}' needs a LightGBM estimator with native preprocessing")
         # Tables of the trees of an earlier fit (also as kept before tree_tables_) describe other trees.
         for stale in ("tree_tables_", "_tree_tables"):
             self.__dict__.pop(stale, None)
@@ -199,7 +213,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         prior, calibration_prior = np.zeros(len(X)), None
         if self.prior:
             terms = self.prior_terms(X)
-            self.prior_weights_ = fit_prior_weights(terms, y)
+            self.prior_weights_ = fit_prior_weights(terms, y, self.prior)
             prior = self._blended(terms)
             if calibration is not None:
                 calibration_prior = self.prior_log_odds(calibration[0])
@@ -251,24 +265,25 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(score.ravel(), calibration[1])
 
     def prior_log_odds(self, X: pd.DataFrame) -> np.ndarray:
-        """The prior of each row in log-odds, shape ``(n_rows,)``: the fitted blend of the BG/NBD
-        terms (:func:`prior_terms`), BG/NBD fitted per cutoff on the rows of that cutoff (or
-        taken from ``with_population_prior``); the training base rate where BG/NBD cannot be
-        fitted. Zeros without a prior."""
+        """The prior of each row in log-odds, shape ``(n_rows,)``: the fitted blend of the BTYD
+        terms (:func:`prior_terms`), the BTYD models fitted per cutoff on the rows of that
+        cutoff (or taken from ``with_population_prior``); the training base rate where BG/NBD
+        cannot be fitted. Zeros without a prior."""
         if not self.prior:
             return np.zeros(len(X))
         return self._blended(self.prior_terms(X))
 
     def prior_terms(self, X: pd.DataFrame) -> np.ndarray:
-        """BG/NBD's log-odds of the target and log expected purchases in the horizon for each row,
-        shape ``(n_rows, 2)`` (:func:`prior_terms`); NaN where BG/NBD cannot be fitted."""
+        """The BTYD outputs the prior blends for each row (:func:`prior_terms`), shape
+        ``(n_rows, n_terms)``; NaN where BG/NBD cannot be fitted."""
         fixed = getattr(self, "population_priors_", None)
-        terms = np.full((len(X), 2), np.nan)
+        terms = np.full((len(X), len(default_prior_weights(self.prior)) - 1), np.nan)
         for cutoff, rows in _rows_by_cutoff(X).items():
             part = X.iloc[rows]
-            fitted = fixed.get(_cutoff_key(cutoff)) if fixed is not None else _fit_prior(part, cutoff)
+            fitted = (fixed.get(_cutoff_key(cutoff)) if fixed is not None
+                      else _fit_prior(part, cutoff, pnbd=self.prior == "pnbd"))
             if fitted is not None:
-                terms[rows] = prior_terms(fitted, part, self.prior_horizon_days(cutoff), self.target)
+                terms[rows] = prior_terms(fitted, part, self.prior_horizon_days(cutoff), self.target, self.prior)
         return terms
 
     def prior_horizon_days(self, cutoff: Any) -> float:
@@ -286,17 +301,19 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
     def _blended(self, terms: np.ndarray) -> np.ndarray:
         # Models fitted before the blend existed boost from BG/NBD's own log-odds.
-        weights = getattr(self, "prior_weights_", BGNBD_LOG_ODDS)
+        weights = getattr(self, "prior_weights_", None)
+        weights = default_prior_weights(self.prior) if weights is None else weights
         usable = np.isfinite(terms).all(axis=1)
         prior = np.full(len(terms), self.prior_fallback_)
         prior[usable] = weights[0] + terms[usable] @ weights[1:]
         return prior
 
     def with_population_prior(self, population: pd.DataFrame, priors: dict | None = None) -> "ChurnModel":
-        """A copy whose BG/NBD prior is fitted once per cutoff on ``population`` and then reused, so
+        """A copy whose BTYD prior is fitted once per cutoff on ``population`` and then reused, so
         that scoring the population in pieces (a sample, Spark partitions) gives the prior of
         scoring it whole. ``priors`` from :func:`fit_population_priors` shares one fit between
-        models (BG/NBD does not depend on the target).
+        models (the BTYD models do not depend on the target); it must hold Pareto/NBD's fits
+        for a ``pnbd`` prior.
 
         ``population`` needs ``cutoff`` and the BG/NBD input columns only.
         """
@@ -304,7 +321,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
 
         model = copy.copy(self)
         if self.prior:
-            model.population_priors_ = priors if priors is not None else fit_population_priors(population)
+            model.population_priors_ = (priors if priors is not None
+                                        else fit_population_priors(population, pnbd=self.prior == "pnbd"))
         return model
 
     # --- prediction ---------------------------------------------------------------------------
@@ -352,7 +370,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         """Exact per-row contribution of each feature to the raw score, plus a ``bias`` column.
 
         Each row sums to ``raw_score``: LightGBM's ``pred_contrib`` for trees (with a
-        ``bgnbd_prior`` column when there is a prior: the customer's prior relative to the
+        ``btyd_prior`` column when there is a prior: the customer's prior relative to the
         training rows' mean prior, which goes into ``bias``), coefficient x standardised value
         for linear models (one-hot and missing-indicator columns summed back to the feature they
         came from).
@@ -397,42 +415,66 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return prepared
 
 
-def prior_terms(fitted: Any, features: pd.DataFrame, horizon_days: int, target: str) -> np.ndarray:
-    """The two BG/NBD outputs the prior blends for feature rows, shape ``(n_rows, 2)``
+@dataclass(frozen=True)
+class PriorFit:
+    """The BTYD models fitted on one cutoff's customers that a prior reads: BG/NBD, and
+    Pareto/NBD when a ``pnbd`` prior asked for it (None when it was not asked for or could not
+    be fitted: the prior then reads BG/NBD's expected purchases)."""
+
+    bgnbd: Any
+    pnbd: Any = None
+
+
+def default_prior_weights(prior: str | None) -> np.ndarray:
+    """The prior's weights (intercept first) where no regression could be fitted:
+    :data:`PNBD_LOG_COUNT` for ``pnbd``, :data:`BGNBD_LOG_ODDS` otherwise."""
+    return (PNBD_LOG_COUNT if prior == "pnbd" else BGNBD_LOG_ODDS).copy()
+
+
+def prior_terms(fitted: PriorFit, features: pd.DataFrame, horizon_days: float, target: str,
+                prior: str | None = "bgnbd") -> np.ndarray:
+    """The BTYD outputs the prior blends for feature rows, shape ``(n_rows, n_terms)``
     (:func:`prior_terms_of_inputs` of :func:`churnml.models.btyd.bgnbd_inputs`).
 
-    ``fitted``: a BG/NBD model fitted at the rows' cutoff; ``features``: feature rows.
+    ``fitted``: the fits at the rows' cutoff; ``features``: feature rows.
     """
     from churnml.models.btyd import bgnbd_inputs
 
-    return prior_terms_of_inputs(fitted, bgnbd_inputs(features), horizon_days, target)
+    return prior_terms_of_inputs(fitted, bgnbd_inputs(features), horizon_days, target, prior=prior)
 
 
-def prior_terms_of_inputs(fitted: Any, inputs: pd.DataFrame, horizon_days: int, target: str,
-                          expected: np.ndarray | None = None) -> np.ndarray:
-    """The two BG/NBD outputs the prior blends, shape ``(n_rows, 2)``: the log-odds of the target
-    in the horizon (:func:`churnml.models.btyd.bgnbd_probability`) and the log of the expected
-    purchases in it (:func:`churnml.models.btyd.expected_purchases`, floored at
-    :data:`MIN_EXPECTED_PURCHASES`); NaN where BG/NBD gives no finite value.
+def prior_terms_of_inputs(fitted: PriorFit, inputs: pd.DataFrame, horizon_days: float, target: str,
+                          expected: np.ndarray | None = None, prior: str | None = "bgnbd") -> np.ndarray:
+    """The BTYD outputs the prior blends; NaN where the model gives no finite value.
 
-    ``inputs``: BG/NBD inputs ``x``, ``t_x``, ``T`` (weeks); ``expected``: the rows' expected
-    purchases in the horizon when already computed.
+    ``pnbd``: shape ``(n_rows, 1)``, the log of Pareto/NBD's expected purchases in the horizon
+    (:func:`churnml.models.btyd.expected_purchases`), BG/NBD's where ``fitted.pnbd`` is None.
+    ``bgnbd``: shape ``(n_rows, 2)``, BG/NBD's log-odds of the target in the horizon
+    (:func:`churnml.models.btyd.bgnbd_probability`) and the log of its expected purchases.
+    Expected purchases are floored at :data:`MIN_EXPECTED_PURCHASES`.
+
+    ``inputs``: BG/NBD inputs ``x``, ``t_x``, ``T`` (weeks); ``expected``: the rows' BG/NBD
+    expected purchases in the horizon when already computed.
     """
     from churnml.models.btyd import bgnbd_probability, expected_purchases
 
-    probability = bgnbd_probability(fitted, inputs, horizon_days, target)
-    if expected is None:
-        expected = expected_purchases(fitted, inputs, horizon_days)
-    return np.column_stack([_logit(np.clip(probability, 1e-6, 1 - 1e-6)),
-                            np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES))])
+    if prior == "pnbd" and fitted.pnbd is not None:
+        expected = expected_purchases(fitted.pnbd, inputs, horizon_days)
+    elif expected is None:
+        expected = expected_purchases(fitted.bgnbd, inputs, horizon_days)
+    log_count = np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES))
+    if prior == "pnbd":
+        return log_count[:, None]
+    probability = bgnbd_probability(fitted.bgnbd, inputs, horizon_days, target)
+    return np.column_stack([_logit(np.clip(probability, 1e-6, 1 - 1e-6)), log_count])
 
 
-def fit_prior_weights(terms: np.ndarray, y: np.ndarray) -> np.ndarray:
+def fit_prior_weights(terms: np.ndarray, y: np.ndarray, prior: str | None = "bgnbd") -> np.ndarray:
     """Intercept and weights of a logistic regression of ``y`` on the prior ``terms``
-    (:func:`prior_terms`, shape ``(n_rows, 2)``), fitted on the rows where both are finite: a
-    stacked blend of the two BTYD scores (Wolpert, 1992), calibrated to the training labels.
+    (:func:`prior_terms`, shape ``(n_rows, n_terms)``), fitted on the rows where all are finite:
+    a stacked blend of the BTYD scores (Wolpert, 1992), calibrated to the training labels.
 
-    BG/NBD's own log-odds, ``(0, 1, 0)``, where the rows cannot fit a regression (fewer than
+    :func:`default_prior_weights` where the rows cannot fit a regression (fewer than
     :data:`MIN_PRIOR_CUSTOMERS` of them, or one class).
     """
     from sklearn.linear_model import LogisticRegression
@@ -440,8 +482,8 @@ def fit_prior_weights(terms: np.ndarray, y: np.ndarray) -> np.ndarray:
     usable = np.isfinite(terms).all(axis=1)
     y = np.asarray(y).astype(int)
     if usable.sum() < MIN_PRIOR_CUSTOMERS or len(np.unique(y[usable])) < 2:
-        return BGNBD_LOG_ODDS.copy()
-    # Almost no penalty: two well-scaled terms on thousands of rows need none, and a strong one
+        return default_prior_weights(prior)
+    # Almost no penalty: a few well-scaled terms on thousands of rows need none, and a strong one
     # would pull the blend away from calibrated log-odds.
     regression = LogisticRegression(C=1e4, max_iter=1000).fit(terms[usable], y[usable])
     return np.concatenate([regression.intercept_, regression.coef_.ravel()])
@@ -473,17 +515,18 @@ class BoostingProgress:
 def with_shared_population_prior(models: Mapping[str, "ChurnModel"],
                                   population: pd.DataFrame) -> tuple[dict[str, "ChurnModel"], dict[str | None, Any]]:
     """The models, each with its prior fitted on ``population`` (:meth:`ChurnModel.with_population_prior`)
-    from one BG/NBD fit per cutoff that they share (BG/NBD does not depend on the target), and that
-    fit (:func:`fit_population_priors`); the models as given and ``{}`` when none has a prior."""
+    from one BTYD fit per cutoff that they share (BTYD models do not depend on the target), and
+    that fit (:func:`fit_population_priors`); the models as given and ``{}`` when none has a prior."""
     if not any(getattr(model, "prior", None) for model in models.values()):
         return dict(models), {}
-    priors = fit_population_priors(population)
+    priors = fit_population_priors(population, pnbd=any(getattr(m, "prior", None) == "pnbd" for m in models.values()))
     return {target: model.with_population_prior(population, priors) for target, model in models.items()}, priors
 
 
-def fit_population_priors(population: pd.DataFrame) -> dict[str | None, Any]:
-    """BG/NBD fitted on each cutoff's customers (None where it cannot be), keyed by cutoff."""
-    return {_cutoff_key(cutoff): _fit_prior(population.iloc[rows], cutoff)
+def fit_population_priors(population: pd.DataFrame, pnbd: bool = False) -> dict[str | None, PriorFit | None]:
+    """The BTYD models fitted on each cutoff's customers (:class:`PriorFit`; None where BG/NBD
+    cannot be fitted), keyed by cutoff; with ``pnbd``, Pareto/NBD as well."""
+    return {_cutoff_key(cutoff): _fit_prior(population.iloc[rows], cutoff, pnbd)
             for cutoff, rows in _rows_by_cutoff(population).items()}
 
 
@@ -495,19 +538,29 @@ def _cutoff_key(cutoff: Any) -> str | None:
     return None if cutoff is None else str(pd.Timestamp(cutoff).date())
 
 
-def _fit_prior(part: pd.DataFrame, cutoff: Any):
-    """BG/NBD fitted on one cutoff's customers, or None (with a warning) when it cannot be."""
-    from churnml.models.btyd import BGNBDFitError, bgnbd_inputs, fit_bgnbd
+def _fit_prior(part: pd.DataFrame, cutoff: Any, pnbd: bool = False) -> PriorFit | None:
+    """The BTYD models fitted on one cutoff's customers, or None (with a warning) when BG/NBD
+    cannot be fitted; with ``pnbd``, Pareto/NBD on a sample of them
+    (:data:`PRIOR_PNBD_CUSTOMERS`), None in the fit (with a warning) when it cannot be."""
+    from churnml.models.btyd import BGNBDFitError, ParetoNBDFitError, bgnbd_inputs, fit_bgnbd, fit_pnbd
 
     if len(part) < MIN_PRIOR_CUSTOMERS:
-        log.warning("%s customers at cutoff %s are too few to fit the BG/NBD prior; using the training base rate",
+        log.warning("%s customers at cutoff %s are too few to fit the BTYD prior; using the training base rate",
                     len(part), cutoff)
         return None
+    inputs = bgnbd_inputs(part)
     try:
-        return fit_bgnbd(bgnbd_inputs(part))
+        bgnbd = fit_bgnbd(inputs)
     except (BGNBDFitError, ValueError) as error:
         log.warning("BG/NBD prior unavailable at cutoff %s (%s); using the training base rate", cutoff, error)
         return None
+    if not pnbd:
+        return PriorFit(bgnbd)
+    try:
+        return PriorFit(bgnbd, fit_pnbd(inputs, sample_customers=PRIOR_PNBD_CUSTOMERS))
+    except (ParetoNBDFitError, ValueError) as error:
+        log.warning("Pareto/NBD prior unavailable at cutoff %s (%s); using BG/NBD's expected purchases", cutoff, error)
+        return PriorFit(bgnbd)
 
 
 def _logit(p: Any) -> Any:

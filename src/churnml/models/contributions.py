@@ -3,7 +3,7 @@ reference path, and tabulated trees as an optional accelerator for small LightGB
 
 :func:`contributions` gives every row's contributions, :func:`model_scores` what scoring needs
 (probabilities and each row's top contributions, memory-bounded); both choose between the two
-paths the same way, and on both the BG/NBD prior's contribution is split over the behaviours
+paths the same way, and on both the BTYD prior's contribution is split over the behaviours
 behind it (:func:`attributed_contributions`, :mod:`churnml.models.attribution`).
 """
 
@@ -117,12 +117,12 @@ class TopReasons:
     ----------
     names : list of str
         What ``indices`` point to: the contribution columns (the model's features, and
-        ``bgnbd_prior`` for a model that boosts from BG/NBD: what of the prior no feature takes,
+        ``btyd_prior`` for a model that boosts from BG/NBD: what of the prior no feature takes,
         see :func:`attributed_contributions`).
     indices, contributions : numpy.ndarray
         As :func:`top_contributions`.
     prior_log_odds : numpy.ndarray or None
-        The BG/NBD prior of each row in log-odds (the probability it stands for, not its
+        The BTYD prior of each row in log-odds (the probability it stands for, not its
         contribution), for phrasing it; None without a prior.
     """
 
@@ -135,17 +135,17 @@ class TopReasons:
 def attributed_contributions(model: ChurnModel, X: pd.DataFrame, frame: pd.DataFrame,
                              references: Mapping[str | None, PriorReference] | None = None,
                              prior: np.ndarray | None = None) -> pd.DataFrame:
-    """Contributions with the BG/NBD prior's share split over the behaviours behind it.
+    """Contributions with the BTYD prior's share split over the behaviours behind it.
 
-    ``frame`` is laid out as :meth:`ChurnModel.contributions` (features, ``bgnbd_prior``, ``bias``).
+    ``frame`` is laid out as :meth:`ChurnModel.contributions` (features, ``btyd_prior``, ``bias``).
     Each behaviour's share (:func:`churnml.models.attribution.attribute_prior`) is added to its
     feature (``recency_days``, ``frequency``, ``purchase_age_days`` or their stand-ins);
-    ``bgnbd_prior`` keeps the shares of behaviours the model has no feature for (0 when it has
+    ``btyd_prior`` keeps the shares of behaviours the model has no feature for (0 when it has
     them all), and the bias takes the reference customer's prior, the same for every customer
     of a cutoff. The contributions of BG/NBD's outputs among the features (P(alive), expected
     purchases) pass to the same behaviours where they can (the rescale rule, see
     :mod:`churnml.models.attribution`). Each row still adds up to the raw score. A frame
-    without ``bgnbd_prior`` is returned as it is.
+    without ``btyd_prior`` is returned as it is.
 
     Parameters
     ----------
@@ -197,9 +197,9 @@ def churn_reasons(model: ChurnModel, inputs: pd.DataFrame, n: int = 3, batch_siz
     ``reason_filter`` says, lower it most), through the model's own contributions.
 
     Contributions are the model's exact per-row contributions in log-odds (with the bias they sum
-    to the raw score), with the BG/NBD prior split over the behaviours behind it
+    to the raw score), with the BTYD prior split over the behaviours behind it
     (:func:`attributed_contributions`). They are computed ``batch_size`` rows at a time and only
-    the top ones kept, which bounds memory. A model that boosts from a BG/NBD prior has it
+    the top ones kept, which bounds memory. A model that boosts from a BTYD prior has it
     fitted once on all of ``inputs`` first (unless its fit is fixed already), as
     ``predict_proba`` fits it on the whole table, so that every batch gets the same prior.
 
@@ -329,7 +329,7 @@ class TreeTables:
         Sum over trees of the cover-weighted mean output: the ``bias`` of pred_contrib.
     prior_offset : float
         For a model boosted from a prior: the part of the prior its contributions put into the
-        bias (their ``bgnbd_prior`` column is the prior minus this); set by
+        bias (their ``btyd_prior`` column is the prior minus this); set by
         :func:`verify_tables`.
     """
 
@@ -882,7 +882,7 @@ def verify_tables(model: ChurnModel, inputs: pd.DataFrame, tables: TreeTables,
     The sample is scored on its own on both paths alike, with the model's BG/NBD fit when it is
     fixed (:func:`model_scores` fixes it on all the rows first), else with one fitted on the
     sample. For a model with a prior, the returned tables also know how the model's
-    contributions split the prior between its ``bgnbd_prior`` column and the bias
+    contributions split the prior between its ``btyd_prior`` column and the bias
     (``prior_offset``).
     """
     rows = np.unique(np.linspace(0, len(inputs) - 1, min(n_rows, len(inputs))).astype(int))
@@ -1065,7 +1065,7 @@ def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = N
     model : ChurnModel
         A fitted model.
     X : pandas.DataFrame
-        Rows with the model's features, ``(rows, columns)``; a model with a BG/NBD prior fits it
+        Rows with the model's features, ``(rows, columns)``; a model with a BTYD prior fits it
         on these rows, as ``predict_proba`` does.
     threads : int, optional
         Threads for the tabulated trees; default all cores.
@@ -1073,9 +1073,9 @@ def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = N
         Tables to use (checked like the model's own); default the model's ``tree_tables_``, or
         tables built now when it has none.
     attribute : bool
-        Split the BG/NBD prior's contribution over the behaviours behind it
+        Split the BTYD prior's contribution over the behaviours behind it
         (:func:`attributed_contributions`); False: the prior relative to the training mean in
-        ``bgnbd_prior``, as :meth:`ChurnModel.contributions` gives it.
+        ``btyd_prior``, as :meth:`ChurnModel.contributions` gives it.
     references : mapping, optional
         The population's reference customers for that split
         (:func:`churnml.models.attribution.prior_references`); default: those of ``X``.
@@ -1084,8 +1084,8 @@ def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = N
     -------
     pandas.DataFrame
         ``(rows, features [+ 1] + 1)``, index of ``X``: one column per model feature, then
-        ``bgnbd_prior`` for a model boosted from BG/NBD, then ``bias``; each row sums to
-        ``model.raw_score(X)``. With ``attribute``, ``bgnbd_prior`` is 0 when the model has a
+        ``btyd_prior`` for a model boosted from BG/NBD, then ``bias``; each row sums to
+        ``model.raw_score(X)``. With ``attribute``, ``btyd_prior`` is 0 when the model has a
         feature for each of recency, frequency and age, and the bias differs between cutoffs.
 
     Raises

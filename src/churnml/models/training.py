@@ -24,8 +24,8 @@ from churnml.features.seasonality import monthly_purchase_rates, seasonal_index_
 from churnml.features.snapshots import snapshot_table, training_cutoffs
 from churnml.io.load import Dataset
 from churnml.models.baselines import baseline_probabilities
-from churnml.models.btyd import bgnbd_features
-from churnml.models.classifier import ChurnModel
+from churnml.models.btyd import BGNBD_SOURCE_COLUMNS, bgnbd_features
+from churnml.models.classifier import ChurnModel, fit_population_priors
 from churnml.models.contributions import attach_tree_tables, tabulation_note
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,7 @@ def split_for_calibration(
 def fit_model(
     template: ChurnModel, table: pd.DataFrame, calibration_snapshots: int = 1, keep_reference: bool = True,
     calibration_fraction: float = 0.0, progress: str | None = None, rates: pd.Series | None = None,
+    priors: dict | None = None,
 ) -> ChurnModel:
     """Fit a copy of ``template`` on the older snapshots, calibrated on the latest ones
     (:func:`split_for_calibration`).
@@ -170,10 +171,14 @@ def fit_model(
     the refit one, the holdout's own cutoff. ``progress``: the description of a progress bar of
     the boosting rounds, None for none. ``rates``: the shop's purchases per day by month
     (:func:`churnml.features.seasonality.monthly_purchase_rates`) for the seasonality the model's
-    prior runs on, cut to the months the model's labels close by; None for none.
+    prior runs on, cut to the months the model's labels close by; None for none. ``priors``: the
+    prior's BTYD fits of each cutoff (:func:`snapshot_priors`), fitted here otherwise; they serve
+    this fit only and are not kept with the model.
     """
     fit_part, calibration_part = split_for_calibration(table, calibration_snapshots, calibration_fraction)
     model = clone(template)
+    if priors is not None and model.prior:
+        model.population_priors_ = priors
     seasonality = None
     if rates is not None:
         labels_close = pd.Timestamp(table["cutoff"].max()).date() + dt.timedelta(days=int(template.horizon_days))
@@ -181,14 +186,30 @@ def fit_model(
     model.fit(fit_part, fit_part["label"], calibration_set=(calibration_part, calibration_part["label"]),
               progress=progress, seasonality=seasonality)
     model.trained_through_ = pd.Timestamp(table["cutoff"].max()).date()
+    if keep_reference:
+        latest = table[table["cutoff"] == table["cutoff"].max()]
+        model.reference_profile_ = drift.profile(latest, model.feature_names_in_,
+                                                 score=model.predict_proba(latest)[:, 1])
+    # Fits of other rows' cutoffs would give a scoring run at another cutoff the base rate.
+    model.__dict__.pop("population_priors_", None)
     if not keep_reference:
         return model
-    latest = table[table["cutoff"] == table["cutoff"].max()]
-    model.reference_profile_ = drift.profile(latest, model.feature_names_in_, score=model.predict_proba(latest)[:, 1])
     note = attach_tree_tables(model)
     if note:
         log.warning("%s model: %s", model.target, note)
     return model
+
+
+def snapshot_priors(template: ChurnModel, *tables: pd.DataFrame) -> dict | None:
+    """The prior's BTYD fits of every cutoff of the snapshot ``tables``, on all of that cutoff's
+    customers (:func:`churnml.models.classifier.fit_population_priors`), so that the model, its
+    calibration, each time-based CV fold and the refit share one fit per cutoff; None for a
+    template without a prior. The fits read each customer's history up to the cutoff only."""
+    if not template.prior:
+        return None
+    columns = [c for c in (*BGNBD_SOURCE_COLUMNS, "cutoff") if c in tables[0].columns]
+    population = pd.concat([table[columns] for table in tables], ignore_index=True)
+    return fit_population_priors(population, pnbd=template.prior == "pnbd")
 
 
 def labels_through(model: ChurnModel) -> dt.date | None:
@@ -205,10 +226,13 @@ def labels_through(model: ChurnModel) -> dt.date | None:
 
 
 def holdout_probabilities(
-    model: ChurnModel, train_table: pd.DataFrame, holdout_table: pd.DataFrame, target: str, horizon_days: int
+    model: ChurnModel, train_table: pd.DataFrame, holdout_table: pd.DataFrame, target: str, horizon_days: int,
+    priors: dict | None = None,
 ) -> dict[str, np.ndarray]:
-    """The model's and each baseline's probabilities for the holdout rows, model first."""
-    probabilities = {"model": model.predict_proba(holdout_table)[:, 1]}
+    """The model's and each baseline's probabilities for the holdout rows, model first;
+    ``priors``: the prior's fits (:func:`snapshot_priors`), fitted on the holdout rows otherwise."""
+    scorer = model.with_population_prior(holdout_table, priors) if priors is not None else model
+    probabilities = {"model": scorer.predict_proba(holdout_table)[:, 1]}
     probabilities.update(baseline_probabilities(train_table, train_table["label"].to_numpy(), holdout_table, target, horizon_days))
     return probabilities
 
@@ -228,6 +252,7 @@ def cv_fold_cutoffs(cutoffs: list[dt.date], horizon_days: int, n_folds: int, cal
 def time_cv(
     template: ChurnModel, table: pd.DataFrame, horizon_days: int, n_folds: int, calibration_snapshots: int = 1,
     progress: bool = True, calibration_fraction: float = 0.0, rates: pd.Series | None = None,
+    priors: dict | None = None,
 ) -> pd.DataFrame:
     """Out-of-time folds: each evaluates on one snapshot, training only on snapshots whose label
     windows close on or before its cutoff. Never random k-fold over time.
@@ -235,17 +260,19 @@ def time_cv(
     The metrics of :func:`time_cv_scores`, one row per fold.
     """
     return time_cv_scores(template, table, horizon_days, n_folds, calibration_snapshots, progress,
-                          calibration_fraction, rates)[0]
+                          calibration_fraction, rates, priors)[0]
 
 
 def time_cv_scores(
     template: ChurnModel, table: pd.DataFrame, horizon_days: int, n_folds: int, calibration_snapshots: int = 1,
     progress: bool = True, calibration_fraction: float = 0.0, rates: pd.Series | None = None,
+    priors: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The time-based CV (:func:`time_cv`): its metrics, one row per fold (``cutoff``,
     ``train_rows`` and :func:`churnml.evaluation.metrics.binary_metrics`), and the rows each fold
     evaluated with the probability its model gave them (:func:`scored_rows`), out of sample:
-    the fold's model saw no label of a window that closes after the fold's cutoff."""
+    the fold's model saw no label of a window that closes after the fold's cutoff. ``priors``:
+    the prior's fits of the table's cutoffs (:func:`snapshot_priors`), fitted per fold otherwise."""
     from tqdm.auto import tqdm
 
     cutoffs = sorted(pd.Timestamp(c).date() for c in table["cutoff"].unique())
@@ -256,8 +283,9 @@ def time_cv_scores(
         evaluated = table[table["cutoff"] == pd.Timestamp(fold_cutoff)]
         # A fold's model is only evaluated, never scores new data: no drift reference.
         model = fit_model(template, table[known], calibration_snapshots, keep_reference=False,
-                          calibration_fraction=calibration_fraction, rates=rates)
-        probability = model.predict_proba(evaluated)[:, 1]
+                          calibration_fraction=calibration_fraction, rates=rates, priors=priors)
+        scorer = model.with_population_prior(evaluated, priors) if priors is not None else model
+        probability = scorer.predict_proba(evaluated)[:, 1]
         metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), probability)
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
         scored.append(scored_rows(evaluated, probability))
@@ -377,14 +405,16 @@ def train_and_evaluate(
     rates = None
     if plan.seasonality and template.prior:
         rates = monthly_purchase_rates(dataset.transactions, dataset.last_date)
+    priors = snapshot_priors(template, train_table, holdout_table)
     # Each model sees the months its labels close by: the evaluated one no month after the holdout cutoff.
     model = fit_model(template, train_table, plan.calibration_snapshots, keep_reference=not plan.refit,
                       calibration_fraction=plan.calibration_fraction, progress=what if progress else None,
-                      rates=rates)
-    probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days)
+                      rates=rates, priors=priors)
+    probabilities = holdout_probabilities(model, train_table, holdout_table, plan.target, plan.horizon_days, priors)
     y_holdout = holdout_table["label"].to_numpy()
     folds, fold_scores = time_cv_scores(template, train_table, plan.horizon_days, plan.cv_folds,
-                                        plan.calibration_snapshots, progress, plan.calibration_fraction, rates)
+                                        plan.calibration_snapshots, progress, plan.calibration_fraction, rates,
+                                        priors)
     metrics = evaluation_metrics.holdout_metrics(probabilities, y_holdout)
     if not folds.empty:
         metric_columns = [c for c in folds.columns if c not in ("cutoff", "train_rows", "n", "base_rate")]
@@ -393,7 +423,8 @@ def train_and_evaluate(
     if plan.refit:
         refit = fit_model(template, pd.concat([train_table, holdout_table], ignore_index=True),
                           plan.calibration_snapshots, calibration_fraction=plan.calibration_fraction,
-                          progress=f"{what}, refit through {holdout_cutoff}" if progress else None, rates=rates)
+                          progress=f"{what}, refit through {holdout_cutoff}" if progress else None, rates=rates,
+                          priors=priors)
     return Outcome(
         model=model,
         plan=plan,

@@ -230,7 +230,7 @@ def classical_churn_risk(horizon_days: int) -> Callable[[pd.DataFrame], np.ndarr
 
 
 def model_churn_risk(model: Any) -> Callable[[pd.DataFrame], np.ndarray]:
-    """Churn risk as a trained churn model's calibrated probability (its BG/NBD prior fitted on
+    """Churn risk as a trained churn model's calibrated probability (its BTYD prior fitted on
     the feature table it is given, as when scoring)."""
     from churnml.scoring.table import model_inputs
 

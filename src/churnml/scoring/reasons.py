@@ -481,10 +481,10 @@ def _bgnbd_expected(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) ->
     return _decimal(value) + f" purchases expected in the next {ctx.horizon_days} days"
 
 
-def _bgnbd_prior(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) -> pd.Series:
-    # The prior is BG/NBD's churn probability in log-odds; 0 log-odds is an even chance.
+def _btyd_prior(value: pd.Series, rows: pd.DataFrame, ctx: ReasonContext) -> pd.Series:
+    # The prior is the buy-till-you-die model's churn probability in log-odds; 0 log-odds is an even chance.
     probability = pd.Series(1.0 / (1.0 + np.exp(-value.to_numpy(dtype=float))), index=value.index)
-    return ("buying pattern (BG/NBD) gives a " + _percent(probability)
+    return ("buying pattern (buy-till-you-die model) gives a " + _percent(probability)
             + f" chance of no purchase in the next {ctx.horizon_days} days")
 
 
@@ -616,7 +616,7 @@ REASON_TEMPLATES: dict[str, ReasonTemplate] = {
     "bgnbd_expected_purchases": _peers_only(_bgnbd_expected, "purchase forecast unavailable", LOWERS,
                                             missing_risk=None),
     # What of the prior no feature takes (see churnml.models.attribution): a model, not a behaviour.
-    PRIOR: ReasonTemplate(_bgnbd_prior, "buying pattern unknown", missing_risk=0),
+    PRIOR: ReasonTemplate(_btyd_prior, "buying pattern unknown", missing_risk=0),
 }
 
 _WINDOWED = re.compile(r"^(orders|spend|interactions)_(\d+)d$")
@@ -940,7 +940,7 @@ def reason_eligibility(feature_names: Sequence[str], frame: pd.DataFrame, contex
     -------
     numpy.ndarray
         ``(len(feature_names), rows)`` booleans; a name without a column in ``frame`` is not
-        eligible, except ``bgnbd_prior``.
+        eligible, except ``btyd_prior``.
     """
     n_rows = len(signs)
     allowed = np.zeros((len(feature_names), n_rows), dtype=bool)

@@ -80,7 +80,7 @@ class ScoringSetup:
     ----------
     as_of : datetime.date
     models : mapping of str to ChurnModel
-        ``churn`` and ``repurchase``; once fitted, with the population's BG/NBD prior.
+        ``churn`` and ``repurchase``; once fitted, with the population's BTYD prior.
     config : ScoringConfig
     context : ReasonContext, optional
     identities : mapping of str to ModelIdentity, optional
@@ -96,7 +96,7 @@ class ScoringSetup:
         For ``score.reasons_for=top_fraction``: who gets reasons in the population; None before
         it is known, and for the other settings.
     references : mapping, optional
-        The population's reference customers for the BG/NBD prior's shares; None before they
+        The population's reference customers for the BTYD prior's shares; None before they
         are known, and for models without a prior.
     """
 
@@ -326,9 +326,9 @@ def bgnbd_population(features: Any, as_of: dt.date) -> pd.DataFrame:
 def population_bgnbd(population: pd.DataFrame, priors: Mapping[str | None, Any]) -> Any:
     """BG/NBD fitted on the population for the BG/NBD features: the prior's fit when there is one
     (the same fit on the same rows), else a fit of its own; None (with a warning) when it fails."""
-    fitted = next((model for model in priors.values() if model is not None), None)
+    fitted = next((fit for fit in priors.values() if fit is not None), None)
     if fitted is not None:
-        return fitted
+        return fitted.bgnbd
     try:
         return fit_bgnbd(bgnbd_inputs(population))
     except BGNBDFitError as error:

@@ -186,7 +186,7 @@ def score_customers(
         population (:func:`churnml.scoring.policy.reason_cut`); default: the riskiest share of
         the customers in ``inputs``.
     references : mapping, optional
-        The reference customers the BG/NBD prior's shares are measured against
+        The reference customers the BTYD prior's shares are measured against
         (:func:`churnml.models.attribution.prior_references`); default: those of ``inputs``
         (pass the whole population's when ``inputs`` is one piece of it).
 

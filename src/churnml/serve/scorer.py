@@ -81,7 +81,7 @@ class PopulationState:
     norms : PopulationNorms
         The numbers the feature table compares each customer with.
     models : mapping of str to ChurnModel
-        With the population's BG/NBD prior.
+        With the population's BTYD prior.
     bgnbd_columns : callable, optional
         BG/NBD features from the population's fit, for models trained with them.
     context : ReasonContext
