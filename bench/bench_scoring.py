@@ -6,7 +6,7 @@ to keep the set-up short; the size of the models comes from the model configurat
 compiled table loops are made ready beforehand too: numba compiles them on first use and caches
 them on disk, so a nightly job compiles once per installation. The timed work is what
 ``churnml-score`` does between loading the models and tracking the run: load and validate the
-data, build the features at the last date, fit the BG/NBD prior once for both models, add the
+data, build the features at the last date, fit the BTYD prior once for both models, add the
 models' extra inputs, predict both
 probabilities, compute every customer's exact contributions and reasons, bands, segments and
 actions, and write the Parquet file atomically.
@@ -37,7 +37,7 @@ SETUP = """
     from churnml.scoring import table
     from churnml.io.sources import load_data
     from churnml.features.build import FeatureConfig
-    from churnml.models.classifier import fit_population_priors
+    from churnml.models.classifier import with_shared_population_prior
     from harness import train_default_models
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_scoring_"))
@@ -75,10 +75,9 @@ WORK = """
     features = snapshots.feature_frame(dataset, as_of, feature_config)
     dataset.con.disconnect()
     lap("load + features")
-    # As churnml-score does: one BG/NBD fit on the scored population serves both models' priors.
-    priors = fit_population_priors(features)
-    scored = {target: model.with_population_prior(features, priors) for target, model in models.items()}
-    lap("BG/NBD prior")
+    # As churnml-score does: one BTYD fit on the scored population serves both models' priors.
+    scored, _ = with_shared_population_prior(models, features)
+    lap("BTYD prior fits")
     inputs = table.model_inputs(features, scored)
     lap("model inputs")
     scores = table.score_customers(inputs, scored, as_of, config, context)

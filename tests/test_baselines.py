@@ -520,12 +520,15 @@ def test_a_pnbd_fit_on_a_sample_reads_only_an_evenly_spaced_sample(holdout_fit):
 def test_bfgs_stopping_on_precision_loss_counts_as_converged_only_at_a_finite_point():
     from types import SimpleNamespace
 
-    def stop(success=False, status=2, fun=-1.0, x=(0.1, 0.2, 0.3, 0.4)):
-        return btyd._stopped_at_optimum(SimpleNamespace(success=success, status=status, fun=fun, x=np.array(x)))
+    def stop(success=False, status=2, fun=-1.0, x=(0.1, 0.2, 0.3, 0.4), jac=(0.01, -0.02, 0.0, 0.001)):
+        return btyd._stopped_at_optimum(SimpleNamespace(success=success, status=status, fun=fun, x=np.array(x),
+                                                        jac=np.array(jac)))
 
     assert stop(success=True, status=0) and stop()
     assert not stop(fun=np.inf) and not stop(x=(0.1, np.nan, 0.3, 0.4))
     assert not stop(status=1) and not stop(status=3)
+    # Stalled short of an optimum beyond the parameter bound: the gradient is still large.
+    assert not stop(x=(0.1, 0.2, 3.64, 0.4), jac=(0.0, 0.0, -12.7, 0.0)) and not stop(jac=(0.0, np.nan, 0.0, 0.0))
 
 
 @pytest.mark.parametrize("shapes", [(0.6, 12.0, 0.35, 6.0), (3.5, 20.0, 0.35, 60.0), (1.0, 5.0, 2.0, 5.0)])
