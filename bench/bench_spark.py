@@ -5,7 +5,7 @@ Features: each engine loads, validates and cleans transactions, interactions and
 the feature table at the last date and writes it to Parquet (what ``churnml-features`` does).
 
 Scoring: each engine runs what ``churnml-score`` does between loading the models and tracking the
-run (load, features, BG/NBD prior, probabilities, exact reasons, segments, actions, drift, the
+run (load, features, BTYD prior, probabilities, exact reasons, segments, actions, drift, the
 write and the summary), with the same two models: the default model configuration trained
 beforehand, untimed, on 1 customer in 50 (6 training snapshots). DuckDB scores the whole table in
 memory; Spark keeps it in Spark and scores it partition by partition (``mapInPandas``). The two

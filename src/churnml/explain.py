@@ -176,7 +176,7 @@ def shap_explanation(model: ChurnModel, features: pd.DataFrame, background_size:
     shap.Explanation
         ``values`` (rows x features), ``base_values`` (one per row), ``data`` (the numeric input
         from :func:`numeric_matrix`), ``display_data`` (category names) and ``feature_names``
-        (the model's features, then ``btyd_prior`` for a model boosted from BG/NBD). For every
+        (the model's features, then ``btyd_prior`` for a model boosted from a BTYD prior). For every
         row, ``base_values + values.sum()`` equals ``model.raw_score(features)``.
 
     Notes

@@ -1,8 +1,9 @@
 """The BTYD prior's contribution, attributed to the behaviours behind it.
 
-A model boosted from BG/NBD (``ChurnModel(prior="bgnbd")``) starts every customer's raw score
-at its prior (:meth:`ChurnModel.prior_log_odds`: a blend of BG/NBD's log-odds and log expected
-purchases), a closed-form function of BG/NBD's fit and three behaviours: how long since the last
+A model boosted from a BTYD prior (``ChurnModel(prior="pnbd")``: Pareto/NBD's log expected
+purchases, calibrated; ``prior="bgnbd"``: a blend of BG/NBD's log-odds and log expected
+purchases) starts every customer's raw score at its prior (:meth:`ChurnModel.prior_log_odds`), a
+closed-form function of the fit and three behaviours: how long since the last
 purchase (recency ``T - t_x``), how many repeat purchases (frequency ``x``) and how long since
 the first one (age ``T``). Its contribution, the prior relative to the training mean, names a
 model rather than a behaviour; here it is split exactly over those three behaviours:
@@ -327,7 +328,7 @@ def attribute_prior(model: ChurnModel, inputs: pd.DataFrame, prior: np.ndarray,
     """
     fits = getattr(model, "population_priors_", None)
     if fits is None:
-        raise ValueError("attribute the prior of a model whose BG/NBD fit is fixed (ChurnModel.with_population_prior)")
+        raise ValueError("attribute the prior of a model whose BTYD fit is fixed (ChurnModel.with_population_prior)")
     inputs = prior_input_columns(inputs)
     references = references if references is not None else prior_references(inputs)
     prior = np.asarray(prior, dtype=float)

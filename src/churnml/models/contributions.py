@@ -117,7 +117,7 @@ class TopReasons:
     ----------
     names : list of str
         What ``indices`` point to: the contribution columns (the model's features, and
-        ``btyd_prior`` for a model that boosts from BG/NBD: what of the prior no feature takes,
+        ``btyd_prior`` for a model that boosts from a BTYD prior: what of the prior no feature takes,
         see :func:`attributed_contributions`).
     indices, contributions : numpy.ndarray
         As :func:`top_contributions`.
@@ -1084,7 +1084,7 @@ def contributions(model: ChurnModel, X: pd.DataFrame, *, threads: int | None = N
     -------
     pandas.DataFrame
         ``(rows, features [+ 1] + 1)``, index of ``X``: one column per model feature, then
-        ``btyd_prior`` for a model boosted from BG/NBD, then ``bias``; each row sums to
+        ``btyd_prior`` for a model boosted from a BTYD prior, then ``bias``; each row sums to
         ``model.raw_score(X)``. With ``attribute``, ``btyd_prior`` is 0 when the model has a
         feature for each of recency, frequency and age, and the bias differs between cutoffs.
 
@@ -1119,7 +1119,7 @@ def model_scores(model: ChurnModel, inputs: pd.DataFrame, n_reasons: int = 0, ba
     scoring needs, without holding every row's contributions at once.
 
     The tables or the model's own methods are chosen as in :func:`contributions`. A model
-    boosted from BG/NBD has the prior fitted once on ``inputs`` (unless its fit is fixed
+    boosted from a BTYD prior has the prior fitted once on ``inputs`` (unless its fit is fixed
     already) and its contribution split over the behaviours behind it
     (:func:`attributed_contributions`) on either path.
 

@@ -12,7 +12,7 @@ writes the file. One output row per customer:
   those that lower it most (what keeps them). Each is a short phrase with the customer's value
   and a norm (their own rhythm or the peers', :mod:`churnml.scoring.reasons`), with its exact
   contribution to the churn model's raw score in log-odds (LightGBM ``pred_contrib``; for a
-  model boosted from BG/NBD, the prior's contribution is split over recency, frequency and age
+  model boosted from a BTYD prior, the prior's contribution is split over recency, frequency and age
   and added to those features, :mod:`churnml.models.attribution`). A contribution is given only
   when the value reads the way it pushes (a rising order pace is never a churn reason); a
   customer with none gets one phrase saying that no behaviour stands out.
