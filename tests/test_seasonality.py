@@ -91,12 +91,13 @@ def seasonal_shop():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("prior", ["pnbd", "bgnbd"])
 @pytest.mark.parametrize("target", ["churn", "repurchase"])
-def test_calibration_holds_when_the_holdout_season_differs(seasonal_shop, target):
+def test_calibration_holds_when_the_holdout_season_differs(seasonal_shop, target, prior):
     ratios = {}
     for seasonality in (False, True):
         plan = dataclasses.replace(PLAN, target=target, cv_folds=0, refit=False, seasonality=seasonality)
-        outcome = train_and_evaluate(seasonal_shop, quick_model(prior="bgnbd"), plan, progress=False)
+        outcome = train_and_evaluate(seasonal_shop, quick_model(prior=prior), plan, progress=False)
         observed = outcome.holdout_table["label"].mean()
         ratios[seasonality] = outcome.probabilities["model"].mean() / observed
     assert abs(ratios[True] - 1) < 0.10
