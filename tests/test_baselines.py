@@ -508,15 +508,6 @@ def test_a_large_table_starts_its_pnbd_fit_from_a_sample(monkeypatch, holdout_fi
     np.testing.assert_allclose(warm, cold, rtol=1e-3)
 
 
-def test_a_pnbd_fit_on_a_sample_reads_only_an_evenly_spaced_sample(holdout_fit):
-    inputs, _, _ = holdout_fit
-    sampled = fit_pnbd(inputs, sample_customers=len(inputs) // 3)
-    step = -(-len(inputs) // (len(inputs) // 3))
-    np.testing.assert_allclose(sampled.params_, fit_pnbd(inputs.iloc[::step]).params_, rtol=1e-12)
-    assert not np.allclose(sampled.params_, fit_pnbd(inputs).params_, rtol=1e-3)
-    np.testing.assert_allclose(fit_pnbd(inputs, sample_customers=len(inputs)).params_, fit_pnbd(inputs).params_)
-
-
 def test_bfgs_stopping_on_precision_loss_counts_as_converged_only_at_a_finite_point():
     from types import SimpleNamespace
 
@@ -635,10 +626,10 @@ def test_fit_pnbd_retries_with_a_penalizer_then_raises(monkeypatch, holdout_fit)
     inputs, _, _ = holdout_fit
     original = btyd.fit_pnbd_parameters
 
-    def fail_without_penalizer(x, t_x, T, penalizer=0.0, **options):
+    def fail_without_penalizer(x, t_x, T, penalizer=0.0):
         if penalizer == 0:
             raise ValueError("overflow in hyp2f1")
-        return original(x, t_x, T, penalizer, **options)
+        return original(x, t_x, T, penalizer)
 
     monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail_without_penalizer)
     assert fit_pnbd(inputs).penalizer_coef == 0.001
@@ -647,7 +638,7 @@ def test_fit_pnbd_retries_with_a_penalizer_then_raises(monkeypatch, holdout_fit)
         fit_pnbd(inputs)
 
 
-def _fail_pnbd(x, t_x, T, penalizer=0.0, **options):
+def _fail_pnbd(x, t_x, T, penalizer=0.0):
     raise ConvergenceError("The model did not converge.")
 
 
@@ -718,9 +709,9 @@ def test_count_baselines_are_calibrated_on_the_latest_training_snapshot(snapshot
     fitted_rows = []
     original = btyd.fit_pnbd_parameters
 
-    def counted(x, t_x, T, penalizer=0.0, **options):
+    def counted(x, t_x, T, penalizer=0.0):
         fitted_rows.append(len(x))
-        return original(x, t_x, T, penalizer, **options)
+        return original(x, t_x, T, penalizer)
 
     monkeypatch.setattr(btyd, "fit_pnbd_parameters", counted)
     labels = np.concatenate([churn_train[: len(older)], churn_train])
@@ -752,10 +743,10 @@ def test_baselines_leave_a_count_out_when_no_training_snapshot_fits(monkeypatch,
     (train, churn_train), (holdout, _) = snapshots[TRAIN_CUTOFF], snapshots[HOLDOUT_CUTOFF]
     original = btyd.fit_pnbd_parameters
 
-    def fail_on_the_training_rows(x, t_x, T, penalizer=0.0, **options):
+    def fail_on_the_training_rows(x, t_x, T, penalizer=0.0):
         if len(x) == len(train) and np.max(T) < (TRAIN_CUTOFF + 1) / 7:
             raise ConvergenceError("The model did not converge.")
-        return original(x, t_x, T, penalizer, **options)
+        return original(x, t_x, T, penalizer)
 
     monkeypatch.setattr(btyd, "fit_pnbd_parameters", fail_on_the_training_rows)
     with caplog.at_level(logging.WARNING, logger="churnml.models.baselines"):

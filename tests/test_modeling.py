@@ -188,7 +188,7 @@ def test_the_pnbd_prior_is_pareto_nbd_log_expected_purchases_calibrated_to_the_l
     model = ChurnModel(small_lightgbm(), prior="pnbd", target="repurchase", horizon_days=90)
     model.fit(fit_X, fit_y, calibration_set=(cal_X, cal_y))
     inputs = btyd.bgnbd_inputs(cal_X)
-    pnbd = btyd.fit_pnbd(inputs, sample_customers=PRIOR_PNBD_CUSTOMERS)
+    pnbd = btyd.fit_pnbd(inputs.iloc[::-(-len(inputs) // PRIOR_PNBD_CUSTOMERS)])
     log_count = np.log(np.maximum(btyd.expected_purchases(pnbd, inputs, 90), MIN_EXPECTED_PURCHASES))
     terms = model.prior_terms(cal_X)
     np.testing.assert_allclose(terms[:, 0], log_count, rtol=1e-9)
@@ -200,6 +200,20 @@ def test_the_pnbd_prior_is_pareto_nbd_log_expected_purchases_calibrated_to_the_l
     # Fits shared through the population give the same prior.
     shared = model.with_population_prior(cal_X, fit_population_priors(cal_X, pnbd=True))
     np.testing.assert_allclose(shared.prior_log_odds(cal_X), model.prior_log_odds(cal_X), rtol=1e-12)
+
+
+def test_the_pnbd_prior_fits_pareto_nbd_on_an_evenly_spaced_sample(monkeypatch):
+    import churnml.models.classifier as classifier
+
+    frame, _ = bgnbd_like(3000, "2024-01-01", 1)
+    inputs = btyd.bgnbd_inputs(frame)
+    monkeypatch.setattr(classifier, "PRIOR_PNBD_CUSTOMERS", 1000)
+    sampled = classifier._fit_prior(frame, "2024-01-01", pnbd=True).pnbd
+    np.testing.assert_allclose(sampled.params_, btyd.fit_pnbd(inputs.iloc[::3]).params_, rtol=1e-12)
+    assert not np.allclose(sampled.params_, btyd.fit_pnbd(inputs).params_, rtol=1e-3)
+    monkeypatch.setattr(classifier, "PRIOR_PNBD_CUSTOMERS", 3000)
+    np.testing.assert_allclose(classifier._fit_prior(frame, "2024-01-01", pnbd=True).pnbd.params_,
+                               btyd.fit_pnbd(inputs).params_)
 
 
 def test_the_pnbd_prior_reads_bgnbd_expected_purchases_where_pareto_nbd_cannot_fit(monkeypatch, caplog):

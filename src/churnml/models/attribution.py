@@ -228,8 +228,7 @@ def model_prior(model: ChurnModel, fitted: Any, derived: Sequence[str] | None = 
     """
     horizon, target = int(model.horizon_days), model.target
     prior_horizon = model.prior_horizon_days(cutoff)
-    # A Pareto/NBD prior reads BG/NBD's expected purchases only where Pareto/NBD was not fitted.
-    reads_pnbd = model.prior == "pnbd" and fitted.pnbd is not None
+    reads_pnbd = fitted.counts_model(model.prior) is not fitted.bgnbd
 
     def prior_of(x: np.ndarray, t_x: np.ndarray, age: np.ndarray) -> np.ndarray:
         inputs = pd.DataFrame({"x": x, "t_x": t_x, "T": age})

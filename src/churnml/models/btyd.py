@@ -600,7 +600,7 @@ def pnbd_negative_log_likelihood(
 
 def fit_pnbd_parameters(
     x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float = 0.0,
-    warm_start_customers: int | None = PNBD_WARM_START_CUSTOMERS, sample_customers: int | None = None,
+    warm_start_customers: int | None = PNBD_WARM_START_CUSTOMERS,
 ) -> np.ndarray:
     """``r, alpha, s, beta`` that minimise :func:`pnbd_negative_log_likelihood`.
 
@@ -613,10 +613,7 @@ def fit_pnbd_parameters(
     sample's optimum and curvature, so a million customers cost a few evaluations on the whole
     table; when the sample does not converge the fit fails without trying the whole table, so
     that a penalizer that cannot work costs a sample's fit. None fits on every customer from the
-    start. At most :data:`PNBD_MAX_ITERATIONS` BFGS iterations per fit. With ``sample_customers``,
-    a table of more than that many customers is fitted on an evenly spaced sample of about that
-    many alone: the four population parameters for a prior, at a cost that does not grow with
-    the table.
+    start. At most :data:`PNBD_MAX_ITERATIONS` BFGS iterations per fit.
 
     BFGS ending on "precision loss" with a gradient below :data:`PNBD_STALL_GRADIENT` counts as
     converged: on the likelihood's flat ridge (nearly the same dropout rate for everyone, ``s``
@@ -630,10 +627,6 @@ def fit_pnbd_parameters(
     """
     from scipy.optimize import minimize
 
-    if sample_customers and len(x) > sample_customers:
-        rows = slice(None, None, -(-len(x) // sample_customers))
-        x, t_x, T = x[rows], t_x[rows], T[rows]
-        warm_start_customers = None
     scale = 1.0 / float(np.max(T))
 
     def minimised(rows: slice, start: np.ndarray, inverse_hessian: np.ndarray | None = None):
@@ -675,8 +668,7 @@ def _stopped_at_optimum(result: Any) -> bool:
     return bool(result.success or stalled)
 
 
-def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZERS,
-             sample_customers: int | None = None) -> "lifetimes.ParetoNBDFitter":
+def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZERS) -> "lifetimes.ParetoNBDFitter":
     """Fit Pareto/NBD on the BG/NBD inputs, retrying with stronger penalizers when the optimiser fails.
 
     Parameters
@@ -687,9 +679,6 @@ def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZ
     penalizers : sequence of float
         L2 penalizer coefficients tried in order; the first fit that converges with finite
         positive parameters is returned.
-    sample_customers : int, optional
-        Fit on an evenly spaced sample of about this many customers when there are more
-        (:func:`fit_pnbd_parameters`); None fits on every customer.
 
     Returns
     -------
@@ -704,10 +693,7 @@ def fit_pnbd(inputs: pd.DataFrame, penalizers: Sequence[float] = DEFAULT_PENALIZ
     """
     from lifetimes import ParetoNBDFitter
 
-    def fit_parameters(x: np.ndarray, t_x: np.ndarray, T: np.ndarray, penalizer: float) -> np.ndarray:
-        return fit_pnbd_parameters(x, t_x, T, penalizer, sample_customers=sample_customers)
-
-    return _fit_with_penalizers("Pareto/NBD", fit_parameters, ParetoNBDFitter, PNBD_PARAMETERS,
+    return _fit_with_penalizers("Pareto/NBD", fit_pnbd_parameters, ParetoNBDFitter, PNBD_PARAMETERS,
                                 ParetoNBDFitError, inputs, penalizers)
 
 

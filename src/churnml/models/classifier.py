@@ -425,6 +425,11 @@ class PriorFit:
     bgnbd: Any
     pnbd: Any = None
 
+    def counts_model(self, prior: str | None) -> Any:
+        """The fit whose expected purchases a ``prior`` reads: Pareto/NBD's for ``pnbd`` where
+        it was fitted, BG/NBD's otherwise."""
+        return self.pnbd if prior == "pnbd" and self.pnbd is not None else self.bgnbd
+
 
 def default_prior_weights(prior: str | None) -> np.ndarray:
     """The prior's weights (intercept first) where no regression could be fitted:
@@ -459,10 +464,9 @@ def prior_terms_of_inputs(fitted: PriorFit, inputs: pd.DataFrame, horizon_days: 
     """
     from churnml.models.btyd import bgnbd_probability, expected_purchases
 
-    if prior == "pnbd" and fitted.pnbd is not None:
-        expected = expected_purchases(fitted.pnbd, inputs, horizon_days)
-    elif expected is None:
-        expected = expected_purchases(fitted.bgnbd, inputs, horizon_days)
+    counts = fitted.counts_model(prior)
+    if expected is None or counts is not fitted.bgnbd:
+        expected = expected_purchases(counts, inputs, horizon_days)
     log_count = np.log(np.maximum(expected, MIN_EXPECTED_PURCHASES))
     if prior == "pnbd":
         return log_count[:, None]
@@ -565,8 +569,10 @@ def _fit_prior(part: pd.DataFrame, cutoff: Any, pnbd: bool = False) -> PriorFit 
         return None
     if not pnbd:
         return PriorFit(bgnbd)
+    # Every k-th customer, k the smallest step that leaves at most PRIOR_PNBD_CUSTOMERS of them.
+    sample = inputs.iloc[::-(-len(inputs) // PRIOR_PNBD_CUSTOMERS)]
     try:
-        return PriorFit(bgnbd, fit_pnbd(inputs, sample_customers=PRIOR_PNBD_CUSTOMERS))
+        return PriorFit(bgnbd, fit_pnbd(sample))
     except (ParetoNBDFitError, ValueError) as error:
         log.warning("Pareto/NBD prior unavailable at cutoff %s (%s); using BG/NBD's expected purchases", cutoff, error)
         return PriorFit(bgnbd)

@@ -23,8 +23,9 @@ from churnml.features.dates import resolve_as_of
 from churnml.features.seasonality import monthly_purchase_rates, seasonal_index_through
 from churnml.features.snapshots import snapshot_table, training_cutoffs
 from churnml.io.load import Dataset
+from churnml.models.attribution import prior_input_columns
 from churnml.models.baselines import baseline_probabilities
-from churnml.models.btyd import BGNBD_SOURCE_COLUMNS, bgnbd_features
+from churnml.models.btyd import bgnbd_features
 from churnml.models.classifier import ChurnModel, fit_population_priors
 from churnml.models.contributions import attach_tree_tables, tabulation_note
 
@@ -207,8 +208,7 @@ def snapshot_priors(template: ChurnModel, *tables: pd.DataFrame) -> dict | None:
     template without a prior. The fits read each customer's history up to the cutoff only."""
     if not template.prior:
         return None
-    columns = [c for c in (*BGNBD_SOURCE_COLUMNS, "cutoff") if c in tables[0].columns]
-    population = pd.concat([table[columns] for table in tables], ignore_index=True)
+    population = pd.concat([prior_input_columns(table) for table in tables], ignore_index=True)
     return fit_population_priors(population, pnbd=template.prior == "pnbd")
 
 
@@ -231,8 +231,7 @@ def holdout_probabilities(
 ) -> dict[str, np.ndarray]:
     """The model's and each baseline's probabilities for the holdout rows, model first;
     ``priors``: the prior's fits (:func:`snapshot_priors`), fitted on the holdout rows otherwise."""
-    scorer = model.with_population_prior(holdout_table, priors) if priors is not None else model
-    probabilities = {"model": scorer.predict_proba(holdout_table)[:, 1]}
+    probabilities = {"model": model.with_population_prior(holdout_table, priors).predict_proba(holdout_table)[:, 1]}
     probabilities.update(baseline_probabilities(train_table, train_table["label"].to_numpy(), holdout_table, target, horizon_days))
     return probabilities
 
@@ -284,8 +283,7 @@ def time_cv_scores(
         # A fold's model is only evaluated, never scores new data: no drift reference.
         model = fit_model(template, table[known], calibration_snapshots, keep_reference=False,
                           calibration_fraction=calibration_fraction, rates=rates, priors=priors)
-        scorer = model.with_population_prior(evaluated, priors) if priors is not None else model
-        probability = scorer.predict_proba(evaluated)[:, 1]
+        probability = model.with_population_prior(evaluated, priors).predict_proba(evaluated)[:, 1]
         metrics = evaluation_metrics.binary_metrics(evaluated["label"].to_numpy(), probability)
         rows.append({"cutoff": fold_cutoff, "train_rows": int(known.sum()), **metrics})
         scored.append(scored_rows(evaluated, probability))
